@@ -1,0 +1,37 @@
+"""Process-wide counters and gauges, kept as plain numbers.
+
+Modules on hot paths bump these fields directly (no Prometheus import there); the health
+server turns them into Prometheus series only when ``/metrics`` is scraped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+__all__ = ["METRICS", "Metrics"]
+
+
+@dataclass
+class Metrics:
+    """What ``/metrics`` exports; every field is read at scrape time."""
+
+    leases_known: int = 0
+    peers_programmed: int = 0
+    netlink_ops_total: int = 0
+    netlink_errors_total: int = 0
+    watch_restarts_total: int = 0
+    lease_expiration: float | None = None  # UNIX time; None for a reservation
+    last_snapshot_apply_seconds: float = 0.0
+    masq_resyncs_total: int = 0
+    masq_repairs_total: int = 0
+    ready: bool = False
+
+    def lease_expires_in(self, now: float | None = None) -> float:
+        """Seconds until our lease expires (+Inf for a reservation or before we hold one)."""
+        if self.lease_expiration is None:
+            return float("inf")
+        return self.lease_expiration - (time.time() if now is None else now)
+
+
+METRICS = Metrics()
