@@ -1,0 +1,325 @@
+"""iptables mode: FLANNEL-POSTRTG / FLANNEL-FWD applied with ``iptables-restore --noflush``.
+
+One transaction per table and family (``nat`` for masquerade, ``filter`` for forward), built by
+:mod:`.plan` from the state ``iptables-save`` shows just before. The resync compares chains and
+jump rules including order and duplicates, and re-applies the whole table set atomically on any
+difference (flanneld only checks existence with ``-C``: flannel issue #1337).
+
+Rules are never removed on shutdown (flanneld v0.27+). At start-up, the other mode's nftables
+tables are deleted (:meth:`IptablesManager.cleanup_other_mode`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+import trio
+
+from pyflannel.errors import TrafficRuleError
+from pyflannel.trafficmngr._exec import Runner, parse_version
+from pyflannel.trafficmngr.blackhole import BlackholeRoutes
+from pyflannel.trafficmngr.plan import (
+    SavedTable,
+    diff_iptables,
+    iptables_removal_payload,
+    iptables_restore_payload,
+    parse_iptables_save,
+)
+from pyflannel.trafficmngr.rules import (
+    FORWARD_CHAIN,
+    MASQ_CHAIN,
+    Family,
+    FlannelChain,
+    IPNetwork,
+    PreviousNetworks,
+    TrafficSpec,
+    iptables_chains,
+    iptables_unwanted_chains,
+)
+
+__all__ = [
+    "IptablesCaps",
+    "IptablesManager",
+    "IptablesTool",
+    "check_br_netfilter",
+    "remove_iptables_chains",
+]
+
+log = structlog.get_logger(__name__)
+
+_TABLES = ("nat", "filter")
+# --wait for iptables-restore and --random-fully for MASQUERADE both arrived in iptables 1.6.2
+_MIN_VERSION = (1, 6, 2)
+
+
+@dataclass(frozen=True, slots=True)
+class IptablesCaps:
+    """What the installed iptables of one family can do."""
+
+    version: tuple[int, int, int] | None
+
+    @property
+    def random_fully(self) -> bool:
+        """MASQUERADE --random-fully is supported (iptables >= 1.6.2)."""
+        return self.version is not None and self.version >= _MIN_VERSION
+
+    @property
+    def wait(self) -> bool:
+        """iptables-restore accepts --wait (iptables >= 1.6.2)."""
+        return self.version is not None and self.version >= _MIN_VERSION
+
+
+class IptablesTool:
+    """iptables-save / iptables-restore of one family, run through a :class:`Runner`."""
+
+    def __init__(self, family: Family, runner: Runner) -> None:
+        self.family = family
+        self.runner = runner
+        self.binary = family.iptables
+        self._caps: IptablesCaps | None = None
+
+    def available(self) -> bool:
+        """True when the iptables, -save and -restore binaries are all installed."""
+        return all(self.runner.have(b) for b in self._binaries())
+
+    def _binaries(self) -> tuple[str, str, str]:
+        return (self.binary, f"{self.binary}-save", f"{self.binary}-restore")
+
+    async def caps(self) -> IptablesCaps:
+        """Detect (once) the version from ``iptables --version``."""
+        if self._caps is None:
+            for b in self._binaries():
+                self.runner.require(b)
+            res = await self.runner.run([self.binary, "--version"])
+            version = parse_version(res.stdout + res.stderr)
+            if version is None:
+                log.warning(
+                    "iptables_version_unknown",
+                    binary=self.binary,
+                    output=res.stdout.strip(),
+                    effect="not using --random-fully nor --wait",
+                )
+            self._caps = IptablesCaps(version)
+        return self._caps
+
+    async def save(self, table: str) -> SavedTable | None:
+        """The current state of ``table`` (None when iptables-save shows no such table)."""
+        self.runner.require(f"{self.binary}-save")
+        res = await self.runner.run([f"{self.binary}-save", "-t", table])
+        return parse_iptables_save(res.stdout).get(table)
+
+    async def restore(self, payload: str) -> None:
+        """Apply ``payload`` as one ``iptables-restore --noflush`` transaction."""
+        caps = await self.caps()
+        argv = [f"{self.binary}-restore", "--noflush"]
+        if caps.wait:
+            argv.append("--wait")
+        log.debug("iptables_restore", binary=argv[0], payload=payload)
+        await self.runner.run(argv, stdin=payload)
+
+
+class IptablesManager:
+    """Installs and keeps flannel's iptables rules (see module docstring).
+
+    ``netns``: run every command through ``ip netns exec <netns>`` (tests); None for the daemon.
+    ``prev``: FLANNEL_NETWORK/FLANNEL_SUBNET of the previous run, from the old subnet.env.
+    """
+
+    mode = "iptables"
+
+    def __init__(
+        self,
+        spec: TrafficSpec,
+        *,
+        prev: PreviousNetworks | None = None,
+        netns: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.spec = spec
+        self.prev = prev
+        self.netns = netns
+        self.repairs_total = 0
+        self._runner = Runner(netns, timeout=timeout)
+        self._tools = {f: IptablesTool(f, self._runner) for f in Family}
+        # setup() and a resync must not interleave: each reads state and then changes it
+        self._lock = trio.Lock()
+        subnets: list[IPNetwork] = [s for s in (spec.subnet, spec.ipv6_subnet) if s is not None]
+        self._blackhole = BlackholeRoutes(subnets, netns=netns) if spec.blackhole_route else None
+
+    async def cleanup_other_mode(self) -> None:
+        """Delete nftables tables ``ip flannel-ipv4`` / ``ip6 flannel-ipv6``. Never raises."""
+        from pyflannel.trafficmngr.nftables import remove_nft_tables  # avoid an import cycle
+
+        await remove_nft_tables(self._runner)
+
+    async def wanted(self, family: Family) -> dict[str, tuple[list[FlannelChain], list[str]]]:
+        """Per table: the flannel chains wanted, and the flannel chains that must not exist."""
+        caps = await self._tools[family].caps()
+        random_fully = caps.random_fully and not self.spec.random_fully_disable
+        chains = iptables_chains(self.spec, family, random_fully=random_fully)
+        unwanted = iptables_unwanted_chains(self.spec, family)
+        return {
+            table: (
+                [c for c in chains if c.table == table],
+                [name for t, name in unwanted if t == table],
+            )
+            for table in _TABLES
+        }
+
+    async def setup(self) -> None:
+        """Apply the whole rule set for every configured family, whatever is there now.
+
+        Raises :class:`~pyflannel.errors.TrafficRuleError` when a transaction fails.
+        """
+        async with self._lock:
+            for family in self.spec.families():
+                if self.prev is not None and self.prev.differs(self.spec, family):
+                    log.info(
+                        "iptables_recycling_old_rules",
+                        family=family.name,
+                        network=str(self.spec.network_of(family)),
+                        subnet=str(self.spec.subnet_of(family)),
+                        prev_network=str(_prev_network(self.prev, family)),
+                        prev_subnet=str(_prev_subnet(self.prev, family)),
+                    )
+                for table, (chains, unwanted) in (await self.wanted(family)).items():
+                    if not chains and not unwanted:
+                        continue
+                    problems = await self._apply(family, table, chains, unwanted, force=True)
+                    log.info(
+                        "iptables_rules_applied",
+                        family=family.name,
+                        table=table,
+                        chains=[c.name for c in chains],
+                        differences=problems,
+                    )
+            # A family dropped from the config keeps no flannel chains (flanneld leaves them).
+            others = tuple(f for f in Family if f not in set(self.spec.families()))
+            if others:
+                await remove_iptables_chains(self._runner, others)
+
+    async def resync_once(self) -> list[str]:
+        """Compare every table with the wanted rules; re-apply where they differ.
+
+        Returns the differences that were repaired (empty when all was in place). Raises
+        :class:`~pyflannel.errors.TrafficRuleError` when reading or applying fails.
+        """
+        repaired: list[str] = []
+        async with self._lock:
+            for family in self.spec.families():
+                for table, (chains, unwanted) in (await self.wanted(family)).items():
+                    # chains of options that are off were removed by setup(); no need to keep
+                    # reading a table flannel has nothing in
+                    if not chains:
+                        continue
+                    problems = await self._apply(family, table, chains, unwanted, force=False)
+                    if problems:
+                        log.warning(
+                            "iptables_rules_repaired",
+                            family=family.name,
+                            table=table,
+                            differences=problems,
+                        )
+                        repaired += [f"{family.iptables}/{table}: {p}" for p in problems]
+                        self.repairs_total += len(problems)
+        return repaired
+
+    async def resync_forever(
+        self, period: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Every ``period`` seconds (first after one period): resync, and keep the blackhole
+        route when ``--ip-blackhole-route``. Errors are logged and the loop goes on."""
+        task_status.started()
+        while True:
+            await trio.sleep(period)
+            try:
+                await self.resync_once()
+            except TrafficRuleError as exc:
+                log.error("iptables_resync_failed", error=str(exc))
+            if self._blackhole is not None:
+                await self._blackhole.ensure()
+
+    async def _apply(
+        self,
+        family: Family,
+        table: str,
+        chains: list[FlannelChain],
+        unwanted: list[str],
+        *,
+        force: bool,
+    ) -> list[str]:
+        tool = self._tools[family]
+        # One retry: another program may change the table between our save and our restore,
+        # and a -D of a rule that has gone fails the (atomic, so harmless) transaction.
+        for attempt in (1, 2):
+            saved = await tool.save(table)
+            problems = diff_iptables(table, saved, chains, unwanted)
+            if not problems and not force:
+                return []
+            if not problems and not chains:
+                return []
+            try:
+                await tool.restore(iptables_restore_payload(table, saved, chains, unwanted))
+            except TrafficRuleError:
+                if attempt == 2:
+                    raise
+                log.info("iptables_restore_retry", family=family.name, table=table)
+                continue
+            return problems
+        raise AssertionError("unreachable")
+
+
+async def remove_iptables_chains(
+    runner: Runner, families: tuple[Family, ...] = (Family.IPV4, Family.IPV6)
+) -> None:
+    """Remove FLANNEL-POSTRTG (``nat``) and FLANNEL-FWD (``filter``) with every jump to them,
+    for the given families. Used when switching to nftables mode, and for a family that is no
+    longer configured. Never raises; logs what it did.
+
+    Differs from flanneld, which looks for both chains in ``nat`` only (so FLANNEL-FWD, which
+    lives in ``filter``, survives) and does not remove the jump rules (so ``-X`` fails).
+    """
+    for family in families:
+        tool = IptablesTool(family, runner)
+        if not tool.available():
+            log.info("iptables_cleanup_skipped", binary=tool.binary, reason="not installed")
+            continue
+        for table, chain in (("nat", MASQ_CHAIN), ("filter", FORWARD_CHAIN)):
+            try:
+                saved = await tool.save(table)
+                payload = iptables_removal_payload(table, saved, [chain])
+                if payload is None:
+                    continue
+                await tool.restore(payload)
+                log.info("iptables_chain_removed", binary=tool.binary, table=table, chain=chain)
+            except TrafficRuleError as exc:
+                log.warning(
+                    "iptables_cleanup_failed", binary=tool.binary, table=table, error=str(exc)
+                )
+
+
+def _prev_network(prev: PreviousNetworks, family: Family) -> IPNetwork | None:
+    return prev.network if family is Family.IPV4 else prev.ipv6_network
+
+
+def _prev_subnet(prev: PreviousNetworks, family: Family) -> IPNetwork | None:
+    return prev.subnet if family is Family.IPV4 else prev.ipv6_subnet
+
+
+def check_br_netfilter(spec: TrafficSpec, *, proc: Path = Path("/proc")) -> None:
+    """flanneld's start-up check in iptables mode (since v0.26): bridged pod traffic must pass
+    through iptables, so ``bridge-nf-call-iptables`` (IPv4) / ``-ip6tables`` (IPv6) must exist.
+
+    Raises :class:`~pyflannel.errors.TrafficRuleError` naming the missing file. Not used in
+    nftables mode (flanneld skips it there too).
+    """
+    for family in spec.families():
+        name = "bridge-nf-call-iptables" if family is Family.IPV4 else "bridge-nf-call-ip6tables"
+        path = proc / "sys" / "net" / "bridge" / name
+        if not path.exists():
+            raise TrafficRuleError(
+                f"Failed to check br_netfilter: {path} does not exist",
+                hint="load the br_netfilter kernel module: modprobe br_netfilter",
+            )
