@@ -1,0 +1,789 @@
+"""The flannel network config (``<prefix>/config`` in etcd): model, defaults, validation.
+
+:func:`parse_network_config` accepts exactly what flanneld's ``ParseConfig`` +
+``CheckNetworkConfig`` accept, with Go ``encoding/json`` semantics: keys match case-insensitively
+(an exact match is preferred, the last occurrence wins), unknown keys are ignored, JSON ``null``
+leaves a plain field at its default, numbers must fit the Go field type, and the CIDR / IP fields
+are parsed like flannel's ``ip.IP4Net`` / ``ip.IP4`` / ``ip.IP6`` unmarshalers. Validation errors
+carry flanneld's exact message (``ConfigError.message``) plus a one-line hint.
+
+Deliberate differences from flanneld:
+
+- A config without ``Backend`` selects ``vxlan`` (flanneld's code picks ``udp``, its docs say
+  vxlan).
+- Backend types flanneld knows but pyflannel does not implement (ipip, wireguard, ...) are
+  refused at parse time instead of after the interface was chosen.
+- ``IPv6Network`` must be an IPv6 CIDR (flanneld silently mis-parses an IPv4 CIDR there), and
+  VXLAN ``VNI``/``Port``/``MTU`` and the UDP ``Port`` are range-checked.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from pydantic import BaseModel, ConfigDict
+
+from pyflannel.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_BACKEND_TYPE",
+    "SUPPORTED_BACKENDS",
+    "NetworkConfig",
+    "UdpOptions",
+    "VxlanOptions",
+    "parse_network_config",
+    "udp_options",
+    "vxlan_options",
+]
+
+DEFAULT_BACKEND_TYPE: Final = "vxlan"
+SUPPORTED_BACKENDS: Final = ("vxlan", "host-gw", "udp")
+# Registered by flanneld (some on Windows only) but not implemented here.
+_UPSTREAM_ONLY_BACKENDS: Final = frozenset(
+    {"ipip", "wireguard", "ipsec", "alloc", "extension", "tencent-vpc"}
+)
+# Removed from flanneld in v0.20.0; flanneld itself says "unknown backend type" for them.
+_REMOVED_BACKENDS: Final = frozenset({"aws-vpc", "gce", "ali-vpc"})
+
+_UINT64_MAX: Final = 2**64 - 1
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+_VNI_MAX: Final = 2**24 - 1
+
+_SUPPORTED_HINT: Final = (
+    'set "Backend": {"Type": "vxlan"}; pyflannel supports vxlan, host-gw and udp'
+)
+
+_FIELD_HINTS: Final = {
+    "EnableIPv4": 'set "EnableIPv4" to true or false',
+    "EnableIPv6": 'set "EnableIPv6" to true or false',
+    "EnableNFTables": 'set "EnableNFTables" to true or false',
+    "Network": 'set "Network" to an IPv4 CIDR string such as "10.5.0.0/16"',
+    "IPv6Network": 'set "IPv6Network" to an IPv6 CIDR string such as "2001:db8:42::/56"',
+    "SubnetMin": 'set "SubnetMin" to an IPv4 address string such as "10.5.1.0", or leave it out',
+    "SubnetMax": 'set "SubnetMax" to an IPv4 address string such as "10.5.255.0", or leave it out',
+    "IPv6SubnetMin": 'set "IPv6SubnetMin" to an IPv6 address string, or leave it out',
+    "IPv6SubnetMax": 'set "IPv6SubnetMax" to an IPv6 address string, or leave it out',
+    "SubnetLen": 'set "SubnetLen" to a whole number such as 24, or leave it out',
+    "IPv6SubnetLen": 'set "IPv6SubnetLen" to a whole number such as 64, or leave it out',
+}
+
+
+class NetworkConfig(BaseModel):
+    """A validated network config with every default applied.
+
+    ``subnet_len``/``subnet_min``/``subnet_max`` (and their IPv6 twins) are filled in when the
+    corresponding stack is enabled. ``backend`` is the raw ``Backend`` object with its keys as
+    written (``{}`` when the config has none); ``backend_type`` is its lower-cased ``Type``.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    network: ipaddress.IPv4Network | None = None
+    subnet_len: int = 0
+    subnet_min: ipaddress.IPv4Address | None = None
+    subnet_max: ipaddress.IPv4Address | None = None
+    enable_ipv4: bool = True
+    enable_ipv6: bool = False
+    enable_nftables: bool = False
+    ipv6_network: ipaddress.IPv6Network | None = None
+    ipv6_subnet_len: int = 0
+    ipv6_subnet_min: ipaddress.IPv6Address | None = None
+    ipv6_subnet_max: ipaddress.IPv6Address | None = None
+    backend_type: str = DEFAULT_BACKEND_TYPE
+    backend: dict[str, Any] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class VxlanOptions:
+    """``Backend`` options of the vxlan backend. ``port`` 0 = kernel default 8472, ``mtu`` 0 =
+    external interface MTU."""
+
+    vni: int = 1
+    port: int = 0
+    gbp: bool = False
+    direct_routing: bool = False
+    learning: bool = False
+    mtu: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UdpOptions:
+    """``Backend`` options of the udp backend."""
+
+    port: int = 8285
+
+
+# --------------------------------------------------------------------------------------------
+# Go encoding/json emulation
+
+
+class _JSONNumber(str):
+    """A JSON number literal with a fraction or exponent, kept verbatim.
+
+    Go decides int-vs-float by the literal (``24.0`` does not fit a ``uint``), so floats are kept
+    as their source text until a field type asks for them.
+    """
+
+    __slots__ = ()
+
+
+class _JSONError(Exception):
+    """A Go ``encoding/json`` error; ``str()`` is Go's message, ``field`` the Go field."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _reject_constant(name: str) -> Any:
+    # Python accepts NaN/Infinity, Go does not.
+    raise ValueError(f"invalid character {name[0]!r} looking for beginning of value")
+
+
+class _PairsList(list[tuple[str, Any]]):
+    """What ``json.loads`` builds for an object before :func:`_mark_objects` runs."""
+
+    __slots__ = ()
+
+
+class _Obj(list[tuple[str, Any]]):
+    """A decoded JSON object: its (key, value) pairs in source order, duplicates kept."""
+
+    __slots__ = ()
+
+
+def _mark_objects(value: Any) -> Any:
+    """Tell objects (pairs lists) from arrays after decoding, recursively."""
+    if isinstance(value, _PairsList):
+        return _Obj((k, _mark_objects(v)) for k, v in value)
+    if isinstance(value, list):
+        return [_mark_objects(v) for v in value]
+    return value
+
+
+def _load_json_objects(raw: str | bytes) -> Any:
+    """Decode JSON, turning objects into :class:`_Obj` pair lists (order and duplicates kept)."""
+    if isinstance(raw, bytes | bytearray):
+        raw = bytes(raw).decode("utf-8", errors="replace")
+    try:
+        decoded = json.loads(
+            raw,
+            object_pairs_hook=_PairsList,
+            parse_float=_JSONNumber,
+            parse_constant=_reject_constant,
+        )
+        return _mark_objects(decoded)
+    except json.JSONDecodeError as err:
+        raise ConfigError(
+            f"invalid network config: not valid JSON: {err.msg} at line {err.lineno} "
+            f"column {err.colno}",
+            hint='write the config as a JSON object, e.g. {"Network": "10.5.0.0/16"}',
+        ) from None
+    except (ValueError, RecursionError) as err:
+        raise ConfigError(
+            f"invalid network config: not valid JSON: {err}",
+            hint='write the config as a JSON object, e.g. {"Network": "10.5.0.0/16"}',
+        ) from None
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | _JSONNumber):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, _Obj):
+        return "object"
+    return "array"
+
+
+def _literal(value: Any) -> str:
+    return str(value)
+
+
+def _to_plain(value: Any) -> Any:
+    """Turn decoded JSON (pairs, number literals) into ordinary Python values."""
+    if isinstance(value, _Obj):
+        return {k: _to_plain(v) for k, v in value}
+    if isinstance(value, list):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, _JSONNumber):
+        return float(value)
+    return value
+
+
+def _fold(name: str) -> str:
+    # Go matches keys with Unicode simple folding; casefold is the closest stdlib equivalent.
+    return name.casefold()
+
+
+def _match_fields(obj: _Obj, fields: dict[str, str]) -> list[tuple[str, Any]]:
+    """Map each (key, value) of ``obj`` to a Go field name, in source order.
+
+    ``fields`` maps JSON key (Go tag or field name) to the field name used in messages. A key
+    equal to a tag wins over a case-insensitive match, as in Go; unmatched keys are dropped.
+    """
+    folded = {_fold(tag): tag for tag in fields}
+    out: list[tuple[str, Any]] = []
+    for key, value in obj:
+        tag = key if key in fields else folded.get(_fold(key))
+        if tag is not None:
+            out.append((tag, value))
+    return out
+
+
+def _type_error(kind: str, literal: str | None, struct: str, field: str, gotype: str) -> str:
+    what = kind if literal is None else f"{kind} {literal}"
+    return f"json: cannot unmarshal {what} into Go struct field {struct}.{field} of type {gotype}"
+
+
+def _decode_bool(value: Any, struct: str, field: str) -> bool | None:
+    """Go bool field: ``None`` means JSON null (leave the default)."""
+    if value is None or isinstance(value, bool):
+        return value
+    raise _JSONError(_type_error(_kind(value), None, struct, field, "bool"))
+
+
+def _decode_int(value: Any, struct: str, field: str, gotype: str) -> int | None:
+    """Go int (int64) or uint (uint64) field; ``None`` means JSON null."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | _JSONNumber):
+        raise _JSONError(_type_error(_kind(value), None, struct, field, gotype))
+    lo, hi = (0, _UINT64_MAX) if gotype == "uint" else (_INT64_MIN, _INT64_MAX)
+    if isinstance(value, _JSONNumber) or not lo <= value <= hi:
+        raise _JSONError(_type_error("number", _literal(value), struct, field, gotype))
+    return value
+
+
+def _decode_string(value: Any, struct: str, field: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise _JSONError(_type_error(_kind(value), None, struct, field, "string"))
+
+
+def _unmarshaler_text(value: Any) -> str:
+    """What flannel's ``UnmarshalJSON`` methods see after ``bytes.Trim(j, "\\"")``."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | _JSONNumber):
+        return str(value)
+    # objects and arrays: the raw text is not kept; any such value fails to parse anyway.
+    return json.dumps(_to_plain(value), separators=(",", ":"))
+
+
+def _cidr_parts(text: str) -> tuple[str, str] | None:
+    """Split like Go's ``net.ParseCIDR``: exactly ``addr/decimal-prefix``, no zone."""
+    addr, sep, prefix = text.partition("/")
+    if not sep or not prefix or not (prefix.isascii() and prefix.isdigit()) or "%" in addr:
+        return None
+    return addr, prefix
+
+
+def _parse_ip4net(value: Any) -> ipaddress.IPv4Network:
+    text = _unmarshaler_text(value)
+    parts = _cidr_parts(text)
+    if parts is None:
+        raise _JSONError(f"invalid CIDR address: {text}")
+    try:
+        net = ipaddress.ip_network(f"{parts[0]}/{int(parts[1])}", strict=False)
+    except ValueError:
+        raise _JSONError(f"invalid CIDR address: {text}") from None
+    if not isinstance(net, ipaddress.IPv4Network):
+        raise _JSONError("invalid IPv4 CIDR format")
+    return net
+
+
+def _parse_ip6net(value: Any) -> ipaddress.IPv6Network:
+    text = _unmarshaler_text(value)
+    parts = _cidr_parts(text)
+    if parts is None:
+        raise _JSONError(f"invalid CIDR address: {text}")
+    try:
+        net = ipaddress.ip_network(f"{parts[0]}/{int(parts[1])}", strict=False)
+    except ValueError:
+        raise _JSONError(f"invalid CIDR address: {text}") from None
+    if not isinstance(net, ipaddress.IPv6Network):
+        # flanneld would store a mangled IPv4 network here; refuse it instead.
+        raise _JSONError(f"invalid IPv6 CIDR format: {text}")
+    return net
+
+
+def _parse_go_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """Go's ``net.ParseIP``: dotted quad or IPv6 text, no zones, no CIDR."""
+    if "%" in text or "/" in text:
+        return None
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _parse_ip4(value: Any) -> ipaddress.IPv4Address:
+    text = _unmarshaler_text(value)
+    addr = _parse_go_ip(text)
+    if addr is None:
+        raise _JSONError("invalid IP address format")
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is None:
+            raise _JSONError("invalid IPv4 address format")
+        return addr.ipv4_mapped
+    return addr
+
+
+def _parse_ip6(value: Any) -> ipaddress.IPv6Address:
+    text = _unmarshaler_text(value)
+    addr = _parse_go_ip(text)
+    if addr is None:
+        raise _JSONError("invalid IP address format")
+    if isinstance(addr, ipaddress.IPv4Address):
+        return ipaddress.IPv6Address(f"::ffff:{addr}")
+    return addr
+
+
+# Go field name -> Go type, for the Config struct (BackendType is json:"-").
+_CONFIG_FIELDS: Final = {
+    "EnableIPv4": "bool",
+    "EnableIPv6": "bool",
+    "EnableNFTables": "bool",
+    "Network": "ip4net",
+    "IPv6Network": "ip6net",
+    "SubnetMin": "ip4",
+    "SubnetMax": "ip4",
+    "IPv6SubnetMin": "*ip6",
+    "IPv6SubnetMax": "*ip6",
+    "SubnetLen": "uint",
+    "IPv6SubnetLen": "uint",
+    "Backend": "raw",
+}
+
+
+@dataclass
+class _RawConfig:
+    enable_ipv4: bool = True
+    enable_ipv6: bool = False
+    enable_nftables: bool = False
+    network: ipaddress.IPv4Network | None = None
+    ipv6_network: ipaddress.IPv6Network | None = None
+    subnet_min: ipaddress.IPv4Address | None = None
+    subnet_max: ipaddress.IPv4Address | None = None
+    ipv6_subnet_min: ipaddress.IPv6Address | None = None
+    ipv6_subnet_max: ipaddress.IPv6Address | None = None
+    subnet_len: int = 0
+    ipv6_subnet_len: int = 0
+    backend: Any = None
+    backend_present: bool = False
+
+
+_ATTR: Final = {
+    "EnableIPv4": "enable_ipv4",
+    "EnableIPv6": "enable_ipv6",
+    "EnableNFTables": "enable_nftables",
+    "Network": "network",
+    "IPv6Network": "ipv6_network",
+    "SubnetMin": "subnet_min",
+    "SubnetMax": "subnet_max",
+    "IPv6SubnetMin": "ipv6_subnet_min",
+    "IPv6SubnetMax": "ipv6_subnet_max",
+    "SubnetLen": "subnet_len",
+    "IPv6SubnetLen": "ipv6_subnet_len",
+}
+
+_CUSTOM_PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
+    "ip4net": _parse_ip4net,
+    "ip6net": _parse_ip6net,
+    "ip4": _parse_ip4,
+}
+
+
+def _decode_config(doc: Any) -> _RawConfig:
+    """Unmarshal into flannel's ``subnet.Config`` the way Go does."""
+    cfg = _RawConfig()
+    if doc is None:  # a JSON null document is a no-op in Go
+        return cfg
+    if not isinstance(doc, _Obj):
+        raise _JSONError(f"json: cannot unmarshal {_kind(doc)} into Go value of type subnet.Config")
+    # Go keeps decoding after a type mismatch and reports the first one at the end; errors
+    # from UnmarshalJSON methods abort at once.
+    first_type_error: _JSONError | None = None
+    for field, value in _match_fields(doc, dict.fromkeys(_CONFIG_FIELDS, "")):
+        gotype = _CONFIG_FIELDS[field]
+        try:
+            if gotype == "bool":
+                b = _decode_bool(value, "Config", field)
+                if b is not None:
+                    setattr(cfg, _ATTR[field], b)
+            elif gotype == "uint":
+                n = _decode_int(value, "Config", field, "uint")
+                if n is not None:
+                    setattr(cfg, _ATTR[field], n)
+            elif gotype == "raw":
+                cfg.backend = value
+                cfg.backend_present = True
+            elif gotype == "*ip6":
+                # A pointer field: null resets it to nil instead of calling UnmarshalJSON.
+                setattr(cfg, _ATTR[field], None if value is None else _parse_ip6(value))
+            else:
+                setattr(cfg, _ATTR[field], _CUSTOM_PARSERS[gotype](value))
+        except _JSONError as err:
+            err.field = field
+            if not str(err).startswith("json: cannot unmarshal"):
+                raise
+            if first_type_error is None:
+                first_type_error = err
+    if first_type_error is not None:
+        raise first_type_error
+    return cfg
+
+
+def _backend_type(backend: Any) -> str:
+    """flanneld's ``parseBackendType`` (minus its udp default, see the module docstring)."""
+    if not isinstance(backend, _Obj):
+        if backend is None:
+            return ""
+        raise ConfigError(
+            "error decoding Backend property of config: json: cannot unmarshal "
+            f"{_kind(backend)} into Go value of type struct {{ Type string }}",
+            hint='"Backend" must be an object such as {"Type": "vxlan"}',
+        )
+    bt = ""
+    for _, value in _match_fields(backend, {"Type": ""}):
+        try:
+            decoded = _decode_string(value, "", "Type")
+        except _JSONError as err:
+            raise ConfigError(
+                f"error decoding Backend property of config: {err}",
+                hint='"Backend.Type" must be a string such as "vxlan"',
+            ) from None
+        if decoded is not None:
+            bt = decoded
+    return bt
+
+
+def _check_backend_type(bt: str) -> str:
+    betype = bt.lower()
+    if betype in SUPPORTED_BACKENDS:
+        return betype
+    if betype in _UPSTREAM_ONLY_BACKENDS:
+        raise ConfigError(
+            f"backend type {betype} is not supported by pyflannel",
+            hint=_SUPPORTED_HINT,
+        )
+    hint = _SUPPORTED_HINT
+    if betype in _REMOVED_BACKENDS:
+        hint = f"{betype} was removed from flannel in v0.20.0; {_SUPPORTED_HINT}"
+    elif betype == "":
+        hint = f'"Backend" has no "Type"; {_SUPPORTED_HINT}'
+    raise ConfigError(f"unknown backend type: {betype}", hint=hint)
+
+
+# --------------------------------------------------------------------------------------------
+# CheckNetworkConfig
+
+
+def _fail(message: str, hint: str) -> ConfigError:
+    return ConfigError(message, hint=hint)
+
+
+def _check_ipv4(raw: _RawConfig) -> None:
+    net = raw.network
+    if net is None or (int(net.network_address) == 0 and net.prefixlen == 0):
+        raise _fail(
+            "please define a correct Network parameter in the flannel config",
+            hint='add an IPv4 CIDR such as "Network": "10.5.0.0/16", or set "EnableIPv4": false',
+        )
+    plen = net.prefixlen
+    if raw.subnet_len > 0:
+        # Each host needs room for a tunnel and a bridge address.
+        if raw.subnet_len > 30:
+            raise _fail(
+                "SubnetLen must be less than /31",
+                hint=f"set SubnetLen between {plen + 2} and 30, or leave it out for the default",
+            )
+        # The first subnet is never used, so fewer than four subnets leave too few hosts.
+        if raw.subnet_len < plen + 2:
+            raise _fail(
+                "network must be able to accommodate at least four subnets",
+                hint=f"set SubnetLen to at least {plen + 2} for Network {net}, or enlarge Network",
+            )
+    elif plen > 28:
+        raise _fail(
+            "network is too small. Minimum useful network prefix is /28",
+            hint=f"use a Network with a prefix of /28 or shorter instead of {net}",
+        )
+    elif plen <= 22:
+        raw.subnet_len = 24
+    else:
+        raw.subnet_len = plen + 2
+
+    size = 1 << (32 - raw.subnet_len)
+    base = int(net.network_address)
+    if raw.subnet_min is None or int(raw.subnet_min) == 0:
+        raw.subnet_min = ipaddress.IPv4Address(base + size)
+    elif raw.subnet_min not in net:
+        raise _fail(
+            "SubnetMin is not in the range of the Network",
+            hint=f"pick a SubnetMin inside {net}, or leave it out",
+        )
+    if raw.subnet_max is None or int(raw.subnet_max) == 0:
+        raw.subnet_max = ipaddress.IPv4Address(base + net.num_addresses - size)
+    elif raw.subnet_max not in net:
+        raise _fail(
+            "SubnetMax is not in the range of the Network",
+            hint=f"pick a SubnetMax inside {net}, or leave it out",
+        )
+    mask = (0xFFFFFFFF << (32 - raw.subnet_len)) & 0xFFFFFFFF
+    for name, addr in (("SubnetMin", raw.subnet_min), ("SubnetMax", raw.subnet_max)):
+        if int(addr) & mask != int(addr):
+            aligned = ipaddress.IPv4Address(int(addr) & mask)
+            raise _fail(
+                f"{name} is not on a SubnetLen boundary: {addr}",
+                hint=f"use the start of a /{raw.subnet_len} subnet, e.g. {aligned}",
+            )
+
+
+def _check_ipv6(raw: _RawConfig) -> None:
+    net = raw.ipv6_network
+    if net is None or (int(net.network_address) == 0 and net.prefixlen == 0):
+        raise _fail(
+            "please define a correct IPv6Network parameter in the flannel config",
+            hint='add an IPv6 CIDR such as "IPv6Network": "2001:db8:42::/56", '
+            'or set "EnableIPv6": false',
+        )
+    plen = net.prefixlen
+    if raw.ipv6_subnet_len > 0:
+        if raw.ipv6_subnet_len > 126:
+            raise _fail(
+                "SubnetLen must be less than /127",
+                hint=f"set IPv6SubnetLen between {plen + 2} and 126, or leave it out",
+            )
+        if raw.ipv6_subnet_len < plen + 2:
+            raise _fail(
+                "network must be able to accommodate at least four subnets",
+                hint=f"set IPv6SubnetLen to at least {plen + 2} for IPv6Network {net}, "
+                "or enlarge IPv6Network",
+            )
+    elif plen > 124:
+        raise _fail(
+            "IPv6Network is too small. Minimum useful network prefix is /124",
+            hint=f"use an IPv6Network with a prefix of /124 or shorter instead of {net}",
+        )
+    elif plen <= 62:
+        raw.ipv6_subnet_len = 64
+    else:
+        raw.ipv6_subnet_len = plen + 2
+
+    size = 1 << (128 - raw.ipv6_subnet_len)
+    base = int(net.network_address)
+    if raw.ipv6_subnet_min is None or int(raw.ipv6_subnet_min) == 0:
+        raw.ipv6_subnet_min = ipaddress.IPv6Address(base + size)
+    elif raw.ipv6_subnet_min not in net:
+        raise _fail(
+            "IPv6SubnetMin is not in the range of the IPv6Network",
+            hint=f"pick an IPv6SubnetMin inside {net}, or leave it out",
+        )
+    if raw.ipv6_subnet_max is None or int(raw.ipv6_subnet_max) == 0:
+        raw.ipv6_subnet_max = ipaddress.IPv6Address(base + net.num_addresses - size)
+    elif raw.ipv6_subnet_max not in net:
+        raise _fail(
+            "IPv6SubnetMax is not in the range of the IPv6Network",
+            hint=f"pick an IPv6SubnetMax inside {net}, or leave it out",
+        )
+    mask = ((1 << 128) - 1) ^ (size - 1)
+    for name, addr in (
+        ("IPv6SubnetMin", raw.ipv6_subnet_min),
+        ("IPv6SubnetMax", raw.ipv6_subnet_max),
+    ):
+        if int(addr) & mask != int(addr):
+            aligned = ipaddress.IPv6Address(int(addr) & mask)
+            raise _fail(
+                f"{name} is not on a SubnetLen boundary: {addr}",
+                hint=f"use the start of a /{raw.ipv6_subnet_len} subnet, e.g. {aligned}",
+            )
+
+
+def parse_network_config(raw: str | bytes) -> NetworkConfig:
+    """Parse and validate a flannel network config JSON document.
+
+    Raises :class:`ConfigError` (flanneld's message, plus a hint) for invalid JSON, field type
+    mismatches, a bad ``Backend``, every ``CheckNetworkConfig`` failure, "none defined stack"
+    and unknown or unsupported backend types. Nothing else escapes.
+    """
+    doc = _load_json_objects(raw)
+    try:
+        decoded = _decode_config(doc)
+    except _JSONError as err:
+        hint = _FIELD_HINTS.get(
+            err.field or "", 'the config must be a JSON object such as {"Network": "10.5.0.0/16"}'
+        )
+        raise ConfigError(f"invalid network config: {err}", hint=hint) from None
+
+    # parseBackendType runs inside ParseConfig, i.e. before CheckNetworkConfig.
+    backend_type = DEFAULT_BACKEND_TYPE if not decoded.backend_present else None
+    if backend_type is None:
+        backend_type = _backend_type(decoded.backend)
+
+    if decoded.enable_ipv4:
+        _check_ipv4(decoded)
+    if decoded.enable_ipv6:
+        _check_ipv6(decoded)
+    if not decoded.enable_ipv4 and not decoded.enable_ipv6:
+        raise ConfigError(
+            "none defined stack",
+            hint='set "EnableIPv4": true (the default) and/or "EnableIPv6": true',
+        )
+    backend_type = _check_backend_type(backend_type)
+
+    backend = _to_plain(decoded.backend) if isinstance(decoded.backend, _Obj) else {}
+    network = decoded.network
+    if network is not None and int(network.network_address) == 0 and network.prefixlen == 0:
+        network = None
+    ipv6_network = decoded.ipv6_network
+    if (
+        ipv6_network is not None
+        and int(ipv6_network.network_address) == 0
+        and ipv6_network.prefixlen == 0
+    ):
+        ipv6_network = None
+    subnet_min = decoded.subnet_min
+    subnet_max = decoded.subnet_max
+    if subnet_min is not None and int(subnet_min) == 0:
+        subnet_min = None
+    if subnet_max is not None and int(subnet_max) == 0:
+        subnet_max = None
+    ipv6_min = decoded.ipv6_subnet_min
+    ipv6_max = decoded.ipv6_subnet_max
+    if ipv6_min is not None and int(ipv6_min) == 0:
+        ipv6_min = None
+    if ipv6_max is not None and int(ipv6_max) == 0:
+        ipv6_max = None
+    return NetworkConfig(
+        network=network,
+        subnet_len=decoded.subnet_len,
+        subnet_min=subnet_min,
+        subnet_max=subnet_max,
+        enable_ipv4=decoded.enable_ipv4,
+        enable_ipv6=decoded.enable_ipv6,
+        enable_nftables=decoded.enable_nftables,
+        ipv6_network=ipv6_network,
+        ipv6_subnet_len=decoded.ipv6_subnet_len,
+        ipv6_subnet_min=ipv6_min,
+        ipv6_subnet_max=ipv6_max,
+        backend_type=backend_type,
+        backend=backend,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Backend options (host-gw has none)
+
+
+def _plain_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return "object"
+    return "array"
+
+
+def _decode_backend_fields(
+    backend: dict[str, Any], struct: str, fields: dict[str, str], label: str
+) -> dict[str, Any]:
+    """Unmarshal ``backend`` into a Go struct whose JSON tags/types are ``fields``.
+
+    Returns tag -> value for the keys present (null ones dropped). A type mismatch raises
+    ConfigError with ``error decoding <label> backend config: json: cannot unmarshal ...``.
+    """
+    folded = {_fold(tag): tag for tag in fields}
+    out: dict[str, Any] = {}
+    for key, value in backend.items():
+        tag = key if key in fields else folded.get(_fold(key))
+        if tag is None or value is None:
+            continue
+        gotype = fields[tag]
+        if gotype == "bool":
+            ok = isinstance(value, bool)
+            literal = None
+        else:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            literal = repr(value) if isinstance(value, float) else None
+            if ok and not _INT64_MIN <= value <= _INT64_MAX:
+                ok, literal = False, str(value)
+        if not ok:
+            msg = _type_error(_plain_kind(value), literal, struct, tag, gotype)
+            wanted = "true or false" if gotype == "bool" else "a whole number"
+            raise ConfigError(
+                f"error decoding {label} backend config: {msg}",
+                hint=f'set "Backend.{key}" to {wanted}',
+            )
+        out[tag] = value
+    return out
+
+
+def _check_range(value: int, lo: int, hi: int, what: str, hint: str) -> None:
+    if not lo <= value <= hi:
+        raise ConfigError(f"invalid {what} {value} in Backend: must be {lo}..{hi}", hint=hint)
+
+
+def vxlan_options(cfg: NetworkConfig) -> VxlanOptions:
+    """The vxlan ``Backend`` options of ``cfg`` (keys matched case-insensitively, like Go).
+
+    Raises ConfigError for wrongly typed values and for VNI/Port/MTU out of range.
+    """
+    got = _decode_backend_fields(
+        cfg.backend,
+        "VXLANConfig",
+        {
+            "vni": "int",
+            "port": "int",
+            "mtu": "int",
+            "gbp": "bool",
+            "learning": "bool",
+            "directRouting": "bool",
+        },
+        "VXLAN",
+    )
+    opts = VxlanOptions(
+        vni=got.get("vni", 1),
+        port=got.get("port", 0),
+        gbp=got.get("gbp", False),
+        direct_routing=got.get("directRouting", False),
+        learning=got.get("learning", False),
+        mtu=got.get("mtu", 0),
+    )
+    _check_range(opts.vni, 0, _VNI_MAX, "VXLAN VNI", 'use e.g. "VNI": 1 (the default)')
+    _check_range(
+        opts.port, 0, 65535, "VXLAN Port", 'use e.g. "Port": 8472, or 0 for the kernel default'
+    )
+    _check_range(
+        opts.mtu, 0, 65535, "VXLAN MTU", 'leave "MTU" out to use the external interface MTU'
+    )
+    return opts
+
+
+def udp_options(cfg: NetworkConfig) -> UdpOptions:
+    """The udp ``Backend`` options of ``cfg``: ``Port`` (default 8285)."""
+    got = _decode_backend_fields(cfg.backend, "", {"Port": "int"}, "UDP")
+    opts = UdpOptions(port=got.get("Port", 8285))
+    _check_range(opts.port, 1, 65535, "UDP Port", 'use e.g. "Port": 8285 (the default)')
+    return opts

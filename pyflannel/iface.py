@@ -1,0 +1,517 @@
+"""Choosing the external interface: flanneld's ``--iface`` / ``--iface-regex`` /
+``--iface-can-reach`` / ``--public-ip`` rules (``main.go`` + ``pkg/ipmatch/match.go``).
+
+Order, as in flanneld:
+
+1. No ``--iface``, ``--iface-regex`` or ``--iface-can-reach``: the interface holding
+   ``--public-ip`` (or ``--public-ipv6``), else the interface of the default route (IPv4, IPv6,
+   or both, which must then agree).
+2. Otherwise each ``--iface`` (a name or an IP) in order, then each ``--iface-regex`` (matched
+   against the interfaces' IPs first, then their names), then ``--iface-can-reach`` (the
+   interface and source address of ``ip route get``). First match wins.
+
+The interface address is the first usable one (global or link-local unicast, not deprecated;
+global before link-local, permanent before dynamic, non-temporary before temporary). The
+public address is ``--public-ip`` if given, else the interface address.
+
+The kernel is read once through pyroute2 (imported lazily) into a :class:`HostNetwork`
+snapshot; the choice itself is a pure function of that snapshot.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from pyflannel.errors import ConfigError, InterfaceError
+
+__all__ = [
+    "Addr",
+    "ExternalInterface",
+    "HostNetwork",
+    "Link",
+    "read_host_network",
+    "select_interface",
+    "select_interface_from",
+]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Stack = Literal["ipv4", "ipv6", "dual"]
+
+# linux/if_addr.h
+_IFA_F_TEMPORARY: Final = 0x01
+_IFA_F_DEPRECATED: Final = 0x20
+_IFA_F_PERMANENT: Final = 0x80
+_RT_TABLE_MAIN: Final = 254
+
+_FIX_HINT: Final = (
+    "pass --iface with the name or IP of the interface that reaches the other nodes; "
+    "list them with 'ip -br addr'"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalInterface:
+    """The interface flannel sends overlay traffic from, and the addresses it advertises."""
+
+    name: str
+    index: int
+    ipv4_addr: ipaddress.IPv4Address | None
+    ipv6_addr: ipaddress.IPv6Address | None
+    public_ip: ipaddress.IPv4Address | None
+    public_ipv6: ipaddress.IPv6Address | None
+    mtu: int
+
+
+@dataclass(frozen=True, slots=True)
+class Addr:
+    """One interface address with its ``IFA_F_*`` flags."""
+
+    ip: IPAddress
+    flags: int = _IFA_F_PERMANENT
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """One network interface as seen by netlink."""
+
+    index: int
+    name: str
+    mtu: int
+    addrs: tuple[Addr, ...] = ()
+
+
+RouteGet = Callable[[IPAddress], tuple[int, IPAddress | None]]
+
+
+@dataclass(frozen=True)
+class HostNetwork:
+    """What interface selection needs from the kernel, read once.
+
+    ``default_v4``/``default_v6`` hold the output interface index of each default route in the
+    main table, in kernel order (0 for a route without one, e.g. multipath). ``route_get``
+    answers ``ip route get <ip>`` with (output index, preferred source).
+    """
+
+    links: tuple[Link, ...]
+    default_v4: tuple[int, ...] = ()
+    default_v6: tuple[int, ...] = ()
+    route_get: RouteGet | None = field(default=None, compare=False)
+
+    def by_index(self, index: int) -> Link | None:
+        return next((link for link in self.links if link.index == index), None)
+
+    def by_name(self, name: str) -> Link | None:
+        return next((link for link in self.links if link.name == name), None)
+
+
+# ------------------------------------------------------------------------------------------
+# Reading the kernel
+
+
+def read_host_network(ipr: Any | None = None) -> HostNetwork:
+    """Snapshot links, addresses and default routes of the current network namespace.
+
+    ``ipr`` is an open pyroute2 ``IPRoute``; without one, a private one is opened and closed.
+    The returned snapshot's ``route_get`` opens its own socket when called.
+    """
+    from pyroute2 import IPRoute  # lazy: pyroute2 is slow to import
+
+    own = ipr is None
+    handle = IPRoute() if ipr is None else ipr
+    try:
+        addrs: dict[int, list[Addr]] = {}
+        for msg in handle.get_addr():
+            ip_text = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+            if ip_text is None:
+                continue
+            flags = msg.get_attr("IFA_FLAGS")
+            addrs.setdefault(msg["index"], []).append(
+                Addr(ipaddress.ip_address(ip_text), flags if flags is not None else msg["flags"])
+            )
+        links = tuple(
+            sorted(
+                (
+                    Link(
+                        index=msg["index"],
+                        name=msg.get_attr("IFLA_IFNAME") or "",
+                        mtu=msg.get_attr("IFLA_MTU") or 0,
+                        addrs=tuple(addrs.get(msg["index"], ())),
+                    )
+                    for msg in handle.get_links()
+                ),
+                key=lambda link: link.index,
+            )
+        )
+        defaults: dict[int, tuple[int, ...]] = {}
+        for family in (socket.AF_INET, socket.AF_INET6):
+            defaults[family] = tuple(
+                route.get_attr("RTA_OIF") or 0
+                for route in handle.get_routes(family=family, table=_RT_TABLE_MAIN)
+                if route["dst_len"] == 0
+                and (route.get_attr("RTA_TABLE") or route["table"]) == _RT_TABLE_MAIN
+            )
+    finally:
+        if own:
+            handle.close()
+    return HostNetwork(
+        links=links,
+        default_v4=defaults[socket.AF_INET],
+        default_v6=defaults[socket.AF_INET6],
+        route_get=_kernel_route_get,
+    )
+
+
+def _kernel_route_get(ip: IPAddress) -> tuple[int, IPAddress | None]:
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError as PyrouteNetlinkError
+
+    with IPRoute() as ipr:
+        try:
+            routes = ipr.route("get", dst=str(ip))
+        except PyrouteNetlinkError as err:
+            raise LookupError(f"couldn't lookup route to {ip}: {err}") from None
+    for route in routes:
+        src = route.get_attr("RTA_PREFSRC")
+        return route.get_attr("RTA_OIF") or 0, ipaddress.ip_address(src) if src else None
+    raise LookupError("no interface with given IP found")
+
+
+# ------------------------------------------------------------------------------------------
+# Pure selection (a port of LookupExtIface)
+
+
+class _NoMatch(Exception):
+    """One candidate did not yield an interface; ``str()`` says why (flanneld's wording)."""
+
+
+def _is_global_unicast(ip: IPAddress) -> bool:
+    # Go's net.IP.IsGlobalUnicast: private ranges count as global.
+    if isinstance(ip, ipaddress.IPv4Address) and ip == ipaddress.IPv4Address("255.255.255.255"):
+        return False
+    return not (ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.is_link_local)
+
+
+def _usable_addrs(link: Link, version: int) -> list[IPAddress]:
+    """``GetInterfaceIP4Addrs`` / ``GetInterfaceIP6Addrs``: filtered, in preference order."""
+
+    def rank(addr: Addr) -> tuple[int, int, int]:
+        return (
+            0 if _is_global_unicast(addr.ip) else 1,
+            0 if addr.flags & _IFA_F_PERMANENT else 1,
+            1 if addr.flags & _IFA_F_TEMPORARY else 0,
+        )
+
+    candidates = [
+        a
+        for a in link.addrs
+        if a.ip.version == version
+        and (_is_global_unicast(a.ip) or a.ip.is_link_local)
+        and not a.flags & _IFA_F_DEPRECATED
+    ]
+    return [a.ip for a in sorted(candidates, key=rank)]
+
+
+def _link_with_ip(host: HostNetwork, ip: IPAddress) -> Link | None:
+    return next((link for link in host.links if any(a.ip == ip for a in link.addrs)), None)
+
+
+def _first_addr(link: Link, version: int) -> IPAddress:
+    addrs = _usable_addrs(link, version)
+    if not addrs:
+        raise _NoMatch(f"failed to find IPv{version} address for interface {link.name}")
+    return addrs[0]
+
+
+def _parse_ip(text: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _lookup(
+    host: HostNetwork,
+    stack: Stack,
+    public_ipv6: str,
+    *,
+    ifname: str = "",
+    regex: str = "",
+    can_reach: str = "",
+) -> tuple[Link, IPAddress | None, IPAddress | None]:
+    """Find (link, v4 address, v6 address) for one candidate, or raise _NoMatch."""
+    link: Link | None = None
+    addr4: IPAddress | None = None
+    addr6: IPAddress | None = None
+
+    if ifname:
+        ip = _parse_ip(ifname)
+        if ip is not None:
+            if stack == "ipv6":
+                link = _link_with_ip(host, ip) if ip.version == 6 else None
+                if link is None:
+                    raise _NoMatch(
+                        f"error looking up v6 interface {ifname}: no interface with "
+                        "given IPv6 found"
+                    )
+                addr6 = ip
+            else:
+                if ip.version == 4:
+                    link = _link_with_ip(host, ip)
+                    if link is None:
+                        raise _NoMatch(
+                            f"error looking up interface {ifname}: no interface with given IP found"
+                        )
+                    addr4 = ip
+                if stack == "dual" and public_ipv6:
+                    ip6 = _parse_ip(public_ipv6)
+                    if ip6 is not None:
+                        link6 = _link_with_ip(host, ip6) if ip6.version == 6 else None
+                        if link6 is None:
+                            raise _NoMatch(
+                                f"error looking up v6 interface {public_ipv6}: no interface "
+                                "with given IPv6 found"
+                            )
+                        addr6 = ip6
+                        if link is None:
+                            link, addr4 = link6, None
+                        elif link.name != link6.name:
+                            raise _NoMatch(
+                                f"v6 interface {link6.name} must be the same with v4 "
+                                f"interface {link.name}"
+                            )
+                if link is None:
+                    raise _NoMatch(
+                        f"error looking up interface {ifname}: no interface with given IP found"
+                    )
+        else:
+            link = host.by_name(ifname)
+            if link is None:
+                raise _NoMatch(f"error looking up interface {ifname}: no such network interface")
+    elif regex:
+        try:
+            pattern = re.compile(regex)
+        except re.error as err:
+            raise _NoMatch(f"could not compile the IP address regex '{regex}': {err}") from None
+        for cand in host.links:
+            v4 = [str(a) for a in _usable_addrs(cand, 4)]
+            v6 = [str(a) for a in _usable_addrs(cand, 6)]
+            m4 = next((a for a in v4 if pattern.search(a)), None)
+            m6 = next((a for a in v6 if pattern.search(a)), None)
+            if stack == "ipv4" and m4 is not None:
+                link, addr4 = cand, ipaddress.ip_address(m4)
+                break
+            if stack == "ipv6" and m6 is not None:
+                link, addr6 = cand, ipaddress.ip_address(m6)
+                break
+            if stack == "dual" and v4 and v6 and m4 is not None:
+                addr4 = ipaddress.ip_address(m4)
+                if m6 is not None:
+                    link, addr6 = cand, ipaddress.ip_address(m6)
+                    break
+        if link is None:
+            # flanneld keeps an IPv4 match of an earlier interface here and pairs it with the
+            # interface matched by name; we look the addresses up on that interface instead.
+            addr4 = addr6 = None
+            link = next((c for c in host.links if pattern.search(c.name)), None)
+        if link is None:
+            version = 6 if stack == "ipv6" else 4
+            available = ", ".join(
+                f"{c.name}:[{' '.join(str(a) for a in _usable_addrs(c, version))}]"
+                for c in host.links
+            )
+            raise _NoMatch(
+                f"could not match pattern {regex} to any of the available network interfaces "
+                f"({available})"
+            )
+    elif can_reach:
+        target = _parse_ip(can_reach)
+        if target is None:
+            raise _NoMatch(f"failed to get ifcanreach based interface: invalid IP {can_reach}")
+        if host.route_get is None:
+            raise _NoMatch("failed to get ifcanreach based interface: no route lookup available")
+        try:
+            oif, src = host.route_get(target)
+        except LookupError as err:
+            raise _NoMatch(f"failed to get ifcanreach based interface: {err}") from None
+        link = host.by_index(oif)
+        if link is None:
+            raise _NoMatch(
+                f"failed to get ifcanreach based interface: couldn't lookup interface: index {oif}"
+            )
+        # Like flanneld, the route's preferred source becomes the interface address.
+        if isinstance(src, ipaddress.IPv4Address):
+            addr4 = src
+        elif src is not None:
+            addr6 = src
+    else:
+        if stack in ("ipv4", "dual"):
+            link = _default_link(host, host.default_v4, "")
+        if stack in ("ipv6", "dual"):
+            link6 = _default_link(host, host.default_v6, "v6 ")
+            if link is not None and link.name != link6.name:
+                raise _NoMatch(
+                    f"v6 default route interface {link6.name} must be the same with v4 default "
+                    f"route interface {link.name}"
+                )
+            link = link6
+
+    assert link is not None
+    if stack == "ipv4" and addr4 is None:
+        addr4 = _first_addr(link, 4)
+    elif stack == "ipv6" and addr6 is None:
+        addr6 = _first_addr(link, 6)
+    elif stack == "dual":
+        if addr4 is None:
+            addr4 = _first_addr(link, 4)
+        if addr6 is None:
+            addr6 = _first_addr(link, 6)
+    return link, addr4, addr6
+
+
+def _default_link(host: HostNetwork, oifs: tuple[int, ...], v6: str) -> Link:
+    if not oifs:
+        raise _NoMatch(f"failed to get default {v6}interface: unable to find default {v6}route")
+    if oifs[0] <= 0:
+        raise _NoMatch(
+            f"failed to get default {v6}interface: found default {v6}route but could not "
+            "determine interface"
+        )
+    link = host.by_index(oifs[0])
+    if link is None:
+        raise _NoMatch(f"failed to get default {v6}interface: no interface with index {oifs[0]}")
+    return link
+
+
+def _parse_public(text: str, version: int, flag: str) -> Any:
+    if not text:
+        return None
+    ip = _parse_ip(text)
+    if ip is None or ip.version != version:
+        raise ConfigError(
+            f"invalid public IP{'v6' if version == 6 else ''} address: {text}",
+            hint=f"give {flag} an IPv{version} address of this host",
+        )
+    return ip
+
+
+def select_interface_from(
+    host: HostNetwork,
+    *,
+    iface: Sequence[str] = (),
+    iface_regex: Sequence[str] = (),
+    iface_can_reach: str = "",
+    public_ip: str = "",
+    public_ipv6: str = "",
+    enable_ipv4: bool = True,
+    enable_ipv6: bool = False,
+) -> ExternalInterface:
+    """Pure interface selection over a :class:`HostNetwork` snapshot (see module docstring).
+
+    Raises InterfaceError when nothing matches (listing every candidate tried and why) or the
+    chosen interface has MTU 0, ConfigError for an unparsable ``--public-ip[v6]`` or when
+    neither IP stack is enabled.
+    """
+    if enable_ipv4 and enable_ipv6:
+        stack: Stack = "dual"
+    elif enable_ipv4:
+        stack = "ipv4"
+    elif enable_ipv6:
+        stack = "ipv6"
+    else:
+        raise ConfigError(
+            "none defined stack",
+            hint='set "EnableIPv4": true (the default) and/or "EnableIPv6": true',
+        )
+    pub4 = _parse_public(public_ip, 4, "--public-ip")
+    pub6 = _parse_public(public_ipv6, 6, "--public-ipv6")
+
+    found: tuple[Link, IPAddress | None, IPAddress | None] | None = None
+    if not iface and not iface_regex and not iface_can_reach:
+        # With --public-ip the interface is the one holding that address.
+        ifname = public_ip or public_ipv6
+        try:
+            found = _lookup(host, stack, public_ipv6, ifname=ifname)
+        except _NoMatch as err:
+            what = f"the interface holding {ifname}" if ifname else "the default route"
+            hint = _FIX_HINT
+            if ifname:
+                hint = (
+                    f"{ifname} must be an address of a local interface; behind NAT also pass "
+                    "--iface with the local interface"
+                )
+            raise InterfaceError(
+                f"Failed to find any valid interface to use: {err} (tried {what})", hint=hint
+            ) from None
+    else:
+        tried: list[str] = []
+        candidates: list[tuple[str, dict[str, str]]] = [
+            *((f"--iface {name}", {"ifname": name}) for name in iface),
+            *((f"--iface-regex {rx}", {"regex": rx}) for rx in iface_regex),
+        ]
+        if iface_can_reach:
+            candidates.append(
+                (f"--iface-can-reach {iface_can_reach}", {"can_reach": iface_can_reach})
+            )
+        for label, kwargs in candidates:
+            try:
+                found = _lookup(host, stack, public_ipv6, **kwargs)
+                break
+            except _NoMatch as err:
+                tried.append(f"{label}: {err}")
+        if found is None:
+            raise InterfaceError(
+                "Failed to find interface to use that matches the interfaces and/or regexes "
+                f"provided; tried {'; '.join(tried)}",
+                hint=_FIX_HINT,
+            )
+
+    link, addr4, addr6 = found
+    if link.mtu == 0:
+        raise InterfaceError(
+            f"failed to determine MTU for {addr4 or addr6} interface ({link.name} has MTU 0)",
+            hint=f"set an MTU on {link.name} (ip link set {link.name} mtu 1500) or choose "
+            "another interface with --iface",
+        )
+    ext4 = pub4 if pub4 is not None else (addr4 if stack != "ipv6" else None)
+    ext6 = pub6 if pub6 is not None else (addr6 if stack != "ipv4" else None)
+    return ExternalInterface(
+        name=link.name,
+        index=link.index,
+        ipv4_addr=addr4 if isinstance(addr4, ipaddress.IPv4Address) else None,
+        ipv6_addr=addr6 if isinstance(addr6, ipaddress.IPv6Address) else None,
+        public_ip=ext4 if isinstance(ext4, ipaddress.IPv4Address) else None,
+        public_ipv6=ext6 if isinstance(ext6, ipaddress.IPv6Address) else None,
+        mtu=link.mtu,
+    )
+
+
+def select_interface(
+    *,
+    iface: Sequence[str] = (),
+    iface_regex: Sequence[str] = (),
+    iface_can_reach: str = "",
+    public_ip: str = "",
+    public_ipv6: str = "",
+    enable_ipv4: bool = True,
+    enable_ipv6: bool = False,
+) -> ExternalInterface:
+    """Choose the external interface in the current network namespace, like flanneld.
+
+    Parameters mirror the flags (``Options.iface`` etc.) and the config's stacks. Reads the
+    kernel through pyroute2; see :func:`select_interface_from` for the rules and errors.
+    """
+    return select_interface_from(
+        read_host_network(),
+        iface=iface,
+        iface_regex=iface_regex,
+        iface_can_reach=iface_can_reach,
+        public_ip=public_ip,
+        public_ipv6=public_ipv6,
+        enable_ipv4=enable_ipv4,
+        enable_ipv6=enable_ipv6,
+    )

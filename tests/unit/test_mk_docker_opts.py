@@ -1,0 +1,141 @@
+"""``pyflannel mk-docker-opts`` writes the same bytes as upstream ``dist/mk-docker-opts.sh``."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pyflannel.cli.mk_docker_opts import PROG, main, run
+
+DATA = Path(__file__).parent / "data" / "mk_docker_opts"
+CASES = sorted(p.name for p in DATA.iterdir() if (p / "case.json").is_file())
+VETH = "eth7"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_enough_recorded_cases() -> None:
+    assert len(CASES) >= 8
+
+
+def _fill(text: str, tmp: Path) -> str:
+    return (
+        text.replace("{in}", str(tmp / "subnet.env"))
+        .replace("{out}", str(tmp / "docker_opts.env"))
+        .replace("{dir}", str(tmp))
+        .replace("{veth}", VETH)
+    )
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_matches_upstream_script(name: str, tmp_path: Path) -> None:
+    case: dict[str, Any] = json.loads((DATA / name / "case.json").read_text())
+    if case["subnet_env"] is not None:
+        (tmp_path / "subnet.env").write_text(case["subnet_env"])
+    out = tmp_path / "docker_opts.env"
+    if case["preexisting_output"] is not None:
+        out.write_text(case["preexisting_output"])
+    err = io.StringIO()
+    rc = run(
+        [_fill(a, tmp_path) for a in case["args"]],
+        {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **case["env"]},
+        route_table=lambda: _fill(case["ip_route_show"], tmp_path),
+        stderr=err,
+        prog="{prog}",
+    )
+    assert rc == case["rc"]
+    assert err.getvalue() == _fill(case["stderr"], tmp_path)
+    assert out.exists() == case["output_created"]
+    if case["output_created"]:
+        expected = (DATA / name / "expected_output").read_bytes()
+        assert out.read_bytes() == _fill(expected.decode(), tmp_path).encode()
+
+
+def test_malformed_subnet_env_is_an_error_not_executed(tmp_path: Path) -> None:
+    env = tmp_path / "subnet.env"
+    env.write_text(f"touch {tmp_path}/pwned\n")
+    err = io.StringIO()
+    rc = run(["-f", str(env), "-d", str(tmp_path / "o")], {}, route_table=str, stderr=err)
+    assert rc == 1
+    assert f"{env}:1: expected KEY=VALUE" in err.getvalue()
+    assert not (tmp_path / "pwned").exists()
+    assert not (tmp_path / "o").exists()
+
+
+def test_unwritable_output(tmp_path: Path) -> None:
+    env = tmp_path / "subnet.env"
+    env.write_text("FLANNEL_SUBNET=10.1.74.1/24\n")
+    err = io.StringIO()
+    rc = run(
+        ["-f", str(env), "-d", str(tmp_path / "no" / "such" / "dir")],
+        {},
+        route_table=str,
+        stderr=err,
+    )
+    assert rc == 1
+    assert "cannot write" in err.getvalue()
+
+
+def test_usage_names_the_tool() -> None:
+    err = io.StringIO()
+    assert run(["-h"], {}, stderr=err) == 1
+    assert err.getvalue().startswith(f"{PROG} [-f FLANNEL-ENV-FILE]")
+
+
+# --- against the kernel's routing table, in a private network namespace -------------------
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    tag = secrets.token_hex(2)
+    name, veth = f"pf{tag}md", f"pf{tag}m0"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for cmd in (
+            ["link", "add", veth, "type", "veth", "peer", "name", f"pf{tag}m1"],
+            ["addr", "add", "198.51.100.2/24", "dev", veth],
+            ["link", "set", veth, "up"],
+            ["link", "set", f"pf{tag}m1", "up"],
+            ["route", "add", "10.1.74.0/24", "via", "198.51.100.1"],
+        ):
+            subprocess.run(["ip", "-n", name, *cmd], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.mark.root
+def test_real_routing_table_conflict(netns: str, tmp_path: Path) -> None:
+    env = tmp_path / "subnet.env"
+    env.write_text("FLANNEL_SUBNET=10.1.74.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
+    out = tmp_path / "docker_opts.env"
+    tool = [sys.executable, "-m", "pyflannel.cli.mk_docker_opts"]
+    proc = subprocess.run(
+        ["ip", "netns", "exec", netns, *tool, "-f", str(env), "-d", str(out), "-c"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(
+        "Your routing table already contains the subnet: 10.1.74.0/24 via 198.51.100.1 dev pf"
+    )
+    assert out.read_text() == 'DOCKER_OPTS=" --bip=10.1.74.1/24 --ip-masq=false --mtu=1450"\n'
+
+
+def test_main_reads_os_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = tmp_path / "subnet.env"
+    env.write_text("FLANNEL_MTU=1450\n")
+    monkeypatch.setenv("DOCKER_OPTS", "--debug")
+    out = tmp_path / "o.env"
+    assert main(["-f", str(env), "-d", str(out), "-c"]) == 0
+    assert out.read_text() == 'DOCKER_OPTS="--debug  --mtu=1450"\n'
