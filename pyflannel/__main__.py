@@ -1,0 +1,59 @@
+"""``pyflanneld`` / ``python -m pyflannel``: the node agent's entry point.
+
+Only the flag parser (stdlib) is imported before the flags are known, so ``--help`` and
+``--version`` answer at interpreter speed; the daemon's dependencies load after that.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flanneld's flags, run the daemon, and return the process exit code."""
+    from pyflannel import __version__
+    from pyflannel.cli.flags import parse_flags, usage_text
+    from pyflannel.errors import FlannelError
+
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        opts = parse_flags(args, os.environ)
+    except FlannelError as exc:
+        print(f"pyflanneld: {exc}", file=sys.stderr)
+        return 2
+    if opts.help:
+        print(usage_text(), file=sys.stdout)
+        return 0
+    if opts.version:
+        # flanneld prints its version to stderr.
+        print(__version__, file=sys.stderr)
+        return 0
+
+    import structlog
+    import trio
+
+    from pyflannel.cli.flags import log_notices
+    from pyflannel.daemon import run_daemon
+    from pyflannel.log import configure_logging
+
+    configure_logging("json" if opts.log_format == "json" else "console", opts.verbosity)
+    log = structlog.get_logger("pyflannel")
+    log_notices(opts)
+    try:
+        trio.run(run_daemon, opts)
+    except FlannelError as exc:
+        log.error(
+            "pyflanneld stopped", error=exc.message, hint=exc.hint, kind=type(exc).__name__,
+            exc_info=opts.verbosity > 0,
+        )  # fmt: skip
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""The node agent: flanneld's start-up order in one trio nursery.
+
+Order (flannel-spec §10): previous subnet.env → signals → health listener → network config
+(retried every second) → external interface → backend device → lease → device address →
+traffic rules (other mode cleaned, masq, forward, resync loop) → subnet.env → peers (snapshot,
+then watch) → ``READY=1`` → lease renewal. SIGTERM/SIGINT cancel the nursery and leave the lease,
+device, routes and rules in place, so a restart is seamless. The daemon holds no business logic:
+every decision lives in the modules it calls.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+import structlog
+import trio
+
+from pyflannel.errors import ConfigError, FlannelError, RegistryError
+from pyflannel.lease import Event, EventKind, Lease
+from pyflannel.metrics import METRICS
+
+if TYPE_CHECKING:
+    from pyflannel.backend.base import Network
+    from pyflannel.cli.flags import Options
+    from pyflannel.config import NetworkConfig
+    from pyflannel.subnet.manager import EtcdSubnetManager
+    from pyflannel.subnet.subnet_env import SubnetEnv
+    from pyflannel.trafficmngr import PreviousNetworks
+
+__all__ = ["Daemon", "run_daemon"]
+
+log = structlog.get_logger("pyflannel.daemon")
+
+CONFIG_RETRY_SECONDS = 1.0
+
+
+class Daemon:
+    """One flanneld-equivalent process; :meth:`run` returns when a signal asks it to stop."""
+
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.state_dir = Path(opts.subnet_file).parent
+        self.stopping = False
+
+    async def run(self) -> None:
+        """Run until SIGTERM/SIGINT (returns) or a fatal error (raises FlannelError)."""
+        from pyflannel.subnet.manager import EtcdSubnetManager
+
+        opts = self.opts
+        previous = self._read_previous_subnet_env()
+        manager = EtcdSubnetManager(
+            opts.etcd_endpoints,
+            opts.etcd_prefix,
+            keyfile=opts.etcd_keyfile,
+            certfile=opts.etcd_certfile,
+            cafile=opts.etcd_cafile,
+            username=opts.etcd_username,
+            password=opts.etcd_password,
+            ttl=opts.subnet_lease_ttl,
+            renew_margin=self._renew_margin_minutes(),
+            renew_retry=float(opts.subnet_lease_renew_retry),
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_signals, nursery.cancel_scope)
+                if opts.healthz_port > 0:
+                    await nursery.start(self._serve_health)
+                await self._start(nursery, manager, previous)
+                # The renewal loop only returns by raising (LeaseLost) or being cancelled.
+                await manager.run_renewal(self.lease, on_change=self._lease_changed)
+        finally:
+            manager.close()
+        if self.stopping:
+            log.info("Exiting cleanly...")
+
+    # -- start-up steps ------------------------------------------------------------------------
+
+    async def _start(
+        self,
+        nursery: trio.Nursery,
+        manager: EtcdSubnetManager,
+        previous: SubnetEnv | None,
+    ) -> None:
+        from pyflannel.backend.registry import make_backend
+        from pyflannel.iface import select_interface
+
+        opts = self.opts
+        config = await self._get_config(manager)
+        if not config.enable_nftables:
+            # flanneld's br_netfilter check (§2) happens before the interface is chosen.
+            self._check_br_netfilter(config)
+        ext = select_interface(
+            iface=opts.iface,
+            iface_regex=opts.iface_regex,
+            iface_can_reach=opts.iface_can_reach,
+            public_ip=opts.public_ip,
+            public_ipv6=opts.public_ipv6,
+            enable_ipv4=config.enable_ipv4,
+            enable_ipv6=config.enable_ipv6,
+        )
+        log.info(
+            "using interface",
+            iface=ext.name,
+            address=str(ext.ipv4_addr or ext.ipv6_addr),
+            public_ip=str(ext.public_ip or ext.public_ipv6),
+            mtu=ext.mtu,
+        )
+        backend = make_backend(config.backend_type)
+        attrs = await backend.prepare(config, ext, self.state_dir)
+        self.lease = await manager.acquire_lease(config, attrs, previous)
+        self._lease_changed(self.lease)
+        log.info(
+            "lease acquired",
+            subnet=str(self.lease.subnet),
+            ipv6_subnet=str(self.lease.ipv6_subnet) if self.lease.ipv6_subnet else None,
+            reservation=self.lease.is_reservation,
+        )
+        network = await backend.configure(self.lease)
+        await self._setup_traffic(nursery, config, previous)
+        self._write_subnet_env(config, network)
+        METRICS.ready = True
+        send, recv = trio.open_memory_channel[list[Event]](64)
+        nursery.start_soon(manager.watch_leases, self.lease, send)
+        nursery.start_soon(self._apply_peers, network, recv)
+        nursery.start_soon(network.run)
+        from pyflannel.sdnotify import notify
+
+        if notify("READY=1"):
+            log.info("notified systemd: READY=1")
+
+    async def _get_config(self, manager: EtcdSubnetManager) -> NetworkConfig:
+        from pyflannel.config import parse_network_config
+
+        attempts = 0
+        while True:
+            try:
+                raw = await manager.get_network_config()
+                return parse_network_config(raw)
+            except (RegistryError, ConfigError) as exc:
+                # flanneld retries forever: the config (or etcd) may appear after we start.
+                attempts += 1
+                level = log.error if attempts == 1 or attempts % 30 == 0 else log.debug
+                level("could not get the network config; retrying every second", error=str(exc))
+            await trio.sleep(CONFIG_RETRY_SECONDS)
+
+    def _check_br_netfilter(self, config: NetworkConfig) -> None:
+        from pyflannel.trafficmngr import TrafficSpec, check_br_netfilter
+
+        check_br_netfilter(
+            TrafficSpec(
+                network=config.network if config.enable_ipv4 else None,
+                subnet=None,
+                ipv6_network=config.ipv6_network if config.enable_ipv6 else None,
+                ipv6_subnet=None,
+                ip_masq=self.opts.ip_masq,
+            )
+        )
+
+    async def _setup_traffic(
+        self, nursery: trio.Nursery, config: NetworkConfig, previous: SubnetEnv | None
+    ) -> None:
+        from pyflannel.trafficmngr import new_traffic_manager, spec_from
+
+        opts = self.opts
+        spec = spec_from(
+            config,
+            self.lease,
+            ip_masq=opts.ip_masq,
+            forward_rules=opts.iptables_forward_rules,
+            random_fully_disable=opts.ip_masq_fully_random_disable,
+            blackhole_route=opts.ip_blackhole_route,
+        )
+        tm = new_traffic_manager(
+            spec, nftables=config.enable_nftables, prev=_previous_networks(previous)
+        )
+        await tm.cleanup_other_mode()
+        await tm.setup()
+        nursery.start_soon(tm.resync_forever, float(opts.iptables_resync))
+
+    def _write_subnet_env(self, config: NetworkConfig, network: Network) -> None:
+        from pyflannel.subnet.subnet_env import subnet_env_for, write_subnet_env
+
+        env = subnet_env_for(
+            network=config.network if config.enable_ipv4 else None,
+            lease_subnet=self.lease.subnet if config.enable_ipv4 else None,
+            ipv6_network=config.ipv6_network if config.enable_ipv6 else None,
+            ipv6_lease_subnet=self.lease.ipv6_subnet if config.enable_ipv6 else None,
+            mtu=network.mtu,
+            ipmasq=self.opts.ip_masq,
+        )
+        try:
+            write_subnet_env(self.opts.subnet_file, env)
+        except OSError as exc:
+            # flanneld only warns here, then reports ready with no file: pods then fail with
+            # "subnet.env: no such file". Failing loudly lets systemd restart us instead.
+            raise ConfigError(
+                f"could not write {self.opts.subnet_file}: {exc.strerror}",
+                hint="make its directory writable by pyflanneld or pass --subnet-file",
+            ) from exc
+        log.info("wrote subnet file", path=self.opts.subnet_file)
+
+    # -- long-running tasks ----------------------------------------------------------------------
+
+    async def _apply_peers(
+        self, network: Network, recv: trio.MemoryReceiveChannel[list[Event]]
+    ) -> NoReturn:
+        first = True
+        async for batch in recv:
+            try:
+                if first:
+                    leases = [e.lease for e in batch if e.kind is EventKind.ADDED]
+                    started = time.monotonic()
+                    await network.apply_snapshot(leases)
+                    METRICS.last_snapshot_apply_seconds = time.monotonic() - started
+                    first = False
+                else:
+                    await network.apply_events(batch)
+            except FlannelError as exc:
+                # One bad batch must not stop the agent; the backend's resync repairs later.
+                log.error("could not apply peer changes", error=str(exc), events=len(batch))
+        raise RegistryError("the peer watch stopped unexpectedly", hint="restart pyflanneld")
+
+    async def _watch_signals(self, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("received signal, shutting down", signal=signal.Signals(signum).name)
+                self.stopping = True
+                scope.cancel()
+                return
+
+    async def _serve_health(self, task_status: trio.TaskStatus[int]) -> None:
+        from pyflannel.health import serve_health
+
+        await serve_health(self.opts.healthz_ip, self.opts.healthz_port, task_status=task_status)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _lease_changed(self, lease: Lease) -> None:
+        self.lease = lease
+        METRICS.lease_expiration = lease.expiration
+
+    def _renew_margin_minutes(self) -> float:
+        """The renew margin, shrunk for short test TTLs so renewal does not spin.
+
+        flanneld's margin (minutes, 1..1439) assumes a 24 h lease; with ``--subnet-lease-ttl``
+        of a few seconds we renew at half the TTL instead.
+        """
+        margin_s = self.opts.subnet_lease_renew_margin * 60.0
+        ttl = float(self.opts.subnet_lease_ttl)
+        if margin_s >= ttl:
+            margin_s = ttl / 2
+        return margin_s / 60.0
+
+    def _read_previous_subnet_env(self) -> SubnetEnv | None:
+        from pyflannel.subnet.subnet_env import read_subnet_env
+
+        try:
+            return read_subnet_env(self.opts.subnet_file, missing_ok=True)
+        except ConfigError as exc:
+            log.warning("ignoring the previous subnet file", error=str(exc))
+            return None
+
+
+def _previous_networks(env: SubnetEnv | None) -> PreviousNetworks | None:
+    from pyflannel.trafficmngr import PreviousNetworks
+
+    if env is None:
+        return None
+    return PreviousNetworks(
+        network=env.network,
+        subnet=None if env.subnet is None else env.subnet.network,
+        ipv6_network=env.ipv6_network,
+        ipv6_subnet=None if env.ipv6_subnet is None else env.ipv6_subnet.network,
+    )
+
+
+async def run_daemon(opts: Options) -> None:
+    """Run the agent until a signal; raises FlannelError on a fatal problem."""
+    await Daemon(opts).run()
