@@ -1,0 +1,127 @@
+"""The backend seams (``Backend``, ``Network``) and the plain data the planners share.
+
+A *backend* owns one data path (vxlan, host-gw). The daemon drives it in this order::
+
+    backend = make_backend(cfg.backend_type)            # registry.py
+    attrs = await backend.prepare(cfg, ext_iface, state_dir)   # device, VTEP MAC; before the lease
+    network = await backend.configure(lease)           # address the device with our lease
+    mtu = network.mtu                                  # FLANNEL_MTU for subnet.env
+    await network.apply_snapshot(peer_leases)          # first list: reconcile against the kernel
+    nursery.start_soon(network.run)                    # repairs: device re-creation, resync
+    await network.apply_events(events)                 # every watch batch
+
+Everything in this module is plain data or a ``typing.Protocol``: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from pyflannel.lease import Event, Lease, LeaseAttrs
+from pyflannel.netlink.ops import IPAddress, IPNetwork
+
+if TYPE_CHECKING:
+    from pyflannel.config import NetworkConfig
+    from pyflannel.iface import ExternalInterface
+
+__all__ = [
+    "Backend",
+    "BackendStats",
+    "Family",
+    "Network",
+    "PlanContext",
+]
+
+Family = Literal[4, 6]
+
+
+@dataclass(frozen=True, slots=True)
+class PlanContext:
+    """Everything the pure planner and validator need to know about *this* node, per family.
+
+    ``backend_type`` is the lease ``BackendType`` we program ("vxlan" or "host-gw"); leases of
+    another type are ignored, as flanneld does. ``dev_index`` is the device peers are
+    programmed on: the vxlan device, or for host-gw the external interface.
+
+    ``direct_routes`` (vxlan DirectRouting only) maps a peer's public IP to the interface index
+    the kernel uses to reach it directly (``ip route get`` gave one route without a gateway). The
+    caller decides this with I/O before planning, so the planner stays pure.
+    """
+
+    family: Family
+    backend_type: str
+    network: IPNetwork
+    own_subnet: IPNetwork
+    own_public_ip: IPAddress
+    dev_index: int
+    ext_index: int
+    own_mac: str | None = None
+    direct_routes: Mapping[IPAddress, int] = field(default_factory=dict)
+
+    @property
+    def is_vxlan(self) -> bool:
+        """True when peers need neighbour and FDB entries (the vxlan backend)."""
+        return self.backend_type == "vxlan"
+
+    @property
+    def managed_ifindexes(self) -> frozenset[int]:
+        """Devices whose gateway routes into ``network`` we own (stale ones get removed)."""
+        idx = {self.dev_index, self.ext_index, *self.direct_routes.values()}
+        idx.discard(0)
+        return frozenset(idx)
+
+
+@dataclass
+class BackendStats:
+    """Backend counters beyond the shared ``pyflannel.metrics.Metrics`` ones (plain numbers)."""
+
+    leases_rejected_total: int = 0
+    device_recreations_total: int = 0
+    resyncs_total: int = 0
+    resync_repairs_total: int = 0
+    last_snapshot_ops: int = 0
+
+
+class Network(Protocol):
+    """A configured data path for our lease; programs peers from snapshots and events."""
+
+    @property
+    def mtu(self) -> int:
+        """The MTU to advertise as ``FLANNEL_MTU``."""
+        ...
+
+    @property
+    def lease(self) -> Lease:
+        """Our own lease, as configured."""
+        ...
+
+    async def apply_snapshot(self, leases: Sequence[Lease]) -> None:
+        """Make the kernel match exactly ``leases`` (a full list; ours may be included)."""
+        ...
+
+    async def apply_events(self, events: Sequence[Event]) -> None:
+        """Apply one batch of watch events (Added/Removed) incrementally."""
+        ...
+
+    async def run(self) -> None:
+        """Keep the data path healthy until cancelled (device re-creation, periodic resync)."""
+        ...
+
+
+class Backend(Protocol):
+    """A backend type; one instance per daemon."""
+
+    backend_type: str
+
+    async def prepare(
+        self, config: NetworkConfig, ext_iface: ExternalInterface, state_dir: Path
+    ) -> LeaseAttrs:
+        """Set up what must exist before the lease (device, MAC); return our lease attrs."""
+        ...
+
+    async def configure(self, lease: Lease) -> Network:
+        """Finish the data path for our acquired ``lease`` and return the live network."""
+        ...

@@ -1,0 +1,158 @@
+"""The host-gw backend: each peer subnet is routed via the peer's public IP on the external
+interface (the nodes must share an L2 segment). No device, no encapsulation; MTU = ext MTU.
+
+Like flanneld it refuses to run behind NAT (public IP ≠ interface IP). Unlike flanneld, the
+periodic check (every ``resync_interval`` s, default 10 as flanneld) is a full reconcile: missing
+or changed routes are replaced and stale routes into the Network on the external interface are
+removed; flanneld only re-adds the routes it remembers. The NAT check covers IPv6 too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pyflannel.backend.base import BackendStats, Family, PlanContext
+from pyflannel.backend.peers import PeerProgrammer
+from pyflannel.errors import ConfigError, InterfaceError, LeaseError
+from pyflannel.lease import Event, Lease, LeaseAttrs
+from pyflannel.metrics import Metrics
+from pyflannel.netlink.nlsocket import NetlinkSocket
+from pyflannel.netlink.ops import IPAddress, IPNetwork
+
+if TYPE_CHECKING:
+    from pyflannel.config import NetworkConfig
+    from pyflannel.iface import ExternalInterface
+
+__all__ = ["HostGwBackend", "HostGwNetwork"]
+
+_NAT_MESSAGE = (
+    "your PublicIP differs from interface IP, meaning that probably you're on a NAT, which is "
+    "not supported by host-gw backend"
+)
+
+
+class HostGwBackend:
+    """Routes to peers via their public IPs; nothing to create before the lease."""
+
+    backend_type = "host-gw"
+
+    def __init__(
+        self,
+        *,
+        resync_interval: float = 10.0,
+        metrics: Metrics | None = None,
+        stats: BackendStats | None = None,
+    ) -> None:
+        self.resync_interval = resync_interval
+        self._metrics = metrics
+        self.stats = stats if stats is not None else BackendStats()
+        self._ext: ExternalInterface | None = None
+        self._stacks: list[tuple[Family, IPNetwork, IPAddress]] = []
+
+    async def prepare(
+        self, config: NetworkConfig, ext_iface: ExternalInterface, state_dir: Path
+    ) -> LeaseAttrs:
+        """Check the interface (no NAT) and return the lease attrs (no BackendData)."""
+        del state_dir  # host-gw keeps no state
+        self._ext = ext_iface
+        self._stacks = []
+        attrs = LeaseAttrs(backend_type=self.backend_type)
+        if config.enable_ipv4:
+            assert config.network is not None
+            pub, own = ext_iface.public_ip, ext_iface.ipv4_addr
+            if pub is None:
+                raise InterfaceError(f"interface {ext_iface.name} has no IPv4 address for host-gw")
+            if pub != own:
+                raise ConfigError(
+                    _NAT_MESSAGE,
+                    hint=f"public IP {pub} vs {ext_iface.name} address {own}: use the vxlan "
+                    "backend, or drop --public-ip",
+                )
+            self._stacks.append((4, config.network, pub))
+            attrs = replace(attrs, public_ip=pub)
+        if config.enable_ipv6:
+            assert config.ipv6_network is not None
+            pub6, own6 = ext_iface.public_ipv6, ext_iface.ipv6_addr
+            if pub6 is None:
+                raise InterfaceError(f"interface {ext_iface.name} has no IPv6 address for host-gw")
+            if pub6 != own6:
+                raise ConfigError(
+                    _NAT_MESSAGE.replace("PublicIP", "PublicIPv6"),
+                    hint=f"public IPv6 {pub6} vs {ext_iface.name} address {own6}: use the vxlan "
+                    "backend, or drop --public-ipv6",
+                )
+            self._stacks.append((6, config.ipv6_network, pub6))
+            attrs = replace(attrs, public_ipv6=pub6)
+        return attrs
+
+    async def configure(self, lease: Lease) -> HostGwNetwork:
+        """Nothing to configure on the kernel; return the network that programs routes."""
+        ext = self._ext
+        if ext is None:
+            raise RuntimeError("HostGwBackend.configure() called before prepare()")
+        contexts = []
+        for family, network, public in self._stacks:
+            own = lease.subnet if family == 4 else lease.ipv6_subnet
+            if own is None:
+                raise LeaseError(
+                    f"IPv{family} is enabled but lease {lease.key_suffix} has no IPv{family} "
+                    "subnet",
+                    hint="delete the lease in etcd so that a dual-stack one is allocated",
+                )
+            contexts.append(
+                PlanContext(
+                    family=family,
+                    backend_type=self.backend_type,
+                    network=network,
+                    own_subnet=own,
+                    own_public_ip=public,
+                    dev_index=ext.index,
+                    ext_index=ext.index,
+                )
+            )
+        programmer = PeerProgrammer(
+            NetlinkSocket(), contexts, metrics=self._metrics, stats=self.stats
+        )
+        return HostGwNetwork(lease, ext.mtu, self.resync_interval, programmer)
+
+
+class HostGwNetwork:
+    """The host-gw data path for our lease."""
+
+    def __init__(
+        self, lease: Lease, mtu: int, resync_interval: float, programmer: PeerProgrammer
+    ) -> None:
+        self._lease = lease
+        self._mtu = mtu
+        self._resync_interval = resync_interval
+        self.programmer = programmer
+
+    @property
+    def mtu(self) -> int:
+        """``FLANNEL_MTU``: the external interface's MTU."""
+        return self._mtu
+
+    @property
+    def lease(self) -> Lease:
+        """Our own lease."""
+        return self._lease
+
+    @property
+    def stats(self) -> BackendStats:
+        """Backend counters."""
+        return self.programmer.stats
+
+    async def apply_snapshot(self, leases: Sequence[Lease]) -> None:
+        """Reconcile the routes with a full peer list."""
+        await self.programmer.apply_snapshot(leases)
+
+    async def apply_events(self, events: Sequence[Event]) -> None:
+        """Apply one batch of watch events."""
+        await self.programmer.apply_events(events)
+
+    async def run(self) -> None:
+        """Re-check (reconcile) the routes every ``resync_interval`` s until cancelled."""
+        await self.programmer.resync_loop(self._resync_interval)

@@ -1,0 +1,415 @@
+"""The pure planner: peer leases (+ what the kernel holds) → netlink operations.
+
+Nothing here does I/O; every function maps plain data to a list of :mod:`pyflannel.netlink.ops`
+operations that the executor applies in list order.
+
+Per peer (one address family), the entries are:
+
+* vxlan: neighbour ``<subnet network address> lladdr <VtepMAC> dev flannel.N``, FDB
+  ``<VtepMAC> dst <PublicIP> dev flannel.N``, route ``<subnet> via <subnet network address> dev
+  flannel.N onlink`` — added in that order so the kernel never resolves the gateway through a
+  missing neighbour (flanneld's order);
+* vxlan with DirectRouting, peer on our L2 (decided by the caller): only ``<subnet> via
+  <PublicIP>`` on the interface that reaches it;
+* host-gw: ``<subnet> via <PublicIP> dev <ext>``.
+
+Removal goes the other way (route, FDB, neighbour). flanneld removes neighbour, then FDB, then
+route; we drop the route first so that no packet is ever routed towards a gateway whose
+neighbour entry is already gone (which would make the kernel ARP on the vxlan device).
+
+Entries are identified by a *key* — a route by its destination, a neighbour by (IP, device), an
+FDB entry by (MAC, device) — because that is what the kernel's replace operations match on. Two
+leases may want the same key (a node that came back with a new subnet keeps its VTEP MAC, so its
+old and new lease share an FDB entry until the old lease expires). The state therefore keeps,
+per key, every owner in write order: the newest writer's entry is programmed, and an entry is
+deleted only when its last owner goes away (flanneld deletes the shared FDB entry and cuts the
+node off until its next renewal).
+
+Only entries that belong to us are ever deleted during reconciliation: gateway routes into the
+Network on the vxlan device, the external interface or a DirectRouting interface (never routes
+overlapping our own subnet, never connected routes), and neighbour/FDB entries on the vxlan
+device (never the all-zero, multicast or our own MAC).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from pyflannel.backend.base import PlanContext
+from pyflannel.backend.validate import Peer, Rejection, validate_peer
+from pyflannel.lease import Event, EventKind, Lease
+from pyflannel.netlink.ops import (
+    FdbDel,
+    FdbEntry,
+    FdbReplace,
+    IPNetwork,
+    NeighDel,
+    NeighEntry,
+    NeighReplace,
+    Op,
+    RouteDel,
+    RouteEntry,
+    RouteReplace,
+)
+
+__all__ = [
+    "Entry",
+    "Plan",
+    "ProgrammedPeer",
+    "ProgrammedState",
+    "entry_key",
+    "peer_entries",
+    "peer_id",
+    "plan_events",
+    "plan_peer_add",
+    "plan_peer_remove",
+    "plan_reconcile",
+    "plan_reprogram",
+]
+
+Entry = RouteEntry | NeighEntry | FdbEntry
+EntryKey = tuple[int, int, int | str, int]
+"""(kind, IP version, address as int / MAC, prefix length / ifindex): cheap to hash."""
+PeerId = tuple[int, int, int]
+"""(IP version, network address as int, prefix length) of a peer subnet."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProgrammedPeer:
+    """A peer as we programmed it: its lease and its entries, in add order."""
+
+    lease: Lease
+    entries: tuple[Entry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ProgrammedState:
+    """What the planner believes is programmed. Treat as immutable; planners return new ones.
+
+    ``owners`` maps each entry key to its owners (peer subnet → that owner's entry) in write
+    order; the last one is what the kernel holds.
+    """
+
+    peers: Mapping[IPNetwork, ProgrammedPeer] = field(default_factory=dict)
+    owners: Mapping[EntryKey, dict[PeerId, Entry]] = field(default_factory=dict)
+
+    def programmed_entries(self) -> dict[EntryKey, Entry]:
+        """Key → the entry that should be in the kernel now."""
+        return {k: next(reversed(v.values())) for k, v in self.owners.items() if v}
+
+
+class Plan(NamedTuple):
+    """A planner's answer: operations in order, the state after them, and refused leases."""
+
+    ops: list[Op]
+    state: ProgrammedState
+    rejected: list[tuple[Lease, Rejection]]
+
+
+def entry_key(entry: Entry) -> EntryKey:
+    """The identity the kernel's replace uses for ``entry``."""
+    if isinstance(entry, RouteEntry):
+        dst = entry.dst
+        return (0, dst.version, int(dst.network_address), dst.prefixlen)
+    if isinstance(entry, NeighEntry):
+        return (1, entry.ip.version, int(entry.ip), entry.ifindex)
+    return (2, 0, entry.mac, entry.ifindex)
+
+
+def peer_id(subnet: IPNetwork) -> PeerId:
+    """The owner id of a peer subnet in :attr:`ProgrammedState.owners`."""
+    return (subnet.version, int(subnet.network_address), subnet.prefixlen)
+
+
+def peer_entries(peer: Peer, ctx: PlanContext) -> tuple[Entry, ...]:
+    """The entries for a validated peer, in add order (neighbour, FDB, route)."""
+    if not ctx.is_vxlan:
+        return (RouteEntry(dst=peer.subnet, gw=peer.public_ip, ifindex=ctx.ext_index),)
+    direct_oif = ctx.direct_routes.get(peer.public_ip)
+    if direct_oif is not None:
+        return (RouteEntry(dst=peer.subnet, gw=peer.public_ip, ifindex=direct_oif),)
+    assert peer.vtep_mac is not None  # validate_peer guarantees it for vxlan
+    gw = peer.subnet.network_address
+    return (
+        NeighEntry(ip=gw, mac=peer.vtep_mac, ifindex=ctx.dev_index),
+        FdbEntry(mac=peer.vtep_mac, dst=peer.public_ip, ifindex=ctx.dev_index),
+        RouteEntry(dst=peer.subnet, gw=gw, ifindex=ctx.dev_index, onlink=True),
+    )
+
+
+def plan_peer_add(lease: Lease, ctx: PlanContext) -> list[Op]:
+    """Operations that program one peer (empty if the lease is rejected)."""
+    peer = validate_peer(lease, ctx)
+    if isinstance(peer, Rejection):
+        return []
+    return [_replace(e) for e in peer_entries(peer, ctx)]
+
+
+def plan_peer_remove(lease: Lease, ctx: PlanContext) -> list[Op]:
+    """Operations that unprogram one peer computed from its lease (route, FDB, neighbour).
+
+    Prefer :func:`plan_events`, which removes what was actually programmed.
+    """
+    peer = validate_peer(lease, ctx)
+    if isinstance(peer, Rejection):
+        return []
+    return [_delete(e) for e in reversed(peer_entries(peer, ctx))]
+
+
+def plan_events(events: Iterable[Event], state: ProgrammedState, ctx: PlanContext) -> Plan:
+    """Apply a batch of watch events to ``state``.
+
+    A re-Added lease whose entries did not change costs nothing (renewals re-emit Added); one
+    whose MAC or public IP changed replaces what changed and deletes what it no longer needs; a
+    lease that turned invalid is unprogrammed; a Removed event for a subnet we never programmed
+    is a no-op.
+    """
+    w = _Writer(state)
+    rejected: list[tuple[Lease, Rejection]] = []
+    for ev in events:
+        subnet = _family_subnet(ev.lease, ctx)
+        if ev.kind == EventKind.REMOVED:
+            if subnet is not None:
+                w.remove_peer(subnet)
+            continue
+        peer = validate_peer(ev.lease, ctx)
+        if isinstance(peer, Rejection):
+            rejected.append((ev.lease, peer))
+            if subnet is not None:  # a programmed peer whose lease turned bad: unprogram it
+                w.remove_peer(subnet)
+            continue
+        w.set_peer(peer.subnet, ProgrammedPeer(ev.lease, peer_entries(peer, ctx)))
+    return Plan(w.ops(), w.state(), rejected)
+
+
+def plan_reconcile(
+    wanted_leases: Iterable[Lease],
+    kernel_routes: Iterable[RouteEntry],
+    kernel_neighs: Iterable[NeighEntry],
+    kernel_fdb: Iterable[FdbEntry],
+    ctx: PlanContext,
+) -> Plan:
+    """Make the kernel hold exactly the entries of ``wanted_leases``.
+
+    Missing or different entries are replaced, correct ones are left alone (no churn), and
+    entries of ours that no leased peer wants are deleted (flannel #2554). ``kernel_*`` are dumps
+    of the vxlan device, the external interface and any DirectRouting interface (main table);
+    entries outside what we own are ignored. Leases that want the same key are ordered by
+    expiration (reservations first), then subnet, and the last one wins.
+    """
+    rejected: list[tuple[Lease, Rejection]] = []
+    peers: list[tuple[Peer, tuple[Entry, ...]]] = []
+    for lease in wanted_leases:
+        peer = validate_peer(lease, ctx)
+        if isinstance(peer, Rejection):
+            rejected.append((lease, peer))
+        else:
+            peers.append((peer, peer_entries(peer, ctx)))
+    peers.sort(key=lambda pe: _precedence(pe[0]))
+    w = _Writer(ProgrammedState())
+    for peer, entries in peers:
+        w.set_peer(peer.subnet, ProgrammedPeer(peer.lease, entries), emit=False)
+    state = w.state()
+    wanted = state.programmed_entries()
+
+    kernel: dict[EntryKey, list[Entry]] = {}
+    seen: list[Entry] = [*kernel_routes, *kernel_neighs, *kernel_fdb]
+    for e in seen:
+        kernel.setdefault(entry_key(e), []).append(e)
+
+    adds: list[Entry] = []
+    dels: list[Entry] = []
+    for key, want in wanted.items():
+        have = kernel.get(key)
+        if have is None:
+            adds.append(want)
+            continue
+        if len(have) == 1:  # the common case: one kernel entry, right or wrong
+            if not _same(want, have[0]):
+                adds.append(want)
+            continue
+        if any(_same(want, e) for e in have):
+            extra = [e for e in have if not _same(want, e)]
+        else:
+            adds.append(want)
+            # A replace overwrites one kernel entry with this key; the others (several FDB
+            # remotes for one MAC, several routes to one dst) must go.
+            extra = have[1:]
+        dels.extend(e for e in extra if _is_ours(e, ctx))
+    for key, have in kernel.items():
+        if key not in wanted:
+            dels.extend(e for e in have if _is_ours(e, ctx))
+    ops = [_replace(e) for e in sorted(adds, key=_add_rank)]
+    ops += [_delete(e) for e in sorted(dels, key=_del_rank)]
+    return Plan(ops, state, rejected)
+
+
+def plan_reprogram(state: ProgrammedState) -> list[Op]:
+    """Replace every programmed entry (after the device was re-created and lost them all)."""
+    return [_replace(e) for e in sorted(state.programmed_entries().values(), key=_add_rank)]
+
+
+# --- internals -------------------------------------------------------------------------------
+
+
+def _family_subnet(lease: Lease, ctx: PlanContext) -> IPNetwork | None:
+    return lease.subnet if ctx.family == 4 else lease.ipv6_subnet
+
+
+def _precedence(peer: Peer) -> tuple[float, int, int]:
+    exp = peer.lease.expiration
+    return (
+        float("-inf") if exp is None else exp,
+        int(peer.subnet.network_address),
+        peer.subnet.prefixlen,
+    )
+
+
+def _is_ours(entry: Entry, ctx: PlanContext) -> bool:
+    """May reconciliation delete this kernel entry when no peer wants it?"""
+    if isinstance(entry, RouteEntry):
+        dst = entry.dst
+        return (
+            entry.gw is not None
+            and entry.ifindex in ctx.managed_ifindexes
+            and dst.version == ctx.network.version
+            and dst.prefixlen > 0
+            and dst.subnet_of(ctx.network)  # type: ignore[arg-type]
+            and not dst.overlaps(ctx.own_subnet)
+        )
+    if not ctx.is_vxlan or entry.ifindex != ctx.dev_index:
+        return False
+    if isinstance(entry, NeighEntry):
+        return (
+            entry.ip.version == ctx.network.version
+            and entry.ip in ctx.network
+            and entry.ip not in ctx.own_subnet
+        )
+    mac = entry.mac.lower()
+    own = (ctx.own_mac or "").lower()
+    return mac != "00:00:00:00:00:00" and not int(mac[:2], 16) & 0x01 and mac != own
+
+
+def _same(want: Entry, have: Entry) -> bool:
+    """Equal entries, given equal keys (cheaper than comparing the whole dataclasses)."""
+    if isinstance(want, RouteEntry):
+        return (
+            isinstance(have, RouteEntry)
+            and have.gw == want.gw
+            and have.ifindex == want.ifindex
+            and have.onlink == want.onlink
+        )
+    if isinstance(want, NeighEntry):
+        return isinstance(have, NeighEntry) and have.mac == want.mac
+    return isinstance(have, FdbEntry) and have.dst == want.dst
+
+
+_ADD_ORDER = {NeighEntry: 0, FdbEntry: 1, RouteEntry: 2}
+
+
+def _add_rank(e: Entry) -> int:
+    return _ADD_ORDER[type(e)]
+
+
+def _del_rank(e: Entry) -> int:
+    return 2 - _ADD_ORDER[type(e)]
+
+
+def _replace(e: Entry) -> Op:
+    if isinstance(e, RouteEntry):
+        return RouteReplace(e)
+    if isinstance(e, NeighEntry):
+        return NeighReplace(e)
+    return FdbReplace(e)
+
+
+def _delete(e: Entry) -> Op:
+    if isinstance(e, RouteEntry):
+        return RouteDel(e)
+    if isinstance(e, NeighEntry):
+        return NeighDel(e)
+    return FdbDel(e)
+
+
+class _Writer:
+    """Copy-on-write edits of a ProgrammedState that record the kernel operations they imply."""
+
+    def __init__(self, state: ProgrammedState) -> None:
+        self._peers = dict(state.peers)
+        self._owners: dict[EntryKey, dict[PeerId, Entry]] = dict(state.owners)
+        # Pending kernel writes, one per key, the latest last (dicts keep insertion order).
+        self._adds: dict[EntryKey, Entry] = {}
+        self._dels: dict[EntryKey, Entry] = {}
+
+    def state(self) -> ProgrammedState:
+        return ProgrammedState(self._peers, self._owners)
+
+    def ops(self) -> list[Op]:
+        # Every replace (neighbour, FDB, route), then every delete (route, FDB, neighbour). A
+        # key both written and then released in this batch is replaced, then deleted: the
+        # delete must name what the kernel will hold by then.
+        ops: list[Op] = [_replace(e) for e in sorted(self._adds.values(), key=_add_rank)]
+        ops += [_delete(e) for e in sorted(self._dels.values(), key=_del_rank)]
+        return ops
+
+    def set_peer(self, subnet: IPNetwork, new: ProgrammedPeer, *, emit: bool = True) -> None:
+        old = self._peers.get(subnet)
+        if old is not None and old.entries == new.entries:
+            self._peers[subnet] = new  # fresher lease (expiration), same data path
+            return
+        self._peers[subnet] = new
+        pid = peer_id(subnet)
+        new_keys = [entry_key(e) for e in new.entries]
+        for key, e in zip(new_keys, new.entries, strict=True):
+            self._write(key, pid, e, emit)
+        if old is not None:
+            for e in reversed(old.entries):
+                key = entry_key(e)
+                if key not in new_keys:
+                    self._release(key, pid, emit)
+
+    def remove_peer(self, subnet: IPNetwork) -> None:
+        old = self._peers.pop(subnet, None)
+        if old is None:
+            return
+        pid = peer_id(subnet)
+        for e in reversed(old.entries):
+            self._release(entry_key(e), pid, True)
+
+    def _write(self, key: EntryKey, pid: PeerId, e: Entry, emit: bool) -> None:
+        prev = self._owners.get(key)
+        if prev is None:
+            current = None
+            owners = {pid: e}
+        else:
+            current = next(reversed(prev.values()))
+            owners = dict(prev)
+            owners.pop(pid, None)
+            owners[pid] = e
+        self._owners[key] = owners
+        if emit and current != e:
+            # A delete of this key queued earlier in the batch would run after the replace
+            # (deletes go last) and undo it.
+            self._dels.pop(key, None)
+            self._adds.pop(key, None)
+            self._adds[key] = e
+
+    def _release(self, key: EntryKey, pid: PeerId, emit: bool) -> None:
+        prev = self._owners.get(key)
+        if prev is None or pid not in prev:
+            return
+        current = next(reversed(prev.values()))
+        owners = dict(prev)
+        del owners[pid]
+        if owners:
+            self._owners[key] = owners
+            successor = next(reversed(owners.values()))
+            if emit and successor != current:
+                self._adds.pop(key, None)
+                self._adds[key] = successor
+        else:
+            del self._owners[key]
+            if emit:
+                self._dels[key] = current

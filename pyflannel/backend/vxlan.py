@@ -1,0 +1,395 @@
+"""The vxlan backend: device ``flannel.<VNI>`` (``flannel-v6.<VNI>``), one VTEP MAC, peers as
+neighbour + FDB + onlink route (or a direct route with DirectRouting).
+
+Differences from flanneld, all deliberate:
+
+* The VTEP MAC is persisted in ``<state_dir>/vxlan-<VNI>.mac`` and reused when the device is
+  re-created, at start-up or at runtime (see :mod:`pyflannel.backend.mac_store`).
+* The first snapshot is *reconciled*: stale neighbour/FDB/route entries of peers that left while
+  we were down are removed (flannel #2554), correct ones are left untouched.
+* When the device is deleted at runtime it is re-created with the same MAC and address and every
+  peer is programmed again (flanneld ≥ 0.27.4 re-creates it but leaves it without peers).
+* An existing device whose MTU differs from the computed one gets the computed MTU (flanneld
+  keeps the old MTU while advertising the new one in subnet.env).
+* Peers are reconciled every ``resync_interval`` seconds and shortly after a failed operation,
+  instead of flanneld's per-operation retries.
+
+The MTU is flanneld's: ``MTU`` from the backend config (default: the external interface's MTU)
+minus 50 bytes of encapsulation, for both the device and ``FLANNEL_MTU``. With IPv6 enabled the
+``flannel-v6.N`` device gets minus 70 (an IPv6 outer header is 20 bytes larger; the kernel refuses
+more) and ``FLANNEL_MTU`` is that smaller value, where flanneld advertises minus 50 to pods whose
+IPv6 packets then do not fit.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+import trio
+
+from pyflannel.backend.base import BackendStats, Family, PlanContext
+from pyflannel.backend.mac_store import choose_vtep_mac, mac_path
+from pyflannel.backend.peers import PeerProgrammer
+from pyflannel.errors import ConfigError, InterfaceError, LeaseError, NetlinkError
+from pyflannel.lease import Event, Lease, LeaseAttrs
+from pyflannel.metrics import Metrics
+from pyflannel.netlink.addresses import ensure_address
+from pyflannel.netlink.links import (
+    LinkInfo,
+    VxlanSpec,
+    create_vxlan,
+    delete_link,
+    ensure_vxlan,
+    get_link,
+    set_link_mtu,
+    set_link_up,
+    vxlan_incompatibilities,
+)
+from pyflannel.netlink.monitor import LinkMonitor
+from pyflannel.netlink.nlsocket import NetlinkSocket
+from pyflannel.netlink.ops import IPAddress, IPNetwork
+
+if TYPE_CHECKING:
+    from pyflannel.config import NetworkConfig
+    from pyflannel.iface import ExternalInterface
+
+__all__ = ["ENCAP_OVERHEAD", "ENCAP_OVERHEAD_V6", "VxlanBackend", "VxlanNetwork"]
+
+log = structlog.get_logger(__name__)
+
+ENCAP_OVERHEAD = 50
+"""Outer Ethernet + IPv4 + UDP + VXLAN headers (flanneld's ``encapOverhead``)."""
+ENCAP_OVERHEAD_V6 = 70
+"""The same over an IPv6 underlay (the kernel caps ``flannel-v6.N`` at lower MTU − 70)."""
+
+_IFNAMSIZ = 15
+_RECREATE_BACKOFF_MIN = 1.0
+_RECREATE_BACKOFF_MAX = 30.0
+_ALL_V6 = ipaddress.IPv6Network("::/0")
+
+
+@dataclass
+class _Device:
+    """One vxlan device (one per address family) and what it must look like."""
+
+    family: Family
+    spec: VxlanSpec  # spec.mac is the VTEP MAC, fixed for the life of the daemon
+    network: IPNetwork
+    public_ip: IPAddress
+    ifindex: int = 0
+
+    @property
+    def mac(self) -> str:
+        assert self.spec.mac is not None
+        return self.spec.mac
+
+
+class VxlanBackend:
+    """Creates the vxlan device(s) before the lease and configures them after it."""
+
+    backend_type = "vxlan"
+
+    def __init__(
+        self,
+        *,
+        resync_interval: float = 60.0,
+        mac_hint: str | None = None,
+        mac_hint_v6: str | None = None,
+        metrics: Metrics | None = None,
+        stats: BackendStats | None = None,
+    ) -> None:
+        """``mac_hint``/``mac_hint_v6``: the VtepMAC of our previous lease, if known (used only
+        when neither the device nor the state file has one, e.g. after a reboot)."""
+        self.resync_interval = resync_interval
+        self._hints: dict[Family, str | None] = {4: mac_hint, 6: mac_hint_v6}
+        self._metrics = metrics
+        self.stats = stats if stats is not None else BackendStats()
+        self._sock: NetlinkSocket | None = None
+        self._devices: list[_Device] = []
+        self._ext: ExternalInterface | None = None
+        self._mtu = 0
+        self._direct_routing = False
+
+    @property
+    def devices(self) -> dict[Family, LinkInfo | None]:
+        """The devices as the kernel reports them now (for diagnostics and tests)."""
+        sock = self._socket()
+        return {d.family: get_link(sock, d.spec.name) for d in self._devices}
+
+    def _socket(self) -> NetlinkSocket:
+        if self._sock is None:
+            # Opened in the calling thread's network namespace and bound to it for good.
+            self._sock = NetlinkSocket()
+        return self._sock
+
+    async def prepare(
+        self, config: NetworkConfig, ext_iface: ExternalInterface, state_dir: Path
+    ) -> LeaseAttrs:
+        """Create or reuse the device(s) and return the lease attrs to advertise.
+
+        ``state_dir`` holds the VTEP MAC file (the directory of ``--subnet-file``).
+        """
+        from pyflannel.config import vxlan_options
+
+        opts = vxlan_options(config)
+        self._ext = ext_iface
+        self._direct_routing = opts.direct_routing
+        underlay_mtu = opts.mtu or ext_iface.mtu
+        # flanneld uses MTU - 50 for both devices; the kernel caps an IPv6-underlay device at
+        # MTU - 70, so that one gets - 70 and FLANNEL_MTU is the smaller of the two.
+        overhead = ENCAP_OVERHEAD_V6 if config.enable_ipv6 else ENCAP_OVERHEAD
+        self._mtu = underlay_mtu - overhead
+        if self._mtu < 68:
+            raise ConfigError(
+                f"vxlan MTU {self._mtu} (underlay MTU {underlay_mtu} - {overhead}) is too small",
+                hint=f'set "MTU" in the Backend to at least {68 + overhead}',
+            )
+        v4: Family = 4
+        v6: Family = 6
+        wanted: list[tuple[Family, str, IPNetwork | None, IPAddress | None]] = []
+        if config.enable_ipv4:
+            wanted.append((v4, f"flannel.{opts.vni}", config.network, ext_iface.public_ip))
+        if config.enable_ipv6:
+            name6 = f"flannel-v6.{opts.vni}"
+            wanted.append((v6, name6, config.ipv6_network, ext_iface.public_ipv6))
+        self._devices = []
+        for family, name, network, public in wanted:
+            assert network is not None  # parse_network_config guarantees it for enabled stacks
+            if public is None:
+                raise InterfaceError(
+                    f"interface {ext_iface.name} has no public IPv{family} address for vxlan",
+                    hint="pass --public-ip/--public-ipv6 or pick another --iface",
+                )
+            if len(name) > _IFNAMSIZ:
+                raise ConfigError(
+                    f"vxlan device name {name} is longer than {_IFNAMSIZ} characters "
+                    f"(VNI {opts.vni})",
+                    hint='use a smaller "VNI" in the Backend config',
+                )
+            spec = VxlanSpec(
+                name=name,
+                vni=opts.vni,
+                vtep_ifindex=ext_iface.index,
+                local=public,
+                port=opts.port,
+                gbp=opts.gbp,
+                learning=opts.learning,
+                mtu=underlay_mtu - (ENCAP_OVERHEAD if family == 4 else ENCAP_OVERHEAD_V6),
+            )
+            dev = _Device(family, spec, network, public)
+            self._ensure_device(dev, mac_path(state_dir, opts.vni, family))
+            self._devices.append(dev)
+
+        attrs = LeaseAttrs(backend_type=self.backend_type)
+        for dev in self._devices:
+            data = {"VNI": opts.vni, "VtepMAC": dev.mac}
+            if dev.family == 4:
+                assert isinstance(dev.public_ip, ipaddress.IPv4Address)
+                attrs = replace(attrs, public_ip=dev.public_ip, backend_data=data)
+            else:
+                assert isinstance(dev.public_ip, ipaddress.IPv6Address)
+                attrs = replace(attrs, public_ipv6=dev.public_ip, backend_v6_data=data)
+        return attrs
+
+    def _ensure_device(self, dev: _Device, mac_file: Path) -> None:
+        sock = self._socket()
+        existing = get_link(sock, dev.spec.name)
+        device_mac = None
+        if existing is not None and not vxlan_incompatibilities(dev.spec, existing):
+            device_mac = existing.mac
+        mac, source = choose_vtep_mac(mac_file, device_mac=device_mac, hint=self._hints[dev.family])
+        dev.spec = replace(dev.spec, mac=mac)
+        link = _ensure_link(sock, dev.spec)
+        dev.ifindex = link.ifindex
+        log.info(
+            "vxlan.device_ready",
+            device=dev.spec.name,
+            ifindex=link.ifindex,
+            vtep_mac=mac,
+            mac_source=source,
+            mtu=dev.spec.mtu,
+            reused=existing is not None and existing.ifindex == link.ifindex,
+        )
+
+    async def configure(self, lease: Lease) -> VxlanNetwork:
+        """Address the device(s) with our lease, bring them up, and return the network."""
+        if not self._devices or self._ext is None:
+            raise RuntimeError("VxlanBackend.configure() called before prepare()")
+        contexts: list[PlanContext] = []
+        for dev in self._devices:
+            own = lease.subnet if dev.family == 4 else lease.ipv6_subnet
+            if own is None:
+                raise LeaseError(
+                    f"cannot configure {dev.spec.name}: IPv{dev.family} is enabled but lease "
+                    f"{lease.key_suffix} has no IPv{dev.family} subnet",
+                    hint="delete the lease in etcd so that a dual-stack one is allocated",
+                )
+            _configure_device(self._socket(), dev, own)
+            contexts.append(self._context(dev, own))
+        programmer = PeerProgrammer(
+            self._socket(),
+            contexts,
+            direct_routing=self._direct_routing,
+            metrics=self._metrics,
+            stats=self.stats,
+        )
+        return VxlanNetwork(self, lease, programmer)
+
+    def _context(self, dev: _Device, own: IPNetwork) -> PlanContext:
+        assert self._ext is not None
+        return PlanContext(
+            family=dev.family,
+            backend_type=self.backend_type,
+            network=dev.network,
+            own_subnet=own,
+            own_public_ip=dev.public_ip,
+            dev_index=dev.ifindex,
+            ext_index=dev.spec.vtep_ifindex,
+            own_mac=dev.mac,
+        )
+
+
+class VxlanNetwork:
+    """The configured vxlan data path for our lease."""
+
+    def __init__(self, backend: VxlanBackend, lease: Lease, programmer: PeerProgrammer) -> None:
+        self._be = backend
+        self._lease = lease
+        self.programmer = programmer
+
+    @property
+    def mtu(self) -> int:
+        """``FLANNEL_MTU``: the underlay MTU minus 50 (minus 70 when IPv6 is enabled)."""
+        return self._be._mtu
+
+    @property
+    def lease(self) -> Lease:
+        """Our own lease."""
+        return self._lease
+
+    @property
+    def stats(self) -> BackendStats:
+        """Backend counters (rejections, device re-creations, resyncs)."""
+        return self._be.stats
+
+    async def apply_snapshot(self, leases: Sequence[Lease]) -> None:
+        """Reconcile the kernel with a full peer list (ours may be in it; it is skipped)."""
+        await self.programmer.apply_snapshot(leases)
+
+    async def apply_events(self, events: Sequence[Event]) -> None:
+        """Apply one batch of watch events."""
+        await self.programmer.apply_events(events)
+
+    async def run(self) -> None:
+        """Re-create deleted devices (re-programming every peer) and resync, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.programmer.resync_loop, self._be.resync_interval)
+            nursery.start_soon(self._watch_devices)
+
+    async def _watch_devices(self) -> None:
+        be = self._be
+        with LinkMonitor() as monitor:
+            await self.check_devices()  # it may have gone before the monitor existed
+            while True:
+                events = await monitor.next_events()
+                names = {d.spec.name for d in be._devices}
+                indexes = {d.ifindex for d in be._devices}
+                if any(
+                    e.kind == "overflow" or e.name in names or e.ifindex in indexes for e in events
+                ):
+                    await self.check_devices()
+
+    async def check_devices(self) -> None:
+        """Repair each device: re-create it if gone or replaced, bring it up if down."""
+        sock = self._be._socket()
+        for dev in self._be._devices:
+            link = get_link(sock, dev.spec.name)
+            if link is not None and link.ifindex == dev.ifindex and link.mac == dev.mac:
+                if not link.up:
+                    log.warning("vxlan.device_was_down", device=dev.spec.name, action="set up")
+                    set_link_up(sock, link.ifindex)
+                continue
+            log.warning(
+                "vxlan.device_missing",
+                device=dev.spec.name,
+                action="recreating it with the same MAC and re-programming every peer",
+            )
+            await self._recreate(dev)
+
+    async def _recreate(self, dev: _Device) -> None:
+        be = self._be
+        sock = be._socket()
+        ext = be._ext
+        assert ext is not None
+        backoff = _RECREATE_BACKOFF_MIN
+        while True:
+            try:
+                ext_link = get_link(sock, ext.name)
+                if ext_link is None:
+                    raise InterfaceError(f"external interface {ext.name} is gone")
+                dev.spec = replace(dev.spec, vtep_ifindex=ext_link.ifindex)
+                link = _ensure_link(sock, dev.spec)
+                dev.ifindex = link.ifindex
+                own = self.programmer.context(dev.family).own_subnet
+                _configure_device(sock, dev, own)
+                self.programmer.set_context(be._context(dev, own))
+                break
+            except (NetlinkError, InterfaceError, OSError) as exc:
+                log.warning(
+                    "vxlan.recreate_failed", device=dev.spec.name, error=str(exc), retry_in=backoff
+                )
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, _RECREATE_BACKOFF_MAX)
+        be.stats.device_recreations_total += 1
+        ops = await self.programmer.reprogram("device re-created")
+        log.warning(
+            "vxlan.device_recreated",
+            device=dev.spec.name,
+            ifindex=dev.ifindex,
+            vtep_mac=dev.mac,
+            peers=self.programmer.peers_programmed,
+            ops=ops,
+        )
+
+
+def _ensure_link(sock: NetlinkSocket, spec: VxlanSpec) -> LinkInfo:
+    """``ensure_vxlan`` that also insists on our MAC and MTU."""
+    link = ensure_vxlan(sock, spec)
+    if spec.mac is not None and link.mac != spec.mac:
+        # Someone re-created the device with another MAC, or udev rewrote it: peers know ours.
+        log.warning(
+            "vxlan.device_mac_mismatch",
+            device=spec.name,
+            found=link.mac,
+            wanted=spec.mac,
+            action="recreating device",
+        )
+        delete_link(sock, link.ifindex)
+        link = create_vxlan(sock, spec)
+        if link.mac != spec.mac:
+            raise NetlinkError(
+                f"{spec.name}: MAC {link.mac} differs from the VTEP MAC {spec.mac} right after "
+                "creation",
+                hint="check udev/systemd-networkd MACAddressPolicy for vxlan devices",
+            )
+    if spec.mtu and link.mtu != spec.mtu:
+        log.info("vxlan.device_mtu_set", device=spec.name, old=link.mtu, new=spec.mtu)
+        set_link_mtu(sock, link.ifindex, spec.mtu)
+    return link
+
+
+def _configure_device(sock: NetlinkSocket, dev: _Device, own: IPNetwork) -> None:
+    """Own subnet network address as /32 (/128), stale addresses inside Network removed, up."""
+    iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface
+    if dev.family == 4:
+        iface = ipaddress.IPv4Interface((own.network_address, 32))
+        ensure_address(sock, dev.ifindex, iface, stale_within=dev.network)
+    else:
+        iface = ipaddress.IPv6Interface((own.network_address, 128))
+        ensure_address(sock, dev.ifindex, iface, stale_within=_ALL_V6)
+    set_link_up(sock, dev.ifindex)

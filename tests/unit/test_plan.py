@@ -1,0 +1,516 @@
+"""The pure planner: exact op lists for the common cases, and properties over arbitrary leases."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pyflannel.backend.base import PlanContext
+from pyflannel.backend.plan import (
+    Entry,
+    ProgrammedState,
+    entry_key,
+    plan_events,
+    plan_peer_add,
+    plan_peer_remove,
+    plan_reconcile,
+    plan_reprogram,
+)
+from pyflannel.lease import Event, EventKind, Lease, LeaseAttrs
+from pyflannel.netlink.ops import (
+    FdbDel,
+    FdbEntry,
+    FdbReplace,
+    NeighDel,
+    NeighEntry,
+    NeighReplace,
+    Op,
+    RouteDel,
+    RouteEntry,
+    RouteReplace,
+)
+
+V4 = ipaddress.IPv4Address
+N4 = ipaddress.IPv4Network
+
+DEV = 10
+EXT = 2
+CTX = PlanContext(
+    family=4,
+    backend_type="vxlan",
+    network=N4("10.5.0.0/16"),
+    own_subnet=N4("10.5.72.0/24"),
+    own_public_ip=V4("198.51.100.1"),
+    dev_index=DEV,
+    ext_index=EXT,
+    own_mac="0a:00:00:00:00:01",
+)
+HOSTGW = replace(CTX, backend_type="host-gw", dev_index=EXT, own_mac=None)
+
+MAC_A = "0a:aa:aa:aa:aa:aa"
+MAC_B = "0a:bb:bb:bb:bb:bb"
+
+
+def vx(
+    subnet: str, public: str, mac: str, *, exp: float | None = 1e9, btype: str = "vxlan"
+) -> Lease:
+    return Lease(
+        subnet=N4(subnet),
+        attrs=LeaseAttrs(
+            public_ip=V4(public),
+            backend_type=btype,
+            backend_data={"VNI": 1, "VtepMAC": mac},
+        ),
+        expiration=exp,
+        etcd_lease_id=0 if exp is None else 1,
+    )
+
+
+def hg(subnet: str, public: str) -> Lease:
+    return Lease(subnet=N4(subnet), attrs=LeaseAttrs(public_ip=V4(public), backend_type="host-gw"))
+
+
+def neigh(subnet: str, mac: str) -> NeighEntry:
+    return NeighEntry(ip=N4(subnet).network_address, mac=mac, ifindex=DEV)
+
+
+def fdb(mac: str, public: str) -> FdbEntry:
+    return FdbEntry(mac=mac, dst=V4(public), ifindex=DEV)
+
+
+def route(subnet: str) -> RouteEntry:
+    return RouteEntry(dst=N4(subnet), gw=N4(subnet).network_address, ifindex=DEV, onlink=True)
+
+
+def added(*leases: Lease) -> list[Event]:
+    return [Event(EventKind.ADDED, le) for le in leases]
+
+
+def removed(*leases: Lease) -> list[Event]:
+    return [Event(EventKind.REMOVED, le) for le in leases]
+
+
+A = vx("10.5.34.0/24", "198.51.100.2", MAC_A)
+B = vx("10.5.35.0/24", "198.51.100.3", MAC_B)
+
+
+# --- single peers ----------------------------------------------------------------------------
+
+
+def test_vxlan_peer_add_is_neigh_fdb_route() -> None:
+    assert plan_peer_add(A, CTX) == [
+        NeighReplace(neigh("10.5.34.0/24", MAC_A)),
+        FdbReplace(fdb(MAC_A, "198.51.100.2")),
+        RouteReplace(route("10.5.34.0/24")),
+    ]
+
+
+def test_vxlan_peer_remove_is_route_fdb_neigh() -> None:
+    assert plan_peer_remove(A, CTX) == [
+        RouteDel(route("10.5.34.0/24")),
+        FdbDel(fdb(MAC_A, "198.51.100.2")),
+        NeighDel(neigh("10.5.34.0/24", MAC_A)),
+    ]
+
+
+def test_direct_routing_peer_gets_only_a_route_via_its_public_ip() -> None:
+    ctx = replace(CTX, direct_routes={V4("198.51.100.2"): EXT})
+    expected = RouteEntry(dst=N4("10.5.34.0/24"), gw=V4("198.51.100.2"), ifindex=EXT)
+    assert plan_peer_add(A, ctx) == [RouteReplace(expected)]
+    assert plan_peer_remove(A, ctx) == [RouteDel(expected)]
+    # A peer not on our L2 still goes through the tunnel.
+    assert len(plan_peer_add(B, ctx)) == 3
+
+
+def test_hostgw_peer_is_a_route_via_public_ip_on_ext() -> None:
+    expected = RouteEntry(dst=N4("10.5.34.0/24"), gw=V4("198.51.100.2"), ifindex=EXT)
+    assert plan_peer_add(hg("10.5.34.0/24", "198.51.100.2"), HOSTGW) == [RouteReplace(expected)]
+
+
+def test_rejected_leases_plan_nothing() -> None:
+    assert plan_peer_add(vx("10.6.0.0/24", "198.51.100.2", MAC_A), CTX) == []
+    assert plan_peer_add(vx("10.5.72.0/25", "198.51.100.2", MAC_A), CTX) == []
+    assert plan_peer_add(hg("10.5.34.0/24", "198.51.100.2"), CTX) == []
+    assert plan_peer_remove(hg("10.5.34.0/24", "198.51.100.2"), CTX) == []
+
+
+# --- events ----------------------------------------------------------------------------------
+
+
+def test_events_add_then_renewal_costs_nothing() -> None:
+    p1 = plan_events(added(A, B), ProgrammedState(), CTX)
+    assert p1.ops == [
+        NeighReplace(neigh("10.5.34.0/24", MAC_A)),
+        NeighReplace(neigh("10.5.35.0/24", MAC_B)),
+        FdbReplace(fdb(MAC_A, "198.51.100.2")),
+        FdbReplace(fdb(MAC_B, "198.51.100.3")),
+        RouteReplace(route("10.5.34.0/24")),
+        RouteReplace(route("10.5.35.0/24")),
+    ]
+    renewed = replace(A, expiration=2e9)
+    p2 = plan_events(added(renewed), p1.state, CTX)
+    assert p2.ops == []
+    assert p2.state.peers[N4("10.5.34.0/24")].lease.expiration == 2e9
+
+
+def test_events_changed_mac_replaces_and_drops_old_fdb() -> None:
+    p1 = plan_events(added(A), ProgrammedState(), CTX)
+    moved = vx("10.5.34.0/24", "198.51.100.2", MAC_B)
+    p2 = plan_events(added(moved), p1.state, CTX)
+    assert p2.ops == [
+        NeighReplace(neigh("10.5.34.0/24", MAC_B)),
+        FdbReplace(fdb(MAC_B, "198.51.100.2")),
+        FdbDel(fdb(MAC_A, "198.51.100.2")),
+    ]
+
+
+def test_events_changed_public_ip_only_moves_fdb() -> None:
+    p1 = plan_events(added(A), ProgrammedState(), CTX)
+    moved = vx("10.5.34.0/24", "198.51.100.9", MAC_A)
+    assert plan_events(added(moved), p1.state, CTX).ops == [FdbReplace(fdb(MAC_A, "198.51.100.9"))]
+
+
+def test_events_remove_unknown_is_noop_and_attrless_remove_uses_state() -> None:
+    assert plan_events(removed(A), ProgrammedState(), CTX).ops == []
+    p1 = plan_events(added(A), ProgrammedState(), CTX)
+    attrless = Lease(subnet=A.subnet, attrs=LeaseAttrs())
+    p2 = plan_events(removed(attrless), p1.state, CTX)
+    assert p2.ops == [
+        RouteDel(route("10.5.34.0/24")),
+        FdbDel(fdb(MAC_A, "198.51.100.2")),
+        NeighDel(neigh("10.5.34.0/24", MAC_A)),
+    ]
+    assert p2.state.peers == {} and p2.state.owners == {}
+
+
+def test_events_lease_turning_invalid_is_unprogrammed() -> None:
+    p1 = plan_events(added(A), ProgrammedState(), CTX)
+    bad = vx("10.5.34.0/24", "198.51.100.2", "ff:ff:ff:ff:ff:ff")
+    p2 = plan_events(added(bad), p1.state, CTX)
+    assert [type(op) for op in p2.ops] == [RouteDel, FdbDel, NeighDel]
+    assert len(p2.rejected) == 1 and "broadcast" in p2.rejected[0][1].reason
+
+
+def test_events_node_with_new_subnet_keeps_shared_fdb_when_old_lease_expires() -> None:
+    # The node came back with a new subnet but the same VTEP MAC and public IP; its old lease
+    # expires later. flanneld deletes the shared FDB entry here; we must not.
+    old = vx("10.5.34.0/24", "198.51.100.2", MAC_A)
+    new = vx("10.5.40.0/24", "198.51.100.2", MAC_A)
+    p1 = plan_events(added(old), ProgrammedState(), CTX)
+    p2 = plan_events(added(new), p1.state, CTX)
+    assert p2.ops == [
+        NeighReplace(neigh("10.5.40.0/24", MAC_A)),
+        RouteReplace(route("10.5.40.0/24")),
+    ]
+    p3 = plan_events(removed(old), p2.state, CTX)
+    assert p3.ops == [RouteDel(route("10.5.34.0/24")), NeighDel(neigh("10.5.34.0/24", MAC_A))]
+
+
+def test_events_mac_conflict_last_writer_wins_and_removal_restores() -> None:
+    a = vx("10.5.34.0/24", "198.51.100.2", MAC_A)
+    clone = vx("10.5.36.0/24", "198.51.100.7", MAC_A)  # a cloned VM with the same MAC
+    p1 = plan_events(added(a, clone), ProgrammedState(), CTX)
+    assert FdbReplace(fdb(MAC_A, "198.51.100.7")) in p1.ops
+    p2 = plan_events(removed(clone), p1.state, CTX)
+    assert p2.ops == [
+        FdbReplace(fdb(MAC_A, "198.51.100.2")),
+        RouteDel(route("10.5.36.0/24")),
+        NeighDel(neigh("10.5.36.0/24", MAC_A)),
+    ]
+
+
+def test_events_remove_then_readd_in_one_batch_keeps_entries() -> None:
+    p1 = plan_events(added(A), ProgrammedState(), CTX)
+    p2 = plan_events([*removed(A), *added(A)], p1.state, CTX)
+    # The final word for every key is "present": nothing may be deleted after re-adding.
+    assert not any(isinstance(op, RouteDel | FdbDel | NeighDel) for op in p2.ops)
+    assert p2.state.programmed_entries() == p1.state.programmed_entries()
+
+
+def test_events_add_then_remove_in_one_batch_ends_deleted() -> None:
+    p = plan_events([*added(A), *removed(A)], ProgrammedState(), CTX)
+    kernel = apply_ops({}, p.ops)
+    assert kernel == {}
+
+
+def test_reprogram_replaces_everything_in_add_order() -> None:
+    st_ = plan_events(added(A, B), ProgrammedState(), CTX).state
+    ops = plan_reprogram(st_)
+    assert [type(op) for op in ops] == [NeighReplace] * 2 + [FdbReplace] * 2 + [RouteReplace] * 2
+
+
+# --- reconcile -------------------------------------------------------------------------------
+
+
+def test_reconcile_removes_stale_and_leaves_live_untouched() -> None:
+    stale = vx("10.5.99.0/24", "198.51.100.99", "0a:99:99:99:99:99")
+    routes = [route("10.5.34.0/24"), route("10.5.99.0/24")]
+    neighs = [neigh("10.5.34.0/24", MAC_A), neigh("10.5.99.0/24", "0a:99:99:99:99:99")]
+    fdbs = [fdb(MAC_A, "198.51.100.2"), fdb("0a:99:99:99:99:99", "198.51.100.99")]
+    plan = plan_reconcile([A, B], routes, neighs, fdbs, CTX)
+    assert plan.ops == [
+        NeighReplace(neigh("10.5.35.0/24", MAC_B)),
+        FdbReplace(fdb(MAC_B, "198.51.100.3")),
+        RouteReplace(route("10.5.35.0/24")),
+        RouteDel(route("10.5.99.0/24")),
+        FdbDel(fdb("0a:99:99:99:99:99", "198.51.100.99")),
+        NeighDel(neigh("10.5.99.0/24", "0a:99:99:99:99:99")),
+    ]
+    assert set(plan.state.peers) == {A.subnet, B.subnet}
+    assert stale.subnet not in plan.state.peers
+
+
+def test_reconcile_replaces_different_entries() -> None:
+    routes = [RouteEntry(dst=N4("10.5.34.0/24"), gw=V4("198.51.100.2"), ifindex=EXT)]  # host-gw era
+    neighs = [neigh("10.5.34.0/24", MAC_B)]
+    fdbs = [fdb(MAC_A, "198.51.100.50")]
+    plan = plan_reconcile([A], routes, neighs, fdbs, CTX)
+    assert plan.ops == plan_peer_add(A, CTX)
+
+
+def test_reconcile_leaves_foreign_entries_alone() -> None:
+    foreign_routes = [
+        RouteEntry(dst=N4("10.5.50.0/24"), gw=None, ifindex=DEV),  # connected
+        RouteEntry(dst=N4("10.6.0.0/24"), gw=V4("198.51.100.9"), ifindex=EXT),  # outside Network
+        RouteEntry(dst=N4("10.5.72.0/24"), gw=V4("198.51.100.9"), ifindex=EXT),  # our subnet
+        RouteEntry(dst=N4("10.5.51.0/24"), gw=V4("198.51.100.9"), ifindex=77),  # other device
+        RouteEntry(dst=N4("0.0.0.0/0"), gw=V4("198.51.100.254"), ifindex=EXT),  # default route
+    ]
+    foreign_neighs = [
+        NeighEntry(ip=V4("198.51.100.254"), mac=MAC_A, ifindex=EXT),
+        NeighEntry(ip=V4("10.5.51.0"), mac=MAC_A, ifindex=77),
+        NeighEntry(ip=V4("10.6.0.0"), mac=MAC_A, ifindex=DEV),
+    ]
+    foreign_fdb = [
+        FdbEntry(mac="00:00:00:00:00:00", dst=V4("239.1.1.1"), ifindex=DEV),
+        FdbEntry(mac="0a:00:00:00:00:01", dst=V4("198.51.100.1"), ifindex=DEV),  # own MAC
+        FdbEntry(mac="33:33:00:00:00:01", dst=V4("198.51.100.1"), ifindex=DEV),
+        FdbEntry(mac=MAC_B, dst=V4("198.51.100.9"), ifindex=77),
+    ]
+    assert plan_reconcile([], foreign_routes, foreign_neighs, foreign_fdb, CTX).ops == []
+
+
+def test_reconcile_stale_hostgw_routes() -> None:
+    live = hg("10.5.34.0/24", "198.51.100.2")
+    live_route = RouteEntry(dst=N4("10.5.34.0/24"), gw=V4("198.51.100.2"), ifindex=EXT)
+    stale_route = RouteEntry(dst=N4("10.5.99.0/24"), gw=V4("198.51.100.99"), ifindex=EXT)
+    plan = plan_reconcile([live], [live_route, stale_route], [], [], HOSTGW)
+    assert plan.ops == [RouteDel(stale_route)]
+
+
+def test_reconcile_drops_extra_fdb_remotes() -> None:
+    kernel = [fdb(MAC_A, "198.51.100.2"), fdb(MAC_A, "198.51.100.50")]
+    plan = plan_reconcile([A], [route("10.5.34.0/24")], [neigh("10.5.34.0/24", MAC_A)], kernel, CTX)
+    assert plan.ops == [FdbDel(fdb(MAC_A, "198.51.100.50"))]
+
+
+def test_reconcile_rejects_hostile_and_reports_them() -> None:
+    hostile = vx("10.5.72.0/23", "198.51.100.66", MAC_B)
+    own = vx("10.5.72.0/24", "198.51.100.1", "0a:00:00:00:00:01")
+    plan = plan_reconcile([hostile, own, A], [], [], [], CTX)
+    assert plan.ops == plan_peer_add(A, CTX)
+    reasons = {le.key_suffix: r for le, r in plan.rejected}
+    assert not reasons["10.5.72.0-23"].benign
+    assert reasons["10.5.72.0-24"].benign
+
+
+def test_reconcile_conflict_prefers_fresher_lease() -> None:
+    older = vx("10.5.34.0/24", "198.51.100.2", MAC_A, exp=100.0)
+    newer = vx("10.5.36.0/24", "198.51.100.7", MAC_A, exp=200.0)
+    for order in ([older, newer], [newer, older]):
+        plan = plan_reconcile(order, [], [], [], CTX)
+        fdbs = [op for op in plan.ops if isinstance(op, FdbReplace)]
+        assert fdbs == [FdbReplace(fdb(MAC_A, "198.51.100.7"))]
+
+
+# --- properties ------------------------------------------------------------------------------
+
+Kernel = dict[tuple[Any, ...], list[Entry]]
+
+
+def apply_ops(kernel: Kernel, ops: Iterable[Op]) -> Kernel:
+    """A tiny model of the kernel's replace/delete semantics (delete of a missing entry is OK)."""
+    k = {key: list(v) for key, v in kernel.items()}
+    for op in ops:
+        e = op.entry
+        key = entry_key(e)
+        have = k.setdefault(key, [])
+        if isinstance(op, RouteReplace | NeighReplace | FdbReplace):
+            if have:
+                have[0] = e
+            else:
+                have.append(e)
+        elif e in have:
+            have.remove(e)
+        if not have:
+            del k[key]
+    return k
+
+
+def split(kernel: Kernel) -> tuple[list[RouteEntry], list[NeighEntry], list[FdbEntry]]:
+    flat = [e for v in kernel.values() for e in v]
+    return (
+        [e for e in flat if isinstance(e, RouteEntry)],
+        [e for e in flat if isinstance(e, NeighEntry)],
+        [e for e in flat if isinstance(e, FdbEntry)],
+    )
+
+
+octet = st.integers(0, 255)
+macs = st.sampled_from(
+    [
+        MAC_A,
+        MAC_B,
+        "0a:00:00:00:00:01",
+        "ff:ff:ff:ff:ff:ff",
+        "00:00:00:00:00:00",
+        "bad",
+        "0A-CC-00-00-00-01",
+    ]
+)
+any_subnet = st.builds(
+    lambda a, b, c, plen: (
+        N4((a << 24) | (b << 16) | (c << 8), strict=False).supernet(new_prefix=plen)
+        if plen <= 24
+        else N4(f"{a}.{b}.{c}.0/{plen}")
+    ),
+    st.sampled_from([10, 10, 10, 0, 192]),
+    st.sampled_from([5, 5, 5, 6, 0]),
+    octet,
+    st.integers(0, 28),
+)
+publics = st.sampled_from(
+    [
+        "198.51.100.1",
+        "198.51.100.2",
+        "198.51.100.3",
+        "0.0.0.0",
+        "10.5.72.5",
+        "224.0.0.1",
+        "203.0.113.9",
+    ]
+)
+data = st.one_of(
+    st.builds(lambda m: {"VNI": 1, "VtepMAC": m}, macs),
+    st.sampled_from([None, "x", [], {}, {"VNI": "1", "VtepMAC": MAC_A}]),
+)
+any_lease = st.builds(
+    lambda s, p, t, d, e: Lease(
+        subnet=s,
+        attrs=LeaseAttrs(public_ip=V4(p), backend_type=t, backend_data=d),
+        expiration=e,
+    ),
+    any_subnet,
+    publics,
+    st.sampled_from(["vxlan", "vxlan", "vxlan", "host-gw", ""]),
+    data,
+    st.one_of(st.none(), st.floats(0, 1e9)),
+)
+kernel_routes = st.lists(
+    st.builds(
+        RouteEntry,
+        dst=any_subnet,
+        gw=st.one_of(st.none(), st.builds(V4, publics)),
+        ifindex=st.sampled_from([DEV, EXT, 77]),
+        onlink=st.booleans(),
+    ),
+    max_size=6,
+)
+
+
+def assert_safe(ops: Sequence[Op], ctx: PlanContext) -> None:
+    for op in ops:
+        e = op.entry
+        if isinstance(e, RouteEntry):
+            assert e.dst.subnet_of(ctx.network), op  # type: ignore[arg-type]
+            assert not e.dst.overlaps(ctx.own_subnet), op
+            assert e.dst.prefixlen > 0
+            assert e.gw is not None
+            if isinstance(op, RouteReplace):
+                assert e.gw != ctx.own_public_ip
+        elif isinstance(e, NeighEntry):
+            assert e.ip in ctx.network and e.ip not in ctx.own_subnet, op
+            assert e.ifindex == ctx.dev_index
+        else:
+            assert e.ifindex == ctx.dev_index
+            assert e.mac != ctx.own_mac and not int(e.mac[:2], 16) & 1
+            if isinstance(op, FdbReplace):
+                assert e.dst != ctx.own_public_ip
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    leases=st.lists(any_lease, max_size=8),
+    routes=kernel_routes,
+    hostgw=st.booleans(),
+)
+def test_property_never_programs_outside_network_or_over_own_subnet(
+    leases: list[Lease], routes: list[RouteEntry], hostgw: bool
+) -> None:
+    ctx = HOSTGW if hostgw else CTX
+    for le in leases:
+        assert_safe(plan_peer_add(le, ctx), ctx)
+        assert_safe(plan_peer_remove(le, ctx), ctx)
+    assert_safe(plan_reconcile(leases, routes, [], [], ctx).ops, ctx)
+    events = [
+        Event(EventKind.ADDED if i % 3 else EventKind.REMOVED, le) for i, le in enumerate(leases)
+    ]
+    assert_safe(plan_events(events, ProgrammedState(), ctx).ops, ctx)
+
+
+@settings(max_examples=100, deadline=None)
+@given(leases=st.lists(any_lease, max_size=8), routes=kernel_routes)
+def test_property_reconcile_converges(leases: list[Lease], routes: list[RouteEntry]) -> None:
+    kernel = apply_ops({}, [RouteReplace(r) for r in routes])
+    plan = plan_reconcile(leases, *split(kernel), CTX)
+    kernel = apply_ops(kernel, plan.ops)
+    again = plan_reconcile(leases, *split(kernel), CTX)
+    assert again.ops == []
+    # Everything the state says is programmed is in the kernel.
+    flat = {e for v in kernel.values() for e in v}
+    assert set(plan.state.programmed_entries().values()) <= flat
+
+
+# Leases without key conflicts (one MAC per public IP, /24 only): incremental events and a full
+# reconcile must agree exactly.
+clean_lease = st.builds(
+    lambda c, p, ok: Lease(
+        subnet=N4(f"10.5.{c}.0/24"),
+        attrs=LeaseAttrs(
+            public_ip=V4(f"198.51.100.{p}"),
+            backend_type="vxlan",
+            backend_data={"VNI": 1, "VtepMAC": f"0a:00:00:00:01:{p:02x}" if ok else "bad"},
+        ),
+        expiration=1.0,
+    ),
+    st.integers(0, 12),
+    st.integers(2, 6),
+    st.booleans(),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), clean_lease), max_size=20), st.integers(1, 5))
+def test_property_events_match_reconcile(steps: list[tuple[bool, Lease]], batch: int) -> None:
+    state = ProgrammedState()
+    kernel: Kernel = {}
+    current: dict[Any, Lease] = {}
+    events = [Event(EventKind.ADDED if add else EventKind.REMOVED, le) for add, le in steps]
+    for i in range(0, len(events), batch):
+        chunk = events[i : i + batch]
+        plan = plan_events(chunk, state, CTX)
+        state = plan.state
+        kernel = apply_ops(kernel, plan.ops)
+        for ev in chunk:
+            if ev.kind == EventKind.ADDED:
+                current[ev.lease.subnet] = ev.lease
+            else:
+                current.pop(ev.lease.subnet, None)
+    full = plan_reconcile(list(current.values()), *split(kernel), CTX)
+    assert full.ops == []
+    assert full.state.programmed_entries() == state.programmed_entries()
