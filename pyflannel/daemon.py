@@ -208,7 +208,16 @@ class Daemon:
         self, network: Network, recv: trio.MemoryReceiveChannel[list[Event]]
     ) -> NoReturn:
         first = True
+        # Peer leases by identity, for the leases-known gauge (our own lease is never sent here).
+        peers: set[tuple[object, object]] = set()
         async for batch in recv:
+            for event in batch:
+                ident = (event.lease.subnet, event.lease.ipv6_subnet)
+                if event.kind is EventKind.ADDED:
+                    peers.add(ident)
+                else:
+                    peers.discard(ident)
+            METRICS.leases_known = len(peers) + 1
             try:
                 if first:
                     leases = [e.lease for e in batch if e.kind is EventKind.ADDED]

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Awaitable, Callable
 
 import structlog
+import trio
 
-from pyflannel.errors import NetlinkError
+from pyflannel.errors import NetlinkError, TrafficRuleError
 from pyflannel.trafficmngr._exec import Runner
 from pyflannel.trafficmngr.rules import IPNetwork
 
-__all__ = ["BlackholeOutcome", "BlackholeRoutes", "ensure_blackhole_route"]
+__all__ = ["BlackholeOutcome", "BlackholeRoutes", "ensure_blackhole_route", "resync_loop"]
 
 log = structlog.get_logger(__name__)
 
@@ -96,3 +98,27 @@ class BlackholeRoutes:
                     reason="another route for this prefix exists (e.g. cni0's)",
                 )
             self._last[subnet] = outcome
+
+
+async def resync_loop(
+    resync_once: Callable[[], Awaitable[list[str]]],
+    blackhole: BlackholeRoutes | None,
+    period: float,
+    mode: str,
+) -> None:
+    """The shared body of ``resync_forever``: every ``period`` s resync, count it in
+    :data:`~pyflannel.metrics.METRICS`, and keep the blackhole route. Errors are logged."""
+    from pyflannel.metrics import METRICS
+
+    while True:
+        await trio.sleep(period)
+        try:
+            repaired = await resync_once()
+        except TrafficRuleError as exc:
+            log.error(f"{mode}_resync_failed", error=str(exc))
+        else:
+            METRICS.masq_resyncs_total += 1
+            if repaired:
+                METRICS.masq_repairs_total += 1
+        if blackhole is not None:
+            await blackhole.ensure()

@@ -19,7 +19,7 @@ import trio
 
 from pyflannel.errors import TrafficRuleError
 from pyflannel.trafficmngr._exec import Runner, parse_version
-from pyflannel.trafficmngr.blackhole import BlackholeRoutes
+from pyflannel.trafficmngr.blackhole import BlackholeRoutes, resync_loop
 from pyflannel.trafficmngr.plan import (
     SavedTable,
     diff_iptables,
@@ -232,14 +232,7 @@ class IptablesManager:
         """Every ``period`` seconds (first after one period): resync, and keep the blackhole
         route when ``--ip-blackhole-route``. Errors are logged and the loop goes on."""
         task_status.started()
-        while True:
-            await trio.sleep(period)
-            try:
-                await self.resync_once()
-            except TrafficRuleError as exc:
-                log.error("iptables_resync_failed", error=str(exc))
-            if self._blackhole is not None:
-                await self._blackhole.ensure()
+        await resync_loop(self.resync_once, self._blackhole, period, "iptables")
 
     async def _apply(
         self,
