@@ -1,0 +1,563 @@
+"""The etcd subnet manager: acquire our lease, keep it, and follow the peers' leases.
+
+This is flanneld's ``LocalManager`` + ``CompleteLease`` + ``WatchLeases`` on top of
+:class:`~pyflannel.subnet.registry.EtcdRegistry`. The decisions live in pure modules
+(:mod:`~pyflannel.subnet.allocation`, :mod:`~pyflannel.subnet.watch`); this module sequences
+the I/O. Deliberate differences from flanneld:
+
+- A lost allocation race (another node created the chosen key first) re-lists and tries another
+  candidate, up to ``max_race_retries`` times, instead of exiting with "subnet already exists".
+- Reservations (keys without an etcd lease, flannel #1329) stay reservations: the node whose
+  ``PublicIP`` they carry writes its attrs without a lease and never renews them.
+- Renewals and re-uses are conditional on the key being unchanged since we last saw it, so a
+  node never overwrites a lease another node has just taken.
+- When our key is deleted or expires, the same subnet is re-created if it is still free and the
+  daemon keeps running (flanneld exits 0). If another node holds it, :class:`LeaseLost` is
+  raised so the daemon exits non-zero and systemd's ``Restart=on-failure`` starts it afresh.
+- Our own key is watched exactly (not as a prefix), and watches resume from the revision after
+  the last event; a compacted revision triggers a re-list whose difference is emitted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import NoReturn
+
+import structlog
+import trio
+
+from pyflannel.config import NetworkConfig
+from pyflannel.errors import ConfigError, LeaseError, LeaseLost, RegistryError
+from pyflannel.lease import Event, EventKind, Lease, LeaseAttrs
+from pyflannel.metrics import METRICS
+from pyflannel.subnet.allocation import PreviousSubnets, plan_acquisition, previous_subnets
+from pyflannel.subnet.protocols import Registry
+from pyflannel.subnet.registry import (
+    DEFAULT_ENDPOINTS,
+    DEFAULT_PREFIX,
+    DEFAULT_REQUEST_TIMEOUT,
+    EtcdRegistry,
+    WatchBatch,
+    WatchCompacted,
+    WatchStream,
+)
+from pyflannel.subnet.subnet_env import SubnetEnv
+from pyflannel.subnet.watch import Backoff, LeaseCache
+
+__all__ = [
+    "DEFAULT_RACE_RETRIES",
+    "DEFAULT_RENEW_MARGIN_MINUTES",
+    "DEFAULT_RENEW_RETRY",
+    "DEFAULT_TTL",
+    "EtcdSubnetManager",
+]
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_TTL = 24 * 60 * 60  # flanneld's subnetTTL
+DEFAULT_RENEW_MARGIN_MINUTES = 60  # --subnet-lease-renew-margin
+DEFAULT_RENEW_RETRY = 60.0  # flanneld retries a failed renewal after one minute
+DEFAULT_RACE_RETRIES = 100
+
+_OpenWatch = Callable[[int], AbstractAsyncContextManager[WatchStream]]
+
+
+def _same_node(a: LeaseAttrs, b: LeaseAttrs) -> bool:
+    """Whether two lease values were written by the same node (flanneld: same PublicIP)."""
+    if a.public_ip != b.public_ip:
+        return False
+    # IPv6-only nodes all have PublicIP 0.0.0.0; their identity is the IPv6 address.
+    return int(a.public_ip) != 0 or a.public_ipv6 == b.public_ipv6
+
+
+def _describe(lease: Lease) -> str:
+    parts = [str(n) for n in (lease.subnet, lease.ipv6_subnet) if n is not None]
+    return " + ".join(parts) or "?"
+
+
+class EtcdSubnetManager:
+    """flanneld's etcd subnet manager for one node.
+
+    Construction does no I/O. ``renew_margin`` is in minutes (flanneld's
+    ``--subnet-lease-renew-margin``); ``renew_margin_seconds`` overrides it (tests).
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str] = DEFAULT_ENDPOINTS,
+        prefix: str = DEFAULT_PREFIX,
+        *,
+        keyfile: str = "",
+        certfile: str = "",
+        cafile: str = "",
+        username: str = "",
+        password: str = "",
+        ttl: int = DEFAULT_TTL,
+        renew_margin: float = DEFAULT_RENEW_MARGIN_MINUTES,
+        renew_margin_seconds: float | None = None,
+        renew_retry: float = DEFAULT_RENEW_RETRY,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        max_race_retries: int = DEFAULT_RACE_RETRIES,
+        rng: random.Random | None = None,
+        registry: Registry | None = None,
+    ) -> None:
+        margin = renew_margin * 60.0 if renew_margin_seconds is None else renew_margin_seconds
+        if ttl < 1:
+            raise ConfigError(f"invalid lease TTL {ttl}s", hint="use a TTL of at least 1 second")
+        if not 0 <= margin < ttl:
+            raise ConfigError(
+                f"subnet lease renew margin {margin:g}s must be shorter than the lease TTL {ttl}s",
+                hint="lower --subnet-lease-renew-margin (minutes) or raise the lease TTL",
+            )
+        if renew_retry <= 0:
+            raise ConfigError(
+                f"invalid renew retry interval {renew_retry:g}s", hint="use a positive interval"
+            )
+        self._registry: Registry = registry or EtcdRegistry(
+            endpoints,
+            prefix,
+            keyfile=keyfile,
+            certfile=certfile,
+            cafile=cafile,
+            username=username,
+            password=password,
+            request_timeout=request_timeout,
+        )
+        self._ttl = int(ttl)
+        self._margin = float(margin)
+        self._renew_retry = float(renew_retry)
+        self._max_race_retries = max(1, int(max_race_retries))
+        self._rng = rng or random.SystemRandom()
+
+    @property
+    def registry(self) -> Registry:
+        """The lease storage in use."""
+        return self._registry
+
+    @property
+    def ttl(self) -> int:
+        """TTL in seconds granted on every create and renew."""
+        return self._ttl
+
+    @property
+    def renew_margin_seconds(self) -> float:
+        """How long before expiry a lease is renewed."""
+        return self._margin
+
+    def close(self) -> None:
+        """Close the etcd connections (idempotent)."""
+        self._registry.close()
+
+    async def __aenter__(self) -> EtcdSubnetManager:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- config
+    async def get_network_config(self) -> str:
+        """The raw ``<prefix>/config`` text; parse it with ``pyflannel.config``.
+
+        Raises ``ConfigNotFound`` (a ``RegistryError``) with flanneld's message and the
+        etcdctl command that creates it; the daemon retries every second like flanneld.
+        """
+        return await self._registry.get_config()
+
+    # ----------------------------------------------------------------- acquire
+    async def acquire_lease(
+        self,
+        config: NetworkConfig,
+        attrs: LeaseAttrs,
+        previous_subnet_env: SubnetEnv | PreviousSubnets | None = None,
+    ) -> Lease:
+        """Get this node's lease (flanneld's ``AcquireLease``; see :mod:`.allocation`).
+
+        Raises :class:`~pyflannel.errors.OutOfSubnets` when the range is full,
+        :class:`~pyflannel.errors.LeaseError` when other nodes won every race, and
+        :class:`~pyflannel.errors.RegistryError` when etcd fails.
+        """
+        previous = previous_subnets(previous_subnet_env)
+        lost: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
+        prefix = self._registry.prefix
+        for attempt in range(1, self._max_race_retries + 1):
+            leases, revision = await self._registry.list_leases(with_ttl=False)
+            plan = plan_acquisition(
+                config,
+                leases,
+                attrs,
+                previous,
+                self._rng,
+                prefix=prefix,
+                exclude=lost,
+            )
+            for stale in plan.stale:
+                log.info(
+                    "deleting the lease of our public IP that does not fit the network config",
+                    subnet=_describe(stale),
+                    public_ip=str(attrs.public_ip),
+                    reservation=stale.is_reservation,
+                )
+                await self._registry.delete_lease(
+                    stale.subnet, stale.ipv6_subnet, if_mod_revision=stale.mod_revision
+                )
+            if plan.action == "reuse":
+                existing = plan.existing
+                assert existing is not None
+                ttl = None if existing.is_reservation else self._ttl
+                result = await self._registry.put_lease(
+                    existing.subnet,
+                    existing.ipv6_subnet,
+                    attrs,
+                    ttl,
+                    if_mod_revision=existing.mod_revision,
+                )
+                if result.lease is not None:
+                    log.info(
+                        "found the lease of our public IP, reusing it",
+                        subnet=_describe(result.lease),
+                        public_ip=str(attrs.public_ip),
+                        reservation=result.lease.is_reservation,
+                    )
+                    return result.lease
+                log.info("our lease changed while reusing it; looking again", attempt=attempt)
+            else:
+                result = await self._registry.create_lease(
+                    plan.subnet, plan.ipv6_subnet, attrs, self._ttl
+                )
+                if result.lease is not None:
+                    log.info(
+                        "allocated lease",
+                        subnet=_describe(result.lease),
+                        source=plan.source,
+                        public_ip=str(attrs.public_ip),
+                        leases_seen=len(leases),
+                    )
+                    return result.lease
+                lost.update(n for n in (plan.subnet, plan.ipv6_subnet) if n is not None)
+                log.info(
+                    "another node took the subnet first; trying another",
+                    subnet=plan.key_suffix,
+                    attempt=attempt,
+                    revision=revision,
+                )
+            # De-synchronise racers that keep colliding on the same candidates.
+            await trio.sleep(self._rng.uniform(0.0, min(0.02 * attempt, 0.5)))
+        raise LeaseError(
+            f"could not acquire a subnet lease under {prefix}/subnets/ after "
+            f"{self._max_race_retries} attempts: other nodes took every subnet picked",
+            hint="many nodes are starting at once; restarting the daemon retries",
+        )
+
+    # ----------------------------------------------------------------- renewal
+    async def renew_lease(self, lease: Lease) -> Lease:
+        """flanneld's ``RenewLease``: a new grant and a put of the same attrs.
+
+        Conditional on the key being unchanged since ``lease.mod_revision``; on a conflict the
+        current holder is examined (ours → adopt and retry, gone → re-create, other node →
+        :class:`LeaseLost`). Reservations are rewritten without a lease.
+        """
+        for _ in range(5):
+            ttl = None if lease.is_reservation else self._ttl
+            result = await self._registry.put_lease(
+                lease.subnet,
+                lease.ipv6_subnet,
+                lease.attrs,
+                ttl,
+                if_mod_revision=lease.mod_revision,
+            )
+            if result.lease is not None:
+                return result.lease
+            current = result.existing
+            if current is None:
+                return await self._reacquire(lease, "our lease key is gone")
+            self._check_ours(lease, current)
+            lease = dataclasses.replace(
+                lease,
+                etcd_lease_id=current.etcd_lease_id,
+                expiration=current.expiration,
+                mod_revision=current.mod_revision,
+            )
+        raise RegistryError(
+            f"renewing lease {_describe(lease)} kept conflicting with concurrent writes",
+            hint="someone else keeps rewriting this node's lease key",
+        )
+
+    def _check_ours(self, lease: Lease, current: Lease) -> None:
+        if not _same_node(current.attrs, lease.attrs):
+            raise LeaseLost(
+                f"lease {_describe(lease)} was taken over by the node with PublicIP "
+                f"{current.attrs.public_ip}"
+                + (f" / {current.attrs.public_ipv6}" if current.attrs.public_ipv6 else "")
+                + f" (etcd revision {current.mod_revision}); this node "
+                f"({lease.attrs.public_ip}) no longer owns it",
+                hint=(
+                    "the daemon exits so that it is restarted and acquires a fresh lease; "
+                    "if this repeats, two nodes share a stale subnet.env or a public IP"
+                ),
+            )
+
+    async def _reacquire(self, lease: Lease, why: str) -> Lease:
+        """Re-create our deleted/expired key with the same subnet, or raise LeaseLost.
+
+        Retries etcd failures with backoff for as long as it takes: the subnet is ours until
+        another node holds it.
+        """
+        log.error(
+            "lease was revoked in etcd; re-acquiring the same subnet",
+            subnet=_describe(lease),
+            reason=why,
+        )
+        backoff = Backoff()
+        while True:
+            try:
+                result = await self._registry.create_lease(
+                    lease.subnet, lease.ipv6_subnet, lease.attrs, self._ttl
+                )
+                if result.lease is not None:
+                    log.warning(
+                        "re-acquired our subnet after losing the lease", subnet=_describe(lease)
+                    )
+                    return result.lease
+                current = result.existing
+                if current is None:
+                    continue  # deleted again in between: try again at once
+                self._check_ours(lease, current)
+                log.warning(
+                    "our subnet was re-created under this node's identity; adopting it",
+                    subnet=_describe(lease),
+                    reservation=current.is_reservation,
+                )
+                if current.attrs == lease.attrs:
+                    return current
+                rewritten = await self._registry.put_lease(
+                    lease.subnet,
+                    lease.ipv6_subnet,
+                    lease.attrs,
+                    None if current.is_reservation else self._ttl,
+                    if_mod_revision=current.mod_revision,
+                )
+                if rewritten.lease is not None:
+                    return rewritten.lease
+            except RegistryError as exc:
+                delay = backoff.next()
+                log.error("could not re-acquire our subnet yet", error=str(exc), retry_in=delay)
+                await trio.sleep(delay)
+
+    def _renew_deadline(self, lease: Lease) -> float:
+        if lease.is_reservation:
+            return math.inf
+        if lease.expiration is None:  # unknown expiry: renew now rather than risk expiring
+            return trio.current_time()
+        delay = lease.expiration - time.time() - self._margin
+        return trio.current_time() + max(0.0, delay)
+
+    async def run_renewal(
+        self, lease: Lease, *, on_change: Callable[[Lease], None] | None = None
+    ) -> NoReturn:
+        """Keep our lease forever (flanneld's ``CompleteLease``).
+
+        Renews at expiration − margin (retrying every ``renew_retry`` seconds on failure) and
+        watches our key: a PUT by us re-arms the timer, a DELETE or expiry re-creates the same
+        subnet if it is free. ``on_change`` is called with every new version of the lease.
+        Raises :class:`~pyflannel.errors.LeaseLost` when another node holds our subnet.
+        Reservations are never renewed (they do not expire).
+        """
+        send, recv = trio.open_memory_channel[Event](math.inf)
+        outcome: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._follow_own_key, lease, send)
+            try:
+                await self._renewal_loop(lease, recv, on_change)
+            except LeaseError as exc:
+                outcome = exc
+            finally:
+                nursery.cancel_scope.cancel()
+        # Raised outside the nursery so the daemon sees LeaseLost itself, not a group.
+        assert outcome is not None
+        raise outcome
+
+    async def _renewal_loop(
+        self,
+        lease: Lease,
+        recv: trio.MemoryReceiveChannel[Event],
+        on_change: Callable[[Lease], None] | None,
+    ) -> NoReturn:
+        deadline = self._renew_deadline(lease)
+        log.info(
+            "waiting to renew lease",
+            subnet=_describe(lease),
+            renew_in=None if math.isinf(deadline) else round(deadline - trio.current_time(), 1),
+        )
+        while True:
+            event: Event | None = None
+            rewrite = False
+            with trio.move_on_at(deadline):
+                event = await recv.receive()
+            if event is None:
+                try:
+                    new = await self.renew_lease(lease)
+                except RegistryError as exc:
+                    log.error(
+                        "error renewing lease, trying again later",
+                        subnet=_describe(lease),
+                        error=str(exc),
+                        retry_in=self._renew_retry,
+                    )
+                    deadline = trio.current_time() + self._renew_retry
+                    continue
+                left = None if new.expiration is None else round(new.expiration - time.time())
+                log.info("lease renewed", subnet=_describe(new), expires_in=left)
+            else:
+                new, rewrite = await self._on_own_event(lease, event)
+            if new != lease or new.mod_revision != lease.mod_revision:
+                lease = new
+                if on_change is not None:
+                    on_change(lease)
+            # After someone changed our value (e.g. the VtepMAC) the renewal path puts our attrs
+            # back at once, with its retries.
+            deadline = trio.current_time() if rewrite else self._renew_deadline(lease)
+
+    async def _on_own_event(self, lease: Lease, event: Event) -> tuple[Lease, bool]:
+        """The lease after an event on our key, and whether our attrs must be written back."""
+        seen = event.lease
+        if event.kind is EventKind.REMOVED:
+            if seen.mod_revision and seen.mod_revision <= lease.mod_revision:
+                return lease, False
+            return await self._reacquire(lease, "our lease key was deleted or expired"), False
+        if seen.mod_revision <= lease.mod_revision:
+            return lease, False  # our own write, or older
+        self._check_ours(lease, seen)
+        if seen.etcd_lease_id == lease.etcd_lease_id and seen.attrs == lease.attrs:
+            return dataclasses.replace(lease, mod_revision=seen.mod_revision), False
+        # Written by someone with our identity (an admin, or a restarted copy of us): adopt its
+        # etcd lease and revision, keep our attrs.
+        adopted = dataclasses.replace(
+            lease,
+            etcd_lease_id=seen.etcd_lease_id,
+            expiration=None if seen.is_reservation else seen.expiration,
+            mod_revision=seen.mod_revision,
+        )
+        if seen.is_reservation and not lease.is_reservation:
+            log.info("our lease was turned into a reservation; it is no longer renewed")
+        if seen.attrs != lease.attrs:
+            log.warning(
+                "our lease value was rewritten by someone else; restoring our attrs",
+                subnet=_describe(lease),
+            )
+            return adopted, True
+        return adopted, False
+
+    async def _follow_own_key(self, lease: Lease, send: trio.MemorySendChannel[Event]) -> None:
+        async def resync() -> int:
+            current, revision = await self._registry.get_lease(lease.subnet, lease.ipv6_subnet)
+            if current is None:
+                gone = Lease(subnet=lease.subnet, attrs=LeaseAttrs(), ipv6_subnet=lease.ipv6_subnet)
+                send.send_nowait(Event(EventKind.REMOVED, gone))
+            else:
+                send.send_nowait(Event(EventKind.ADDED, current))
+            return revision
+
+        async def on_batch(batch: WatchBatch) -> None:
+            for event in batch.events:
+                send.send_nowait(event)
+
+        def open_watch(since: int) -> AbstractAsyncContextManager[WatchStream]:
+            return self._registry.watch_lease(lease.subnet, lease.ipv6_subnet, since)
+
+        await self._follow(open_watch, on_batch, resync, what=f"lease {_describe(lease)}")
+
+    # ----------------------------------------------------------------- peers
+    async def watch_leases(
+        self, own_lease: Lease, send_channel: trio.MemorySendChannel[list[Event]]
+    ) -> NoReturn:
+        """Send the peers' lease events to ``send_channel`` forever, as ``list[Event]`` batches.
+
+        The first batch is the full current set of peers as ``ADDED`` events (possibly empty,
+        so the receiver knows the initial snapshot is complete). Later batches follow etcd's
+        order; after a compaction or a long outage the difference to a fresh listing is sent.
+        Our own lease never appears. ``send_channel`` is closed when this returns.
+        """
+        cache = LeaseCache(own_lease)
+        first = True
+
+        async def resync() -> int:
+            nonlocal first
+            leases, revision = await self._registry.list_leases()
+            events = cache.reset(leases)
+            log.info("listed peer leases", peers=len(cache), changes=len(events), revision=revision)
+            if events or first:
+                await send_channel.send(events)
+                first = False
+            return revision
+
+        async def on_batch(batch: WatchBatch) -> None:
+            events = cache.apply(batch.events)
+            if events:
+                await send_channel.send(events)
+
+        async with send_channel:
+            await self._follow(self._registry.watch_leases, on_batch, resync, what="peer leases")
+
+    # ----------------------------------------------------------------- watch loop
+    async def _follow(
+        self,
+        open_watch: _OpenWatch,
+        on_batch: Callable[[WatchBatch], Awaitable[None]],
+        resync: Callable[[], Awaitable[int]],
+        *,
+        what: str,
+    ) -> NoReturn:
+        """List, then watch from the list revision + 1, forever.
+
+        A broken stream (etcd restarted, endpoint lost) is re-created from the revision after
+        the last delivered batch, after a backoff of 100 ms doubling to 5 s (flanneld's). A
+        compacted revision triggers ``resync`` (a fresh listing) and a watch from there.
+        """
+        backoff = Backoff()
+        since: int | None = None
+        while True:
+            if since is None:
+                try:
+                    since = await resync() + 1
+                    backoff.reset()
+                except RegistryError as exc:
+                    delay = backoff.next()
+                    log.warning(
+                        "listing failed; retrying", watch=what, error=str(exc), retry_in=delay
+                    )
+                    await trio.sleep(delay)
+                    continue
+            try:
+                async with open_watch(since) as stream:
+                    async for batch in stream:
+                        await on_batch(batch)
+                        since = max(since, batch.resume_revision)
+                        backoff.reset()
+                raise RegistryError(f"watch of {what} ended")
+            except WatchCompacted as exc:
+                METRICS.watch_restarts_total += 1
+                log.warning(
+                    "etcd watch fell behind compaction; re-listing",
+                    watch=what,
+                    since=since,
+                    compact_revision=exc.compact_revision,
+                )
+                since = None
+                continue
+            except RegistryError as exc:
+                METRICS.watch_restarts_total += 1
+                delay = backoff.next()
+                log.warning(
+                    "etcd watch broken; resuming",
+                    watch=what,
+                    since=since,
+                    error=str(exc),
+                    retry_in=delay,
+                )
+                await trio.sleep(delay)
