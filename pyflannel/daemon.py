@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from pyflannel.subnet.subnet_env import SubnetEnv
     from pyflannel.trafficmngr import PreviousNetworks
 
-__all__ = ["Daemon", "run_daemon"]
+__all__ = ["Daemon", "first_flannel_error", "run_daemon"]
 
 log = structlog.get_logger("pyflannel.daemon")
 
@@ -288,4 +288,24 @@ def _previous_networks(env: SubnetEnv | None) -> PreviousNetworks | None:
 
 async def run_daemon(opts: Options) -> None:
     """Run the agent until a signal; raises FlannelError on a fatal problem."""
-    await Daemon(opts).run()
+    try:
+        await Daemon(opts).run()
+    except BaseExceptionGroup as group:
+        # trio nurseries wrap failures in exception groups; the CLI wants the one actionable
+        # FlannelError (LeaseLost, InterfaceError, ...) to print and pick the exit code from.
+        error = first_flannel_error(group)
+        if error is None:
+            raise
+        raise error from group
+
+
+def first_flannel_error(exc: BaseException) -> FlannelError | None:
+    """The first FlannelError inside ``exc`` (itself, or nested in exception groups)."""
+    if isinstance(exc, FlannelError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = first_flannel_error(inner)
+            if found is not None:
+                return found
+    return None
