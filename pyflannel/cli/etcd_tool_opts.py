@@ -1,0 +1,240 @@
+"""Shared plumbing of the operator tools (``pyflannel status|config|doctor``).
+
+The tools take the daemon's own flags — ``--etcd-*``, ``--subnet-file``, the interface flags and
+the traffic-rule flags — with the daemon's semantics: they are declared on an ``argparse``
+parser (next to each tool's own options) and then handed, in Go ``--flag=value`` form, to
+:func:`pyflannel.cli.flags.parse_flags`. So value parsing (Go bools, comma-separated
+endpoints), error messages and the ``FLANNELD_*`` environment fallback are exactly pyflanneld's,
+and a tool run with the daemon's environment file talks to the same etcd with the same
+credentials. Only the ``FLANNELD_*`` variables of the flags a tool declares are read, so an
+unrelated variable can never stop a tool.
+
+Also here: the etcd registry the tools use (short timeout), a small HTTP client for etcd's
+non-gRPC endpoints (``/version``, the v2 API) with the same TLS and credentials, the
+``etcdctl`` command line an operator can paste, and quiet logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import shlex
+import ssl
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from pyflannel.cli.flags import FLAGS, Options, env_name, parse_flags
+from pyflannel.errors import ConfigError, FlannelError
+
+if TYPE_CHECKING:
+    from pyflannel.subnet.registry import EtcdRegistry
+
+__all__ = [
+    "ETCD_FLAGS",
+    "IFACE_FLAGS",
+    "SUBNET_FILE_FLAGS",
+    "TOOL_ETCD_TIMEOUT",
+    "TRAFFIC_FLAGS",
+    "HttpAnswer",
+    "add_flanneld_flags",
+    "add_output_flag",
+    "endpoint_urls",
+    "etcd_http_get",
+    "etcdctl_command",
+    "new_registry",
+    "options_from",
+    "print_error",
+    "setup_tool_logging",
+]
+
+ETCD_FLAGS: Final = (
+    "etcd-endpoints",
+    "etcd-prefix",
+    "etcd-keyfile",
+    "etcd-certfile",
+    "etcd-cafile",
+    "etcd-username",
+    "etcd-password",
+)
+SUBNET_FILE_FLAGS: Final = ("subnet-file",)
+IFACE_FLAGS: Final = ("iface", "iface-regex", "iface-can-reach", "public-ip", "public-ipv6")
+TRAFFIC_FLAGS: Final = ("ip-masq", "ip-masq-fully-random-disable", "iptables-forward-rules")
+
+# A tool should answer in seconds, not wait out the daemon's 10 s per request and endpoint.
+TOOL_ETCD_TIMEOUT: Final = 5.0
+
+_BY_NAME: Final = {f.name: f for f in FLAGS}
+
+
+def _dest(name: str) -> str:
+    return "ff_" + name.replace("-", "_")
+
+
+def add_flanneld_flags(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
+    """Declare pyflanneld's flags ``names`` on ``parser`` (``--name`` and Go's ``-name``).
+
+    Values are kept as text (``None`` when absent) for :func:`options_from`. Bool flags take
+    an optional ``=value`` as in Go (``--ip-masq``, ``--ip-masq=false``).
+    """
+    group = parser.add_argument_group("pyflanneld flags (default: FLANNELD_* environment)")
+    for name in names:
+        flag = _BY_NAME[name]
+        spellings = [f"--{name}", f"-{name}"]
+        shown = f"{flag.help} [env {env_name(name)}]"
+        if flag.kind == "bool":
+            group.add_argument(
+                *spellings,
+                dest=_dest(name),
+                nargs="?",
+                const="true",
+                default=None,
+                metavar="true|false",
+                help=shown,
+            )
+            continue
+        metavar = "IP" if name == "iface-can-reach" else name.rsplit("-", 1)[-1].upper()
+        action = "append" if flag.kind == "list" else "store"
+        group.add_argument(
+            *spellings, dest=_dest(name), action=action, default=None, metavar=metavar, help=shown
+        )
+
+
+def add_output_flag(parser: argparse.ArgumentParser) -> None:
+    """``--output table|json`` (``-o``)."""
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json"),
+        default="table",
+        help="table for people (default), json for scripts",
+    )
+
+
+def options_from(
+    ns: argparse.Namespace, names: Iterable[str], environ: Mapping[str, str]
+) -> Options:
+    """Options from the flags parsed into ``ns`` plus the ``FLANNELD_*`` env of ``names``.
+
+    Raises :class:`~pyflannel.errors.ConfigError` with pyflanneld's message for a bad value.
+    """
+    names = tuple(names)
+    argv: list[str] = []
+    for name in names:
+        value = getattr(ns, _dest(name), None)
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        argv += [f"--{name}={v}" for v in values]
+    wanted_env = {env_name(n) for n in names}
+    env = {k: v for k, v in environ.items() if k in wanted_env}
+    return parse_flags(argv, env)
+
+
+def new_registry(opts: Options, *, timeout: float = TOOL_ETCD_TIMEOUT) -> EtcdRegistry:
+    """An :class:`~pyflannel.subnet.registry.EtcdRegistry` for ``opts`` (no I/O yet)."""
+    from pyflannel.subnet.registry import EtcdRegistry
+
+    return EtcdRegistry(
+        opts.etcd_endpoints,
+        opts.etcd_prefix,
+        keyfile=opts.etcd_keyfile,
+        certfile=opts.etcd_certfile,
+        cafile=opts.etcd_cafile,
+        username=opts.etcd_username,
+        password=opts.etcd_password,
+        request_timeout=timeout,
+    )
+
+
+def endpoint_urls(opts: Options) -> list[str]:
+    """The ``--etcd-endpoints`` as normalized ``scheme://host:port`` URLs."""
+    from pyflannel.subnet.registry import parse_endpoints
+
+    return [e.url for e in parse_endpoints(opts.etcd_endpoints)]
+
+
+@dataclass(frozen=True, slots=True)
+class HttpAnswer:
+    """An HTTP exchange with an etcd endpoint: ``status`` 0 when there was no answer."""
+
+    url: str
+    status: int
+    body: bytes
+    error: str = ""
+
+    def json(self) -> object:
+        """The body as JSON, or None when it is not JSON."""
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+
+def _ssl_context(opts: Options) -> ssl.SSLContext:
+    # flanneld's rule: a client certificate only when both key and certificate are given.
+    ctx = ssl.create_default_context(cafile=opts.etcd_cafile or None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if opts.etcd_tls:
+        ctx.load_cert_chain(opts.etcd_certfile, opts.etcd_keyfile)
+    return ctx
+
+
+def etcd_http_get(opts: Options, base_url: str, path: str, *, timeout: float = 3.0) -> HttpAnswer:
+    """GET ``base_url + path`` with the tool's TLS files and (v2-style basic) credentials.
+
+    Never raises for network or HTTP errors: they come back in :class:`HttpAnswer`.
+    """
+    url = base_url.rstrip("/") + path
+    req = urllib.request.Request(url, method="GET")
+    if opts.etcd_username:
+        token = f"{opts.etcd_username}:{opts.etcd_password}".encode()
+        req.add_header("Authorization", "Basic " + base64.b64encode(token).decode())
+    try:
+        ctx = _ssl_context(opts) if url.startswith("https://") else None
+    except (OSError, ssl.SSLError) as exc:
+        return HttpAnswer(url, 0, b"", f"cannot load the TLS files: {exc}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:
+            return HttpAnswer(url, int(resp.status), resp.read())
+    except urllib.error.HTTPError as exc:
+        return HttpAnswer(url, int(exc.code), exc.read(), str(exc.reason))
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return HttpAnswer(url, 0, b"", str(reason))
+
+
+def etcdctl_command(opts: Options, *args: str) -> str:
+    """The ``etcdctl`` (API v3) command line, ready to paste, with this tool's endpoints,
+    TLS files and user (the password is left for etcdctl to prompt for)."""
+    parts = [f"--endpoints={','.join(endpoint_urls(opts))}"]
+    if opts.etcd_cafile:
+        parts.append(f"--cacert={opts.etcd_cafile}")
+    if opts.etcd_tls:
+        parts += [f"--cert={opts.etcd_certfile}", f"--key={opts.etcd_keyfile}"]
+    if opts.etcd_username:
+        parts.append(f"--user={opts.etcd_username}")
+    return " ".join(["ETCDCTL_API=3", "etcdctl", *(shlex.quote(p) for p in [*parts, *args])])
+
+
+def setup_tool_logging(verbose: bool) -> None:
+    """Log to stderr only: errors by default, everything with ``-v``. Tools report through
+    their output; the registry's warnings (e.g. "connecting to etcd with http") would only be
+    noise there, and must never mix into ``--output json`` on stdout."""
+    import structlog
+
+    from pyflannel.log import configure_logging
+
+    configure_logging("console", 1 if verbose else 0)
+    if not verbose:
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+
+
+def print_error(prog: str, exc: FlannelError | ConfigError) -> None:
+    """One clear line on stderr: ``prog: message (hint)``."""
+    print(f"{prog}: {exc}", file=sys.stderr)
