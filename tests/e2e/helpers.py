@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 from pyflannel.lab.cni import cni_add
 from pyflannel.lab.netns import exec_argv, http_request, ping, run_in
 from pyflannel.lab.topology import LabNode, NodeRef, Topology
+from pyflannel.lease import parse_subnet_key
 from tests.harness.etcd import EtcdServer
 from tests.harness.lab import LabEnv, start_lab
 
@@ -231,9 +232,8 @@ class DaemonLab:
         records: dict[IPv4Network, LeaseRecord] = {}
         for kv in json.loads(out).get("kvs", []):
             key = base64.b64decode(kv["key"]).decode()
-            m = re.search(r"(\d+\.\d+\.\d+\.\d+)-(\d+)$", key)
-            assert m, f"unparsable subnet key {key!r}"
-            subnet = IPv4Network(f"{m.group(1)}/{m.group(2)}")
+            subnet, _ = parse_subnet_key(key)  # accepts flanneld's dual-stack '&' keys too
+            assert subnet is not None, f"IPv6-only key {key!r} in an IPv4 lab"
             records[subnet] = LeaseRecord(
                 key, subnet, base64.b64decode(kv["value"]), int(kv.get("lease", 0))
             )
