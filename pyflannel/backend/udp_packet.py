@@ -29,13 +29,22 @@ __all__ = [
     "ICMP_TIME_EXCEEDED",
     "ICMP_TTL_EXCEEDED",
     "IPV4_MIN_HEADER",
+    "VNET_F_NEEDS_CSUM",
+    "VNET_GSO_NONE",
+    "VNET_GSO_TCPV4",
+    "VNET_GSO_UDP_L4",
+    "VNET_HDR",
+    "VNET_HDR_LEN",
     "PeerAddr",
     "PeerTable",
     "checksum",
+    "complete_checksum",
     "decrement_ttl",
     "icmp_error",
     "ipv4_dst",
     "ipv4_src",
+    "pseudo_header_sum",
+    "tcp_segments",
 ]
 
 IPV4_MIN_HEADER: Final = 20
@@ -47,6 +56,16 @@ ICMP_ERROR_TTL: Final = 8  # the TTL flanneld gives its ICMP errors
 _PROTO_ICMP: Final = 1
 # ICMP types that are errors themselves: no error is ever sent about them (RFC 1122 3.2.2).
 _ICMP_ERROR_TYPES: Final = frozenset({3, 4, 5, 11, 12})
+
+# struct virtio_net_hdr (linux/virtio_net.h), which a TUN opened with IFF_VNET_HDR puts in
+# front of every packet, both ways; native byte order (legacy virtio on a little-endian host).
+VNET_HDR: Final = struct.Struct("=BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start/offset
+VNET_HDR_LEN: Final = VNET_HDR.size
+VNET_F_NEEDS_CSUM: Final = 1
+VNET_GSO_NONE: Final = 0
+VNET_GSO_TCPV4: Final = 1
+VNET_GSO_UDP_L4: Final = 5
+_PROTO_TCP: Final = 6
 
 _U32: Final = struct.Struct("!I")
 _U16: Final = struct.Struct("!H")
@@ -139,9 +158,7 @@ def icmp_error(
     _U16.pack_into(icmp, 2, checksum(icmp))
     total = IPV4_MIN_HEADER + len(icmp)
     header = bytearray(
-        struct.pack(
-            "!BBHHHBBHII", 0x45, 0, total, 0, 0, ICMP_ERROR_TTL, _PROTO_ICMP, 0, src, dst
-        )
+        struct.pack("!BBHHHBBHII", 0x45, 0, total, 0, 0, ICMP_ERROR_TTL, _PROTO_ICMP, 0, src, dst)
     )
     _U16.pack_into(header, 10, checksum(header))
     return bytes(header + icmp)
@@ -213,3 +230,61 @@ class PeerTable:
             if dst >> shift == key:
                 return addr
         return None
+
+
+def pseudo_header_sum(src: int, dst: int, proto: int, length: int) -> int:
+    """The folded (not complemented) ones' complement sum of the IPv4 pseudo header."""
+    total = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + proto + length
+    total = (total & 0xFFFF) + (total >> 16)
+    return (total & 0xFFFF) + (total >> 16)
+
+
+def complete_checksum(packet: bytearray | memoryview, csum_start: int, csum_offset: int) -> None:
+    """Finish a partial checksum in place (``VIRTIO_NET_HDR_F_NEEDS_CSUM``).
+
+    The field at ``csum_start + csum_offset`` holds the pseudo-header sum; the checksum of
+    everything from ``csum_start`` on, that field included, is the final value.
+    """
+    at = csum_start + csum_offset
+    value = checksum(packet[csum_start:])
+    # 0 would mean "no checksum" for UDP; ones' complement has two zeros, send the other one
+    packet[at] = value >> 8 if value else 0xFF
+    packet[at + 1] = value & 0xFF if value else 0xFF
+
+
+def tcp_segments(packet: bytes | bytearray | memoryview, gso_size: int) -> list[bytes]:
+    """Cut an IPv4/TCP super-packet (``VNET_GSO_TCPV4``) into packets of ``gso_size`` payload
+    bytes, as the kernel's TCP segmentation does: consecutive IP IDs and sequence numbers,
+    FIN/PSH only on the last segment, CWR only on the first, every checksum computed in full
+    (the super-packet's TCP checksum field is ignored).
+    """
+    raw = bytes(packet)
+    ihl = (raw[0] & 0x0F) * 4
+    thl = (raw[ihl + 12] >> 4) * 4
+    hl = ihl + thl
+    payload = raw[hl:]
+    ident = (raw[4] << 8) | raw[5]
+    seq: int = _U32.unpack_from(raw, ihl + 4)[0]
+    flags = raw[ihl + 13]
+    src = ipv4_src(raw)
+    dst = ipv4_dst(raw)
+    chunks = [payload[i : i + gso_size] for i in range(0, len(payload), gso_size)] or [b""]
+    out: list[bytes] = []
+    for i, chunk in enumerate(chunks):
+        seg = bytearray(raw[:hl] + chunk)
+        _U16.pack_into(seg, 2, hl + len(chunk))
+        _U16.pack_into(seg, 4, (ident + i) & 0xFFFF)
+        seg[10] = seg[11] = 0
+        _U16.pack_into(seg, 10, checksum(seg[:ihl]))
+        _U32.pack_into(seg, ihl + 4, (seq + i * gso_size) & 0xFFFFFFFF)
+        f = flags
+        if i != len(chunks) - 1:
+            f &= ~0x09  # FIN, PSH
+        if i != 0:
+            f &= ~0x80  # CWR
+        seg[ihl + 13] = f
+        seg[ihl + 16] = seg[ihl + 17] = 0
+        _U16.pack_into(seg, ihl + 16, pseudo_header_sum(src, dst, _PROTO_TCP, thl + len(chunk)))
+        complete_checksum(seg, ihl, 16)
+        out.append(bytes(seg))
+    return out

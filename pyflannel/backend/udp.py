@@ -1,0 +1,538 @@
+"""The udp backend: TUN device ``flannel0`` and userspace encapsulation, wire-compatible with
+flanneld's (``pkg/backend/udp``).
+
+* Lease attrs carry no ``BackendType`` and no ``BackendData``:
+  ``{"PublicIP":"…","PublicIPv6":null}``, exactly as flanneld writes them.
+* ``flannel%d`` (normally ``flannel0``) is a non-persistent TUN (``IFF_TUN|IFF_NO_PI``, plus
+  ``IFF_VNET_HDR`` for GSO writes) with our
+  subnet's network address /32, MTU = external MTU − 28 (IPv4 + UDP headers), up, and a
+  scope-universe route for the whole Network through it. It disappears when the process exits.
+* A UDP socket on ``<interface IP>:<Port>`` (default 8285). Each datagram carries one raw IPv4
+  packet (:mod:`pyflannel.backend.udp_forwarder`).
+* Peers only update an in-process table (subnet → ``PublicIP:Port``), swapped atomically
+  while traffic flows; no kernel state per peer.
+
+Differences from flanneld, all deliberate:
+
+* Leases with a ``BackendType`` (vxlan, host-gw nodes) are ignored, like every other backend
+  does; flanneld's udp backend routes to them and their traffic is lost. Leases are validated
+  as for the other backends (:mod:`pyflannel.backend.validate`).
+* IPv6 is refused with a clear error (flanneld's udp backend is IPv4-only and silently leaves
+  the IPv6 subnet unrouted).
+* The TUN and UDP socket are opened in :meth:`UdpBackend.prepare`, before the lease, so a
+  missing ``/dev/net/tun`` or a busy port fails before a subnet is taken.
+* An existing route for the Network via another device is replaced (flanneld ignores EEXIST
+  and then never sees the traffic).
+* A deleted TUN device is re-created and re-addressed (flanneld's proxy stops forwarding).
+* Data path: ICMP errors come from the Network address (flanneld's come from the TUN's own
+  address, which the kernel drops as a martian source, so they never arrive) and are also sent
+  for ICMP queries (``ping`` gets "Destination Net Unreachable"),
+  ICMP time exceeded instead of a silent drop, a TTL of 0 is dropped instead of wrapping to 255,
+  datagrams larger than the MTU are not truncated, and inbound packets not addressed to our own
+  subnet are dropped (flanneld writes any packet it receives into its TUN, which makes the node
+  a relay for anyone who can reach its UDP port).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import ipaddress
+import os
+import socket
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+import structlog
+import trio
+
+from pyflannel.backend.base import BackendStats, PlanContext
+from pyflannel.backend.udp_forwarder import Forwarder, ForwarderStats, Mode
+from pyflannel.backend.udp_packet import PeerAddr, PeerTable
+from pyflannel.backend.validate import Peer, Rejection, validate_peer
+from pyflannel.errors import ConfigError, InterfaceError, LeaseError, NetlinkError
+from pyflannel.lease import Event, EventKind, Lease, LeaseAttrs
+from pyflannel.metrics import METRICS, Metrics
+from pyflannel.netlink import consts as nlc
+from pyflannel.netlink.addresses import ensure_address
+from pyflannel.netlink.dump import dump_routes
+from pyflannel.netlink.encode import attr, rtmsg
+from pyflannel.netlink.links import get_link, set_link_mtu, set_link_up
+from pyflannel.netlink.nlsocket import KernelRefused, NetlinkSocket
+from pyflannel.netlink.ops import IPNetwork
+
+if TYPE_CHECKING:
+    from pyflannel.config import NetworkConfig
+    from pyflannel.iface import ExternalInterface
+
+__all__ = [
+    "ENCAP_OVERHEAD",
+    "TUN_NAME_PATTERN",
+    "UdpBackend",
+    "UdpNetwork",
+    "configure_tun",
+    "ensure_network_route",
+    "icmp_source",
+    "open_tun",
+    "open_udp_socket",
+    "plan_table",
+]
+
+log = structlog.get_logger(__name__)
+
+ENCAP_OVERHEAD: Final = 28
+"""Outer IPv4 (20) + UDP (8) headers: flanneld's ``encapOverhead`` for udp."""
+TUN_NAME_PATTERN: Final = "flannel%d"
+
+_TUNSETIFF: Final = 0x400454CA
+_IFF_TUN: Final = 0x0001
+_IFF_NO_PI: Final = 0x1000
+_IFF_VNET_HDR: Final = 0x4000
+_SOCKET_BUFFER: Final = 4 << 20  # absorbs bursts of a TCP window while the forwarder catches up
+_SO_SNDBUFFORCE: Final = 32
+_SO_RCVBUFFORCE: Final = 33
+_HEALTH_INTERVAL: Final = 0.5
+_RECREATE_BACKOFF_MIN: Final = 1.0
+_RECREATE_BACKOFF_MAX: Final = 30.0
+
+
+def open_tun(pattern: str = TUN_NAME_PATTERN) -> tuple[int, str]:
+    """Create a TUN device (``IFF_TUN|IFF_NO_PI|IFF_VNET_HDR``, not persistent) in the calling
+    thread's network namespace; return its non-blocking file descriptor and the kernel-chosen
+    name.
+
+    The device lives as long as the descriptor is open. ``IFF_VNET_HDR`` puts a 10-byte virtio
+    header in front of each packet read or written; it lets the forwarder write coalesced TCP
+    segments as one GSO packet. No offloads are enabled, so reads are plain packets.
+    """
+    try:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InterfaceError(
+            f"failed to open TUN device: cannot open /dev/net/tun: {exc.strerror}",
+            hint="load the tun module (modprobe tun) and run pyflanneld as root",
+        ) from exc
+    try:
+        ifr = struct.pack("16sH22x", pattern.encode(), _IFF_TUN | _IFF_NO_PI | _IFF_VNET_HDR)
+        res = fcntl.ioctl(fd, _TUNSETIFF, ifr)
+        os.set_blocking(fd, False)
+    except OSError as exc:
+        os.close(fd)
+        raise InterfaceError(
+            f"failed to open TUN device {pattern}: TUNSETIFF: {exc.strerror}",
+            hint="pyflanneld needs CAP_NET_ADMIN",
+        ) from exc
+    name = res[:16].split(b"\0", 1)[0].decode()
+    return fd, name
+
+
+def _set_buffers(sock: socket.socket) -> None:
+    for force, plain in ((_SO_SNDBUFFORCE, socket.SO_SNDBUF), (_SO_RCVBUFFORCE, socket.SO_RCVBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, _SOCKET_BUFFER)
+        except OSError:  # not root: the kernel caps the plain option at net.core.*mem_max
+            sock.setsockopt(socket.SOL_SOCKET, plain, _SOCKET_BUFFER)
+
+
+def open_udp_socket(addr: ipaddress.IPv4Address, port: int) -> socket.socket:
+    """The blocking UDP socket the forwarder sends and receives on, bound to ``addr:port``."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        _set_buffers(sock)
+        sock.bind((str(addr), port))
+    except OSError as exc:
+        sock.close()
+        raise InterfaceError(
+            f"failed to start listening on UDP socket {addr}:{port}: {exc.strerror}",
+            hint='another process uses the port: stop it or set "Port" in the udp Backend',
+        ) from exc
+    return sock
+
+
+class UdpBackend:
+    """Opens the TUN and the UDP socket before the lease; configures them after it."""
+
+    backend_type = "udp"
+    lease_backend_type: Final = ""  # what peers' leases carry (flanneld writes none)
+
+    def __init__(
+        self,
+        *,
+        mode: Mode | None = None,
+        offload: bool | None = None,
+        metrics: Metrics | None = None,
+        stats: BackendStats | None = None,
+    ) -> None:
+        """``mode``: the forwarder's threading (see :mod:`pyflannel.backend.udp_forwarder`),
+        default ``$PYFLANNEL_UDP_THREADS`` or "single". ``offload``: batch with UDP GSO/GRO and
+        coalesce TCP into GSO writes to the TUN, default on unless ``$PYFLANNEL_UDP_OFFLOAD``
+        is ``0`` (benchmarking and debugging knobs; the wire format is the same either way).
+        """
+        if mode is None:
+            env_mode = os.environ.get("PYFLANNEL_UDP_THREADS", "single")
+            if env_mode not in ("single", "split"):
+                raise ConfigError(
+                    f"PYFLANNEL_UDP_THREADS={env_mode!r} is not a forwarder mode",
+                    hint="use single or split",
+                )
+            mode = "split" if env_mode == "split" else "single"
+        if offload is None:
+            offload = os.environ.get("PYFLANNEL_UDP_OFFLOAD", "1") != "0"
+        self.mode: Mode = mode
+        self.offload = offload
+        self._metrics = metrics if metrics is not None else METRICS
+        self.stats = stats if stats is not None else BackendStats()
+        self._ext: ExternalInterface | None = None
+        self._network: ipaddress.IPv4Network | None = None
+        self._subnet_len = 0
+        self._port = 0
+        self._tun_fd = -1
+        self._tun_name = ""
+        self._sock: socket.socket | None = None
+
+    @property
+    def tun_name(self) -> str:
+        """The TUN device's name (``flannel0`` unless that name was taken)."""
+        return self._tun_name
+
+    async def prepare(
+        self, config: NetworkConfig, ext_iface: ExternalInterface, state_dir: Path
+    ) -> LeaseAttrs:
+        """Check the config, open the TUN and the UDP socket, return ``{PublicIP}`` attrs."""
+        from pyflannel.config import udp_options
+
+        del state_dir  # udp keeps no state
+        if config.enable_ipv6 or not config.enable_ipv4 or config.network is None:
+            raise ConfigError(
+                "the udp backend supports IPv4 only, but the config enables IPv6",
+                hint='set "EnableIPv6": false, or use the vxlan backend for IPv6',
+            )
+        opts = udp_options(config)
+        if ext_iface.ipv4_addr is None or ext_iface.public_ip is None:
+            raise InterfaceError(
+                f"interface {ext_iface.name} has no IPv4 address for the udp backend",
+                hint="pick another --iface",
+            )
+        mtu = ext_iface.mtu - ENCAP_OVERHEAD
+        if mtu < 68:
+            raise ConfigError(
+                f"udp MTU {mtu} (interface {ext_iface.name} MTU {ext_iface.mtu} - "
+                f"{ENCAP_OVERHEAD}) is too small",
+                hint="use an interface with an MTU of at least 96",
+            )
+        self._ext = ext_iface
+        self._network = config.network
+        self._subnet_len = config.subnet_len
+        self._port = opts.port
+        self.close()
+        self._sock = open_udp_socket(ext_iface.ipv4_addr, opts.port)
+        try:
+            self._tun_fd, self._tun_name = open_tun()
+        except BaseException:
+            self.close()
+            raise
+        log.info(
+            "udp.prepared",
+            device=self._tun_name,
+            listen=f"{ext_iface.ipv4_addr}:{opts.port}",
+            public_ip=str(ext_iface.public_ip),
+            mtu=mtu,
+        )
+        return LeaseAttrs(public_ip=ext_iface.public_ip)
+
+    def close(self) -> None:
+        """Close the TUN (the device disappears) and the socket."""
+        if self._tun_fd >= 0:
+            os.close(self._tun_fd)
+            self._tun_fd = -1
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    async def configure(self, lease: Lease) -> UdpNetwork:
+        """Address the TUN with our lease, bring it up, route the Network into it."""
+        ext, network, sock = self._ext, self._network, self._sock
+        if ext is None or network is None or sock is None or self._tun_fd < 0:
+            raise RuntimeError("UdpBackend.configure() called before prepare()")
+        if lease.subnet is None:
+            raise LeaseError(
+                f"lease {lease.key_suffix} has no IPv4 subnet for the udp backend",
+                hint="delete the lease in etcd so that an IPv4 one is allocated",
+            )
+        assert ext.public_ip is not None
+        nl = NetlinkSocket()
+        try:
+            ifindex = configure_tun(nl, self._tun_name, lease.subnet, network, self.mtu)
+        finally:
+            nl.close()
+        ctx = PlanContext(
+            family=4,
+            backend_type=self.lease_backend_type,
+            network=network,
+            own_subnet=lease.subnet,
+            own_public_ip=ext.public_ip,
+            dev_index=ifindex,
+            ext_index=ext.index,
+        )
+        return UdpNetwork(self, lease, ctx, ifindex)
+
+    @property
+    def mtu(self) -> int:
+        """External MTU − 28, for the TUN and ``FLANNEL_MTU``."""
+        assert self._ext is not None
+        return self._ext.mtu - ENCAP_OVERHEAD
+
+
+def configure_tun(
+    nl: NetlinkSocket,
+    name: str,
+    subnet: ipaddress.IPv4Network,
+    network: ipaddress.IPv4Network,
+    mtu: int,
+) -> int:
+    """Our subnet's network address /32, ``mtu``, up, and the Network route; the ifindex."""
+    link = get_link(nl, name)
+    if link is None:
+        raise InterfaceError(f"failed to lookup interface {name}", hint="is the TUN still open?")
+    # A /32 creates no connected or broadcast route; the address is the source for traffic from
+    # this host into the overlay, and the source of our ICMP errors.
+    iface = ipaddress.IPv4Interface((subnet.network_address, 32))
+    ensure_address(nl, link.ifindex, iface, stale_within=network)
+    if link.mtu != mtu:
+        set_link_mtu(nl, link.ifindex, mtu)
+    set_link_up(nl, link.ifindex)
+    ensure_network_route(nl, link.ifindex, network)
+    return link.ifindex
+
+
+def ensure_network_route(nl: NetlinkSocket, ifindex: int, network: ipaddress.IPv4Network) -> None:
+    """``ip route add <Network> dev <tun> scope global`` (flanneld's route, scope universe).
+
+    EEXIST is fine when the existing route already uses the TUN; a route via anything else is
+    replaced, with a warning (it would swallow the overlay's traffic).
+    """
+    body = (
+        rtmsg(
+            nlc.AF_INET,
+            network.prefixlen,
+            protocol=nlc.RTPROT_BOOT,
+            scope=nlc.RT_SCOPE_UNIVERSE,
+            rtype=nlc.RTN_UNICAST,
+        )
+        + attr(nlc.RTA_DST, network.network_address.packed)
+        + attr(nlc.RTA_OIF, struct.pack("=I", ifindex))
+    )
+    what = f"add route {network} dev ifindex {ifindex}"
+    try:
+        nl.request(nlc.RTM_NEWROUTE, nlc.NLM_F_CREATE | nlc.NLM_F_EXCL, body, what=what)
+        return
+    except KernelRefused as exc:
+        if exc.errno != errno.EEXIST:
+            raise
+    for route in dump_routes(nl):
+        if route.dst == network and route.ifindex == ifindex and route.gw is None:
+            return
+    log.warning(
+        "udp.network_route_replaced",
+        network=str(network),
+        reason="another route for the Network existed; the overlay needs it through the TUN",
+    )
+    nl.request(nlc.RTM_NEWROUTE, nlc.NLM_F_CREATE | nlc.NLM_F_REPLACE, body, what=what)
+
+
+def plan_table(
+    leases: Sequence[Lease], ctx: PlanContext, subnet_len: int, port: int
+) -> tuple[PeerTable, list[tuple[Lease, Rejection]]]:
+    """The peer table for ``leases`` and the leases refused (pure).
+
+    Leases are validated as for every backend; udp peers carry no BackendType, so leases that
+    name one (vxlan, host-gw nodes) are refused here.
+    """
+    valid: list[tuple[int, ipaddress.IPv4Network, PeerAddr]] = []
+    rejected: list[tuple[Lease, Rejection]] = []
+    for lease in leases:
+        res = validate_peer(lease, ctx)
+        if isinstance(res, Peer):
+            assert isinstance(res.subnet, ipaddress.IPv4Network)
+            valid.append((lease.mod_revision, res.subnet, (str(res.public_ip), port)))
+        else:
+            rejected.append((lease, res))
+    # Two leases for the same IPv4 subnet (one with an IPv6 part, one without) can coexist in
+    # etcd; the newest write wins, as the last PUT would in flanneld.
+    valid.sort(key=lambda v: v[0])
+    return PeerTable.build(((net, addr) for _, net, addr in valid), subnet_len), rejected
+
+
+class UdpNetwork:
+    """The configured udp data path: the peer table and the forwarder."""
+
+    def __init__(self, backend: UdpBackend, lease: Lease, ctx: PlanContext, ifindex: int) -> None:
+        self._be = backend
+        self._lease = lease
+        self._ctx = ctx
+        self.ifindex = ifindex
+        self._leases: dict[str, Lease] = {}
+        self._warned: set[tuple[str, str]] = set()
+        assert lease.subnet is not None
+        self._table = PeerTable.build((), backend._subnet_len)
+        self.forwarder = self._new_forwarder()
+        self._stats_base = ForwarderStats()
+
+    def _new_forwarder(self) -> Forwarder:
+        be = self._be
+        assert self._lease.subnet is not None and be._sock is not None
+        own = self._lease.subnet
+        return Forwarder(
+            be._tun_fd,
+            be._sock,
+            icmp_src=icmp_source(self._ctx.network, own),
+            own_net=int(own.network_address),
+            own_len=own.prefixlen,
+            table=self._table,
+            mode=be.mode,
+            mtu=be.mtu,
+            gso=be.offload,
+            gro=be.offload,
+            coalesce=be.offload,
+        )
+
+    @property
+    def mtu(self) -> int:
+        """``FLANNEL_MTU``: the external MTU minus 28."""
+        return self._be.mtu
+
+    @property
+    def lease(self) -> Lease:
+        """Our own lease."""
+        return self._lease
+
+    @property
+    def stats(self) -> BackendStats:
+        """Backend counters (rejected leases, device re-creations)."""
+        return self._be.stats
+
+    @property
+    def table(self) -> PeerTable:
+        """The peer table in use."""
+        return self._table
+
+    @property
+    def traffic(self) -> ForwarderStats:
+        """Data-path counters, summed over re-created forwarders."""
+        cur = self.forwarder.stats.as_dict()
+        base = self._stats_base.as_dict()
+        return ForwarderStats(**{k: cur[k] + base[k] for k in cur})
+
+    async def apply_snapshot(self, leases: Sequence[Lease]) -> None:
+        """Replace the peer table with one built from a full lease list (ours is skipped)."""
+        self._leases = {le.key_suffix: le for le in leases}
+        self._rebuild("snapshot")
+
+    async def apply_events(self, events: Sequence[Event]) -> None:
+        """Apply one batch of watch events to the peer table."""
+        if not events:
+            return
+        for ev in events:
+            if ev.kind == EventKind.ADDED:
+                self._leases[ev.lease.key_suffix] = ev.lease
+            else:
+                self._leases.pop(ev.lease.key_suffix, None)
+        self._rebuild("events")
+
+    def _rebuild(self, reason: str) -> None:
+        table, rejected = plan_table(
+            list(self._leases.values()), self._ctx, self._be._subnet_len, self._be._port
+        )
+        for lease, rej in rejected:
+            key = (lease.key_suffix, rej.reason)
+            if rej.benign or key in self._warned:
+                log.debug("backend.lease_ignored", reason=rej.reason)
+                continue
+            self._warned.add(key)
+            self.stats.leases_rejected_total += 1
+            log.warning("backend.lease_rejected", reason=rej.reason)
+        self._table = table
+        self.forwarder.set_table(table)
+        self._be._metrics.peers_programmed = len(table)
+        log.info("udp.peers_updated", reason=reason, peers=len(table), leases=len(self._leases))
+
+    async def run(self) -> None:
+        """Forward packets in the forwarder's thread(s) until cancelled; re-create the TUN if it
+        is deleted. On exit the threads stop and the TUN and socket are closed."""
+        try:
+            while True:
+                self.forwarder.start()
+                log.info(
+                    "udp.forwarding",
+                    device=self._be.tun_name,
+                    mode=self._be.mode,
+                    gso=self.forwarder.gso,
+                    gro=self.forwarder.gro,
+                    coalesce=self.forwarder.coalesce,
+                )
+                while self.forwarder.alive:
+                    await trio.sleep(_HEALTH_INTERVAL)
+                self.forwarder.stop()
+                err = self.forwarder.error
+                if not _tun_gone(err):
+                    raise InterfaceError(
+                        f"the udp forwarder of {self._be.tun_name} failed: {err!r}",
+                        hint="restart pyflanneld; report this if it repeats",
+                    )
+                log.warning(
+                    "udp.device_missing",
+                    device=self._be.tun_name,
+                    action="recreating the TUN device and its address and route",
+                )
+                await self._recreate()
+        finally:
+            self.forwarder.stop()
+            self._be.close()
+
+    async def _recreate(self) -> None:
+        be = self._be
+        backoff = _RECREATE_BACKOFF_MIN
+        while True:
+            try:
+                if be._tun_fd >= 0:
+                    os.close(be._tun_fd)
+                    be._tun_fd = -1
+                be._tun_fd, be._tun_name = open_tun()
+                assert self._lease.subnet is not None and be._network is not None
+                with NetlinkSocket() as nl:
+                    self.ifindex = configure_tun(
+                        nl, be._tun_name, self._lease.subnet, be._network, be.mtu
+                    )
+                break
+            except (InterfaceError, NetlinkError, OSError) as exc:
+                log.warning(
+                    "udp.recreate_failed", device=be._tun_name, error=str(exc), retry_in=backoff
+                )
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, _RECREATE_BACKOFF_MAX)
+        for k, v in self.forwarder.stats.as_dict().items():
+            setattr(self._stats_base, k, getattr(self._stats_base, k) + v)
+        self.forwarder = self._new_forwarder()
+        be.stats.device_recreations_total += 1
+        log.warning("udp.device_recreated", device=be._tun_name, ifindex=self.ifindex)
+
+
+def icmp_source(network: IPNetwork, own: IPNetwork) -> int:
+    """The source address of our ICMP errors: the Network's own address (e.g. 10.5.0.0).
+
+    flanneld uses the TUN's address, but the kernel drops a packet arriving on an interface
+    with one of its own addresses as source ("martian source", unless ``accept_local``), so its
+    errors never reach the sender. The Network address is no host's address (the first subnet
+    is never leased by default) and routes back through the TUN, so it passes the reverse-path
+    checks. Only when our own subnet holds it (SubnetMin set to the Network start) do we fall
+    back to the TUN address, flanneld's choice.
+    """
+    if own.network_address == network.network_address:
+        return int(own.network_address)
+    return int(network.network_address)
+
+
+def _tun_gone(err: BaseException | None) -> bool:
+    return isinstance(err, OSError) and err.errno in (errno.EBADFD, errno.EBADF, errno.ENODEV)
