@@ -58,6 +58,7 @@ from pyflannel.lease import (
     make_subnet_key,
     parse_subnet_key,
 )
+from pyflannel.netlink.nsenter import NetnsPin
 
 # gRPC's C core logs connection and TLS handshake failures straight to stderr; they are
 # reported through our own errors instead. Must be set before grpc is first imported.
@@ -96,9 +97,11 @@ _GRPC_OPTIONS: Final = [
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
     ("grpc.max_send_message_length", 16 * 1024 * 1024),
     # gRPC's default reconnect backoff grows to 120 s: far too slow to notice a restarted etcd.
+    # 500 ms (+-20 % jitter) keeps "etcd is back" -> "watches resumed" under 2 s; the cost while
+    # etcd is down is two refused TCP connects per second per endpoint.
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.max_reconnect_backoff_ms", 500),
     # Notice a dead peer under a long-lived watch stream. etcd refuses pings more often than
     # every 5 s (--grpc-keepalive-min-time) and pings without an active call.
     ("grpc.keepalive_time_ms", 10_000),
@@ -322,6 +325,8 @@ class EtcdRegistry:
         self._client_lock = threading.Lock()
         self._auth_lock = threading.Lock()
         self._closed = False
+        # gRPC connects from the calling thread: keep every call in the namespace we were made in.
+        self._netns = NetnsPin()
         # etcd lease ID -> wall-clock expiration. flannel never keeps leases alive, so an ID's
         # expiration is fixed once granted; this spares a TimeToLive per key on every re-list.
         self._expiry_cache: dict[int, float] = {}
@@ -475,6 +480,10 @@ class EtcdRegistry:
         raise last
 
     def _call_sync(self, op: str, fn: Callable[[_Client], _T]) -> _T:
+        with self._netns.entered():
+            return self._call_sync_here(op, fn)
+
+    def _call_sync_here(self, op: str, fn: Callable[[_Client], _T]) -> _T:
         import grpc
         import pyetcd.exceptions as pexc
 
@@ -583,6 +592,7 @@ class EtcdRegistry:
     def close(self) -> None:
         """Close the gRPC channels and watch streams (idempotent)."""
         self._closed = True
+        self._netns.close()
         with self._client_lock:
             client, self._client = self._client, None
         if client is not None:
