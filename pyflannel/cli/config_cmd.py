@@ -26,7 +26,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from pyflannel.cli.etcd_tool_opts import (
     ETCD_FLAGS,
@@ -251,21 +251,6 @@ async def _get_stored(reg: EtcdRegistry) -> str | None:
         return None
 
 
-async def _put_if_unchanged(reg: EtcdRegistry, value: str, expected: str | None) -> bool:
-    """Write ``value`` only if the key still holds ``expected`` (None: still absent)."""
-    key = reg.config_key
-
-    def run(client: Any) -> bool:
-        tx = client.transactions
-        compare = [tx.version(key) == 0] if expected is None else [tx.value(key) == expected]
-        ok, _ = client.transaction(compare=compare, success=[tx.put(key, value)], failure=[])
-        return bool(ok)
-
-    # EtcdRegistry has no public write for the config (the daemon never writes it); its
-    # request runner gives the same failover, auth renewal and error mapping.
-    return bool(await reg._call(f"put {key}", run))
-
-
 def _missing_text(opts: Options, reg: EtcdRegistry) -> str:
     probe = probe_v2_config(opts, reg.config_key)
     return missing_config_text(reg.config_key, reg.endpoints_text, probe, etcdctl_command(opts))
@@ -364,7 +349,7 @@ async def _cmd_set(opts: Options, source: str, yes: bool) -> int:
         if refusal is not None:
             print(f"{PROG} set: {refusal}", file=sys.stderr)
             return 1
-        if not await _put_if_unchanged(reg, new, old):
+        if not await reg.put_config(new, expected=old):
             print(
                 f"{PROG} set: {key} changed in etcd while this command ran; nothing written "
                 "(run it again to see the new difference)",

@@ -747,6 +747,22 @@ class EtcdRegistry:
         value: bytes = resp.kvs[0].value
         return value.decode("utf-8", errors="replace")
 
+    async def put_config(self, value: str, *, expected: str | None) -> bool:
+        """Write ``<prefix>/config`` only if it still holds ``expected`` (None: still absent).
+
+        For ``pyflannel config set`` (the daemon never writes the config). False when someone
+        changed the key since ``expected`` was read.
+        """
+        key = self.config_key
+
+        def run(client: _Client) -> bool:
+            tx = client.transactions
+            cmp = [tx.version(key) == 0] if expected is None else [tx.value(key) == expected]
+            ok, _ = client.transaction(compare=cmp, success=[tx.put(key, value)], failure=[])
+            return bool(ok)
+
+        return await self._call(f"put {key}", run)
+
     async def list_leases(self, *, with_ttl: bool = True) -> tuple[list[Lease], int]:
         """All parsable leases under ``<prefix>/subnets/`` and the revision they were read at.
 

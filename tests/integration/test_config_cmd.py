@@ -26,7 +26,6 @@ import trio
 from pyflannel.cli import config_cmd
 from pyflannel.cli.config_cmd import (
     V2Probe,
-    _put_if_unchanged,
     classify_v2_answer,
     config_diff,
     describe_config,
@@ -257,11 +256,11 @@ async def test_set_is_compare_and_swap(etcd: EtcdServer) -> None:
     key = f"{prefix}/config"
     reg = new_registry(opts)
     try:
-        assert await _put_if_unchanged(reg, CONFIG, None)
-        assert not await _put_if_unchanged(reg, "{}", None)  # no longer absent
-        assert not await _put_if_unchanged(reg, "{}", "something else")
+        assert await reg.put_config(CONFIG, expected=None)
+        assert not await reg.put_config("{}", expected=None)  # no longer absent
+        assert not await reg.put_config("{}", expected="something else")
         assert await trio.to_thread.run_sync(etcd.get, key) == CONFIG
-        assert await _put_if_unchanged(reg, "{}", CONFIG)
+        assert await reg.put_config("{}", expected=CONFIG)
         assert await trio.to_thread.run_sync(etcd.get, key) == "{}"
     finally:
         reg.close()
