@@ -64,6 +64,12 @@ DEFAULT_TTL = 24 * 60 * 60  # flanneld's subnetTTL
 DEFAULT_RENEW_MARGIN_MINUTES = 60  # --subnet-lease-renew-margin
 DEFAULT_RENEW_RETRY = 60.0  # flanneld retries a failed renewal after one minute
 DEFAULT_RACE_RETRIES = 100
+# Longest pause between attempts to re-create a broken watch. flanneld caps at 5 s; that made a
+# node notice lease changes up to ~5.5 s after etcd came back from an outage. While etcd is
+# unreachable an attempt fails inside gRPC without any network traffic (reconnects are paced by
+# the channel's own backoff, see registry._GRPC_OPTIONS), so retrying every second costs nothing;
+# only a reachable etcd that keeps refusing the watch (e.g. no leader) sees ~1 request/s per watch.
+WATCH_RETRY_MAX = 1.0
 
 _OpenWatch = Callable[[int], AbstractAsyncContextManager[WatchStream]]
 
@@ -74,6 +80,17 @@ def _same_node(a: LeaseAttrs, b: LeaseAttrs) -> bool:
         return False
     # IPv6-only nodes all have PublicIP 0.0.0.0; their identity is the IPv6 address.
     return int(a.public_ip) != 0 or a.public_ipv6 == b.public_ipv6
+
+
+_LOG_EVERY_ATTEMPTS = 60
+
+
+def _log_retry(attempt: int, event: str, **kw: object) -> None:
+    """Log the ``attempt``-th consecutive failure of a retry loop (debug for most repeats)."""
+    if attempt == 1 or attempt % _LOG_EVERY_ATTEMPTS == 0:
+        log.warning(event, attempts=attempt, **kw)
+    else:
+        log.debug(event, attempts=attempt, **kw)
 
 
 def _describe(lease: Lease) -> str:
@@ -516,25 +533,37 @@ class EtcdSubnetManager:
         """List, then watch from the list revision + 1, forever.
 
         A broken stream (etcd restarted, endpoint lost) is re-created from the revision after
-        the last delivered batch, after a backoff of 100 ms doubling to 5 s (flanneld's). A
+        the last delivered batch, after a backoff of 100 ms doubling to ``WATCH_RETRY_MAX``. A
         compacted revision triggers ``resync`` (a fresh listing) and a watch from there.
         """
-        backoff = Backoff()
+        backoff = Backoff(maximum=WATCH_RETRY_MAX)
         since: int | None = None
+        # Consecutive failed attempts: the first is a warning, repeats only every
+        # _LOG_EVERY_ATTEMPTS (at one attempt a second, an hour-long outage must not log 7200
+        # lines per watch), and the recovery is logged once.
+        failures = 0
         while True:
             if since is None:
                 try:
                     since = await resync() + 1
                     backoff.reset()
                 except RegistryError as exc:
+                    failures += 1
                     delay = backoff.next()
-                    log.warning(
-                        "listing failed; retrying", watch=what, error=str(exc), retry_in=delay
+                    _log_retry(
+                        failures,
+                        "listing failed; retrying",
+                        watch=what,
+                        error=str(exc),
+                        retry_in=delay,
                     )
                     await trio.sleep(delay)
                     continue
             try:
                 async with open_watch(since) as stream:
+                    if failures:
+                        log.info("etcd watch resumed", watch=what, since=since, attempts=failures)
+                        failures = 0
                     async for batch in stream:
                         await on_batch(batch)
                         since = max(since, batch.resume_revision)
@@ -552,8 +581,10 @@ class EtcdSubnetManager:
                 continue
             except RegistryError as exc:
                 METRICS.watch_restarts_total += 1
+                failures += 1
                 delay = backoff.next()
-                log.warning(
+                _log_retry(
+                    failures,
                     "etcd watch broken; resuming",
                     watch=what,
                     since=since,

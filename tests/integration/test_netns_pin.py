@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
+import threading
 from collections.abc import Iterator
 
 import pytest
 import trio
 
-from pyflannel.netlink.nsenter import NetnsPin, run_in_netns
+from pyflannel.netlink.nsenter import NetnsPin, in_netns, run_in_netns
 
 pytestmark = pytest.mark.root
 
@@ -32,23 +33,37 @@ def foreign_ns() -> Iterator[str]:
 def test_pin_runs_blocks_in_the_creating_namespace(foreign_ns: str) -> None:
     home = _ino()
     pin = NetnsPin()
+    seen: dict[str, int] = {}
+
+    def borrowed_thread() -> None:
+        # A worker thread that some other trio.run left inside another namespace.
+        with in_netns(foreign_ns):
+            seen["foreign"] = _ino()
+            with pin.entered():
+                seen["inside"] = _ino()
+            seen["after"] = _ino()
+
+    t = threading.Thread(target=borrowed_thread)
+    t.start()
+    t.join()
+    assert seen["foreign"] != home
+    assert seen["inside"] == home  # the block ran where the pin was made
+    assert seen["after"] == seen["foreign"]  # and the thread was given back as it was
+    pin.close()
+
+
+def test_trio_worker_threads_inherit_the_namespace_of_their_spawner(foreign_ns: str) -> None:
+    """Why the pin exists: a worker spawned from a thread in another namespace stays there."""
 
     async def worker_ino() -> int:
-        return await trio.to_thread.run_sync(_ino)
+        async with trio.open_nursery() as nursery:
+            # Occupy more workers than any earlier test left idle, so new ones are spawned here.
+            gate = threading.Event()
+            for _ in range(64):
+                nursery.start_soon(trio.to_thread.run_sync, gate.wait)
+            await trio.sleep(0.2)
+            ino = await trio.to_thread.run_sync(_ino)
+            gate.set()
+        return ino
 
-    # A trio run inside another namespace leaves idle worker threads there, in the shared cache.
-    foreign = run_in_netns(foreign_ns, trio.run, worker_ino)
-    assert foreign != home
-
-    def pinned_ino() -> tuple[int, int]:
-        with pin.entered():
-            inside = _ino()
-        return inside, _ino()
-
-    async def later() -> tuple[int, int]:
-        return await trio.to_thread.run_sync(pinned_ino)
-
-    inside, after = trio.run(later)
-    assert inside == home  # the block ran where the pin was made
-    assert after == foreign  # and the borrowed thread was given back as it was
-    pin.close()
+    assert run_in_netns(foreign_ns, trio.run, worker_ino) != _ino()
