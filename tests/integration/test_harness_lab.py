@@ -6,6 +6,7 @@ import itertools
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from pyflannel.errors import ConfigError
 from pyflannel.lab import Topology, cleanup_prefix, ping, run_in
-from pyflannel.lab.netns import list_netns, netns_exists, prefixed_netns
+from pyflannel.lab.netns import list_netns, netns_exists, netns_pids, prefixed_netns
 from tests.harness.etcd import ETCDCTL_BIN, start_etcd
 from tests.harness.lab import LabEnv, new_prefix
 
@@ -127,6 +128,11 @@ def test_cleanup_prefix_removes_a_crashed_run() -> None:
     crashed = Topology(prefix, 2).up()
     # Its owner vanished without down(): a process is still running in a node namespace.
     leftover = crashed.spawn_in_node("n1", ["sleep", "300"])
+    # Wait until it really runs inside the namespace: `ip netns exec` exits 255 if the namespace
+    # is deleted before it could enter it, which is not the leftover this test is about.
+    deadline = time.monotonic() + 10
+    while leftover.pid not in netns_pids(f"{prefix}-n1") and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert cleanup_prefix(prefix) != []
     assert _leftovers(prefix) == [] and leftover.wait(timeout=5) == -signal.SIGKILL
     # A partial leftover is rebuilt, not half-reused.
