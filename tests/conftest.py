@@ -7,6 +7,10 @@ from collections.abc import Iterator
 import pytest
 
 from tests.harness.etcd import EtcdServer, start_etcd
+from tests.harness.threads import short_idle_workers
+
+# Idle trio worker threads must not outlive a namespaced test (see tests/harness/threads.py).
+short_idle_workers()
 
 
 @pytest.fixture

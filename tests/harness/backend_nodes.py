@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from pyflannel.iface import ExternalInterface
 from pyflannel.netlink.nsenter import create_netns, delete_netns, run_in_netns
+from tests.harness.threads import forget_foreign_worker_threads
 
 __all__ = ["Node", "Nodes", "bridge", "bridge_json", "ip", "ip_json", "make_nodes", "ping"]
 
@@ -116,7 +117,10 @@ class Node:
 
     def run(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Call ``fn(*args)`` in a thread inside this node's namespace."""
-        return run_in_netns(self.ns, fn, *args)
+        try:
+            return run_in_netns(self.ns, fn, *args)
+        finally:
+            forget_foreign_worker_threads()
 
 
 @dataclass(frozen=True)
