@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from pyflannel.netlink.nsenter import NetnsPin, in_netns, run_in_netns
+from tests.harness.threads import IDLE_SECONDS
 
 pytestmark = pytest.mark.root
 
@@ -56,14 +57,9 @@ def test_trio_worker_threads_inherit_the_namespace_of_their_spawner(foreign_ns: 
     """Why the pin exists: a worker spawned from a thread in another namespace stays there."""
 
     async def worker_ino() -> int:
-        async with trio.open_nursery() as nursery:
-            # Occupy more workers than any earlier test left idle, so new ones are spawned here.
-            gate = threading.Event()
-            for _ in range(64):
-                nursery.start_soon(trio.to_thread.run_sync, gate.wait)
-            await trio.sleep(0.2)
-            ino = await trio.to_thread.run_sync(_ino)
-            gate.set()
-        return ino
+        # Idle workers of earlier tests have exited by now (tests/harness/threads.py), so the
+        # worker doing this call is spawned here, inside the namespace.
+        await trio.sleep(IDLE_SECONDS * 4)
+        return await trio.to_thread.run_sync(_ino)
 
     assert run_in_netns(foreign_ns, trio.run, worker_ino) != _ino()
