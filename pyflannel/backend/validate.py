@@ -140,6 +140,15 @@ def _check_subnet(subnet: IPNetwork, public: IPAddress, ctx: PlanContext) -> str
         if _is_own(subnet, public, ctx):
             return "is our own lease"
         return f"subnet {subnet} overlaps our own subnet {ctx.own_subnet}"
+    if subnet.prefixlen != ctx.own_subnet.prefixlen:
+        # Every lease flanneld or pyflannel allocates is SubnetLen long (ours is too), and
+        # aligned subnets of one length never partly overlap. A longer one inside a peer's
+        # subnet would win the route lookup and share the peer's gateway neighbour entry, taking
+        # that peer's traffic on every node; a shorter one would swallow several peers.
+        return (
+            f"subnet {subnet} is /{subnet.prefixlen} but this network's SubnetLen is "
+            f"/{ctx.own_subnet.prefixlen}; it could shadow other nodes' subnets"
+        )
     return None
 
 

@@ -79,6 +79,10 @@ def lease(
         ("covers ours", lease("10.5.64.0/19"), CTX, "overlaps our own subnet"),
         ("inside ours", lease("10.5.72.128/25"), CTX, "overlaps our own subnet"),
         ("our subnet, other node", lease("10.5.72.0/24"), CTX, "overlaps our own subnet"),
+        # flanneld accepts any length inside the Network; a /17 would swallow other nodes' /24s
+        # and a /25 inside a peer's /24 would take that peer's traffic.
+        ("wider than SubnetLen", lease("10.5.128.0/17"), CTX, "SubnetLen is /24"),
+        ("inside a peer's subnet", lease("10.5.34.0/25"), CTX, "SubnetLen is /24"),
         ("default route", lease("0.0.0.0/0"), replace(CTX, network=N4("0.0.0.0/0")), "default"),
         ("our public ip", lease(public="198.51.100.1"), CTX, "is our own public IP"),
         ("zero public ip", lease(public="0.0.0.0"), CTX, "not a usable unicast"),
@@ -158,8 +162,6 @@ def test_own_lease_and_missing_family_are_benign() -> None:
         (lease(data={"VtepMAC": "zz", "VTEPMAC": "0a:11:22:33:44:66"}), CTX, "0a:11:22:33:44:66"),
         # A peer's VNI is ignored (flanneld programs its own device), whatever its value.
         (lease(data={"VNI": 4096, "VtepMAC": "0a:11:22:33:44:55"}), CTX, "0a:11:22:33:44:55"),
-        # flanneld accepts any prefix length inside the Network.
-        (lease("10.5.128.0/17"), CTX, "0a:11:22:33:44:55"),
         (lease(public="169.254.1.1"), CTX, "0a:11:22:33:44:55"),
         (lease(btype="host-gw", data="anything"), HOSTGW, None),
     ],
