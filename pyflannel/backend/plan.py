@@ -158,15 +158,21 @@ def plan_peer_remove(lease: Lease, ctx: PlanContext) -> list[Op]:
     return [_delete(e) for e in reversed(peer_entries(peer, ctx))]
 
 
-def plan_events(events: Iterable[Event], state: ProgrammedState, ctx: PlanContext) -> Plan:
+def plan_events(
+    events: Iterable[Event], state: ProgrammedState, ctx: PlanContext, *, in_place: bool = False
+) -> Plan:
     """Apply a batch of watch events to ``state``.
 
     A re-Added lease whose entries did not change costs nothing (renewals re-emit Added); one
     whose MAC or public IP changed replaces what changed and deletes what it no longer needs; a
     lease that turned invalid is unprogrammed; a Removed event for a subnet we never programmed
     is a no-op.
+
+    ``in_place=True`` edits ``state``'s mappings instead of copying them, and returns a state
+    sharing them: for a caller that replaces its state with the result anyway. Copying costs
+    O(peers) per batch (~3 ms at 10k peers), which dominated the latency of a single event.
     """
-    w = _Writer(state)
+    w = _Writer(state, in_place=in_place)
     rejected: list[tuple[Lease, Rejection]] = []
     for ev in events:
         subnet = _family_subnet(ev.lease, ctx)
@@ -336,9 +342,13 @@ def _delete(e: Entry) -> Op:
 class _Writer:
     """Copy-on-write edits of a ProgrammedState that record the kernel operations they imply."""
 
-    def __init__(self, state: ProgrammedState) -> None:
-        self._peers = dict(state.peers)
-        self._owners: dict[EntryKey, dict[PeerId, Entry]] = dict(state.owners)
+    def __init__(self, state: ProgrammedState, *, in_place: bool = False) -> None:
+        self._peers: dict[IPNetwork, ProgrammedPeer]
+        self._owners: dict[EntryKey, dict[PeerId, Entry]]
+        if in_place and isinstance(state.peers, dict) and isinstance(state.owners, dict):
+            self._peers, self._owners = state.peers, state.owners
+        else:
+            self._peers, self._owners = dict(state.peers), dict(state.owners)
         # Pending kernel writes, one per key, the latest last (dicts keep insertion order).
         self._adds: dict[EntryKey, Entry] = {}
         self._dels: dict[EntryKey, Entry] = {}

@@ -59,6 +59,8 @@ class IptablesCaps:
     """What the installed iptables of one family can do."""
 
     version: tuple[int, int, int] | None
+    nf_tables: bool = False
+    """The tool is the nf_tables variant (``iptables v1.8.9 (nf_tables)``), not legacy."""
 
     @property
     def random_fully(self) -> bool:
@@ -101,7 +103,7 @@ class IptablesTool:
                     output=res.stdout.strip(),
                     effect="not using --random-fully nor --wait",
                 )
-            self._caps = IptablesCaps(version)
+            self._caps = IptablesCaps(version, "nf_tables" in res.stdout + res.stderr)
         return self._caps
 
     async def save(self, table: str) -> SavedTable | None:
@@ -145,6 +147,8 @@ class IptablesManager:
         self._tools = {f: IptablesTool(f, self._runner) for f in Family}
         # setup() and a resync must not interleave: each reads state and then changes it
         self._lock = trio.Lock()
+        # nf_tables generation seen by the last resync that found every rule in place
+        self._verified_generation: int | None = None
         subnets: list[IPNetwork] = [s for s in (spec.subnet, spec.ipv6_subnet) if s is not None]
         self._blackhole = BlackholeRoutes(subnets, netns=netns) if spec.blackhole_route else None
 
@@ -208,6 +212,11 @@ class IptablesManager:
         """
         repaired: list[str] = []
         async with self._lock:
+            generation = await self._ruleset_generation()
+            if generation is not None and generation == self._verified_generation:
+                # No nf_tables transaction since the last complete check: nothing can differ,
+                # and two iptables-save runs are saved (most of the idle daemon's CPU).
+                return repaired
             for family in self.spec.families():
                 for table, (chains, unwanted) in (await self.wanted(family)).items():
                     # chains of options that are off were removed by setup(); no need to keep
@@ -224,7 +233,18 @@ class IptablesManager:
                         )
                         repaired += [f"{family.iptables}/{table}: {p}" for p in problems]
                         self.repairs_total += len(problems)
+            # Read before the check: a change during it moves the counter and forces the next.
+            self._verified_generation = None if repaired else generation
         return repaired
+
+    async def _ruleset_generation(self) -> int | None:
+        """The nf_tables generation when every tool in use is nf_tables-based, else None."""
+        for family in self.spec.families():
+            if not (await self._tools[family].caps()).nf_tables:
+                return None
+        from pyflannel.trafficmngr.nftgen import ruleset_generation
+
+        return ruleset_generation(self.netns)
 
     async def resync_forever(
         self, period: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
