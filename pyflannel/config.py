@@ -25,7 +25,7 @@ import ipaddress
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -530,30 +530,9 @@ def _check_ipv4(raw: _RawConfig) -> None:
     else:
         raw.subnet_len = plen + 2
 
-    size = 1 << (32 - raw.subnet_len)
-    base = int(net.network_address)
-    if raw.subnet_min is None or int(raw.subnet_min) == 0:
-        raw.subnet_min = ipaddress.IPv4Address(base + size)
-    elif raw.subnet_min not in net:
-        raise _fail(
-            "SubnetMin is not in the range of the Network",
-            hint=f"pick a SubnetMin inside {net}, or leave it out",
-        )
-    if raw.subnet_max is None or int(raw.subnet_max) == 0:
-        raw.subnet_max = ipaddress.IPv4Address(base + net.num_addresses - size)
-    elif raw.subnet_max not in net:
-        raise _fail(
-            "SubnetMax is not in the range of the Network",
-            hint=f"pick a SubnetMax inside {net}, or leave it out",
-        )
-    mask = (0xFFFFFFFF << (32 - raw.subnet_len)) & 0xFFFFFFFF
-    for name, addr in (("SubnetMin", raw.subnet_min), ("SubnetMax", raw.subnet_max)):
-        if int(addr) & mask != int(addr):
-            aligned = ipaddress.IPv4Address(int(addr) & mask)
-            raise _fail(
-                f"{name} is not on a SubnetLen boundary: {addr}",
-                hint=f"use the start of a /{raw.subnet_len} subnet, e.g. {aligned}",
-            )
+    raw.subnet_min, raw.subnet_max = _subnet_range(
+        net, raw.subnet_len, raw.subnet_min, raw.subnet_max, "", "Network"
+    )
 
 
 def _check_ipv6(raw: _RawConfig) -> None:
@@ -587,33 +566,45 @@ def _check_ipv6(raw: _RawConfig) -> None:
     else:
         raw.ipv6_subnet_len = plen + 2
 
-    size = 1 << (128 - raw.ipv6_subnet_len)
+    raw.ipv6_subnet_min, raw.ipv6_subnet_max = _subnet_range(
+        net, raw.ipv6_subnet_len, raw.ipv6_subnet_min, raw.ipv6_subnet_max, "IPv6", "IPv6Network"
+    )
+
+
+_Net = TypeVar("_Net", ipaddress.IPv4Network, ipaddress.IPv6Network)
+
+
+def _subnet_range(
+    net: _Net, subnet_len: int, lo: Any, hi: Any, prefix: str, net_name: str
+) -> tuple[Any, Any]:
+    """flanneld's SubnetMin/SubnetMax rules for one family: unset (or zero) means the second
+    and the last subnet; a given one must lie in the network and start a subnet. ``prefix`` is
+    "" or "IPv6", as in the field names and flanneld's messages."""
+    addr_type = type(net.network_address)
+    size = 1 << (net.max_prefixlen - subnet_len)
     base = int(net.network_address)
-    if raw.ipv6_subnet_min is None or int(raw.ipv6_subnet_min) == 0:
-        raw.ipv6_subnet_min = ipaddress.IPv6Address(base + size)
-    elif raw.ipv6_subnet_min not in net:
+    if lo is None or int(lo) == 0:
+        lo = addr_type(base + size)
+    elif lo not in net:
         raise _fail(
-            "IPv6SubnetMin is not in the range of the IPv6Network",
-            hint=f"pick an IPv6SubnetMin inside {net}, or leave it out",
+            f"{prefix}SubnetMin is not in the range of the {net_name}",
+            hint=f"pick a{'n' if prefix else ''} {prefix}SubnetMin inside {net}, or leave it out",
         )
-    if raw.ipv6_subnet_max is None or int(raw.ipv6_subnet_max) == 0:
-        raw.ipv6_subnet_max = ipaddress.IPv6Address(base + net.num_addresses - size)
-    elif raw.ipv6_subnet_max not in net:
+    if hi is None or int(hi) == 0:
+        hi = addr_type(base + net.num_addresses - size)
+    elif hi not in net:
         raise _fail(
-            "IPv6SubnetMax is not in the range of the IPv6Network",
-            hint=f"pick an IPv6SubnetMax inside {net}, or leave it out",
+            f"{prefix}SubnetMax is not in the range of the {net_name}",
+            hint=f"pick a{'n' if prefix else ''} {prefix}SubnetMax inside {net}, or leave it out",
         )
-    mask = ((1 << 128) - 1) ^ (size - 1)
-    for name, addr in (
-        ("IPv6SubnetMin", raw.ipv6_subnet_min),
-        ("IPv6SubnetMax", raw.ipv6_subnet_max),
-    ):
+    mask = ((1 << net.max_prefixlen) - 1) ^ (size - 1)
+    for name, addr in ((f"{prefix}SubnetMin", lo), (f"{prefix}SubnetMax", hi)):
         if int(addr) & mask != int(addr):
-            aligned = ipaddress.IPv6Address(int(addr) & mask)
             raise _fail(
                 f"{name} is not on a SubnetLen boundary: {addr}",
-                hint=f"use the start of a /{raw.ipv6_subnet_len} subnet, e.g. {aligned}",
+                hint=f"use the start of a /{subnet_len} subnet, e.g. {addr_type(int(addr) & mask)}",
             )
+    return lo, hi
 
 
 def parse_network_config(raw: str | bytes) -> NetworkConfig:
