@@ -194,15 +194,18 @@ def _load_json_objects(raw: str | bytes) -> Any:
 
 
 def _kind(value: Any) -> str:
+    """Go's name for a JSON value's kind, for both the marked tree (``_Obj``, ``_JSONNumber``)
+    and plain ``json.loads`` values (the backend options)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "bool"
-    if isinstance(value, int | _JSONNumber):
+    # _JSONNumber is a str subclass: test it before str.
+    if isinstance(value, int | float | _JSONNumber):
         return "number"
     if isinstance(value, str):
         return "string"
-    if isinstance(value, _Obj):
+    if isinstance(value, _Obj | dict):
         return "object"
     return "array"
 
@@ -683,20 +686,6 @@ def parse_network_config(raw: str | bytes) -> NetworkConfig:
 # Backend options (host-gw has none)
 
 
-def _plain_kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, dict):
-        return "object"
-    return "array"
-
-
 def _decode_backend_fields(
     backend: dict[str, Any], struct: str, fields: dict[str, str], label: str
 ) -> dict[str, Any]:
@@ -721,7 +710,7 @@ def _decode_backend_fields(
             if ok and not _INT64_MIN <= value <= _INT64_MAX:
                 ok, literal = False, str(value)
         if not ok:
-            msg = _type_error(_plain_kind(value), literal, struct, tag, gotype)
+            msg = _type_error(_kind(value), literal, struct, tag, gotype)
             wanted = "true or false" if gotype == "bool" else "a whole number"
             raise ConfigError(
                 f"error decoding {label} backend config: {msg}",

@@ -8,8 +8,6 @@ request per connection.
 
 from __future__ import annotations
 
-import math
-
 import structlog
 import trio
 
@@ -54,7 +52,7 @@ def render_metrics(m: Metrics) -> bytes:
                 GaugeMetricFamily(
                     "pyflannel_lease_expires_in_seconds",
                     "Seconds until our subnet lease expires (+Inf for a reservation)",
-                    value=expires if not math.isnan(expires) else float("inf"),
+                    value=expires,
                 ),
                 GaugeMetricFamily(
                     "pyflannel_last_snapshot_apply_seconds",
