@@ -36,6 +36,7 @@ from pyflannel.config import NetworkConfig
 from pyflannel.errors import ConfigError, LeaseError, LeaseLost, RegistryError
 from pyflannel.lease import Event, EventKind, Lease, LeaseAttrs
 from pyflannel.metrics import METRICS
+from pyflannel.retry import Backoff
 from pyflannel.subnet.allocation import PreviousSubnets, plan_acquisition, previous_subnets
 from pyflannel.subnet.protocols import Registry
 from pyflannel.subnet.registry import (
@@ -48,7 +49,7 @@ from pyflannel.subnet.registry import (
     WatchStream,
 )
 from pyflannel.subnet.subnet_env import SubnetEnv
-from pyflannel.subnet.watch import Backoff, LeaseCache
+from pyflannel.subnet.watch import LeaseCache
 
 __all__ = [
     "DEFAULT_RACE_RETRIES",
@@ -330,7 +331,7 @@ class EtcdSubnetManager:
             subnet=_describe(lease),
             reason=why,
         )
-        backoff = Backoff()
+        backoff = Backoff.of(0.1, 5.0)
         while True:
             try:
                 result = await self._registry.create_lease(
@@ -536,7 +537,7 @@ class EtcdSubnetManager:
         the last delivered batch, after a backoff of 100 ms doubling to ``WATCH_RETRY_MAX``. A
         compacted revision triggers ``resync`` (a fresh listing) and a watch from there.
         """
-        backoff = Backoff(maximum=WATCH_RETRY_MAX)
+        backoff = Backoff.of(0.1, WATCH_RETRY_MAX)
         since: int | None = None
         # Consecutive failed attempts: the first is a warning, repeats only every
         # _LOG_EVERY_ATTEMPTS (at one attempt a second, an hour-long outage must not log 7200

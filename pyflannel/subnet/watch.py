@@ -17,19 +17,14 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import structlog
 
 from pyflannel.lease import Event, EventKind, Lease
 
-__all__ = ["INITIAL_BACKOFF", "MAX_BACKOFF", "Backoff", "LeaseCache", "lease_identity"]
+__all__ = ["LeaseCache", "lease_identity"]
 
 log = structlog.get_logger(__name__)
-
-# flanneld's watch retry: 100 ms doubling, capped at 5 s, reset after a successful response.
-INITIAL_BACKOFF = 0.1
-MAX_BACKOFF = 5.0
 
 LeaseId = tuple[ipaddress.IPv4Network | None, ipaddress.IPv6Network | None]
 
@@ -37,25 +32,6 @@ LeaseId = tuple[ipaddress.IPv4Network | None, ipaddress.IPv6Network | None]
 def lease_identity(lease: Lease) -> LeaseId:
     """What identifies a lease: its key, i.e. the IPv4 and IPv6 subnets."""
     return (lease.subnet, lease.ipv6_subnet)
-
-
-@dataclass
-class Backoff:
-    """Exponential backoff state: :meth:`next` returns the delay to sleep now."""
-
-    initial: float = INITIAL_BACKOFF
-    maximum: float = MAX_BACKOFF
-    _current: float = 0.0
-
-    def next(self) -> float:
-        """The next delay (``initial``, then doubling up to ``maximum``)."""
-        self._current = self.initial if self._current == 0.0 else self._current * 2
-        self._current = min(self._current, self.maximum)
-        return self._current
-
-    def reset(self) -> None:
-        """Start again from ``initial`` (after a success)."""
-        self._current = 0.0
 
 
 class LeaseCache:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyflannel.lease import Event, EventKind, Lease, LeaseAttrs
-from pyflannel.subnet.watch import Backoff, LeaseCache
+from pyflannel.subnet.watch import LeaseCache
 
 V4 = ipaddress.IPv4Network
 V6 = ipaddress.IPv6Network
@@ -142,11 +142,3 @@ def test_applying_events_then_reset_converges(
     consume(cache.reset(truth))
     expected = {x.subnet: x for x in truth if x.subnet != V4("10.5.6.0/24")}
     assert view == expected
-
-
-def test_backoff_doubles_to_cap_and_resets() -> None:
-    b = Backoff()
-    delays = [b.next() for _ in range(8)]
-    assert delays == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
-    b.reset()
-    assert b.next() == 0.1
