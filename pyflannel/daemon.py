@@ -11,7 +11,6 @@ every decision lives in the modules it calls.
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -19,11 +18,15 @@ import structlog
 import trio
 
 from pyflannel.errors import ConfigError, FlannelError, RegistryError
-from pyflannel.lease import Event, EventKind, Lease
+from pyflannel.lease import Lease
 from pyflannel.metrics import METRICS
+from pyflannel.peer_messages import PeerMessage
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from pyflannel.backend.base import Network
+    from pyflannel.backend.wanted import Failing
     from pyflannel.cli.flags import Options
     from pyflannel.config import NetworkConfig
     from pyflannel.subnet.manager import EtcdSubnetManager
@@ -122,7 +125,8 @@ class Daemon:
         await self._setup_traffic(nursery, config, previous)
         self._write_subnet_env(config, network)
         METRICS.ready = True
-        send, recv = trio.open_memory_channel[list[Event]](64)
+        network.peers.on_failing_change = self._publish_failing
+        send, recv = trio.open_memory_channel[PeerMessage](64)
         nursery.start_soon(manager.watch_leases, self.lease, send)
         nursery.start_soon(self._apply_peers, network, recv)
         nursery.start_soon(network.run)
@@ -205,31 +209,12 @@ class Daemon:
     # -- long-running tasks ----------------------------------------------------------------------
 
     async def _apply_peers(
-        self, network: Network, recv: trio.MemoryReceiveChannel[list[Event]]
+        self, network: Network, recv: trio.MemoryReceiveChannel[PeerMessage]
     ) -> NoReturn:
-        first = True
-        # Peer leases by identity, for the leases-known gauge (our own lease is never sent here).
-        peers: set[tuple[object, object]] = set()
-        async for batch in recv:
-            for event in batch:
-                ident = (event.lease.subnet, event.lease.ipv6_subnet)
-                if event.kind is EventKind.ADDED:
-                    peers.add(ident)
-                else:
-                    peers.discard(ident)
-            METRICS.leases_known = len(peers) + 1
-            try:
-                if first:
-                    leases = [e.lease for e in batch if e.kind is EventKind.ADDED]
-                    started = time.monotonic()
-                    await network.apply_snapshot(leases)
-                    METRICS.last_snapshot_apply_seconds = time.monotonic() - started
-                    first = False
-                else:
-                    await network.apply_events(batch)
-            except FlannelError as exc:
-                # One bad batch must not stop the agent; the backend's resync repairs later.
-                log.error("could not apply peer changes", error=str(exc), events=len(batch))
+        # The network owns the wanted peer set and keeps the gauges; kernel failures are
+        # repaired or quarantined there, so nothing here can shrink what is defended.
+        async for msg in recv:
+            await network.apply(msg)
         raise RegistryError("the peer watch stopped unexpectedly", hint="restart pyflanneld")
 
     async def _watch_signals(self, scope: trio.CancelScope) -> None:
@@ -246,6 +231,15 @@ class Daemon:
         await serve_health(self.opts.healthz_ip, self.opts.healthz_port, task_status=task_status)
 
     # -- helpers ---------------------------------------------------------------------------------
+
+    def _publish_failing(self, failing: Mapping[str, Failing]) -> None:
+        """Write the quarantined peers beside subnet.env, for ``pyflannel status``."""
+        from pyflannel.backend.failing_file import write_failing
+
+        try:
+            write_failing(self.state_dir, failing)
+        except OSError as exc:
+            log.warning("daemon.failing_file_unwritable", error=str(exc))
 
     def _lease_changed(self, lease: Lease) -> None:
         self.lease = lease

@@ -69,7 +69,23 @@ def render_metrics(m: Metrics) -> bytes:
                 ),
                 GaugeMetricFamily("pyflannel_ready", "1 once subnet.env is written",
                                   value=1 if m.ready else 0),
+                GaugeMetricFamily(
+                    "pyflannel_peers_failing",
+                    "Peer leases quarantined because the kernel refuses their entries",
+                    value=m.peers_failing,
+                ),
+                _failures(m),
             ]  # fmt: skip
+
+    def _failures(m: Metrics) -> CounterMetricFamily:
+        family = CounterMetricFamily(
+            "pyflannel_peer_apply_failures",
+            "Peer data-path operations the kernel refused, by errno",
+            labels=["reason"],
+        )
+        for reason, count in sorted(m.peer_apply_failures.items()):
+            family.add_metric([reason], count)
+        return family
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector())  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ server turns them into Prometheus series only when ``/metrics`` is scraped.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["METRICS", "Metrics"]
 
@@ -26,6 +26,13 @@ class Metrics:
     masq_resyncs_total: int = 0
     masq_repairs_total: int = 0
     ready: bool = False
+    peers_failing: int = 0
+    # Kernel refusals of peer entries by errno name (ENETUNREACH, EBUSY, ...).
+    peer_apply_failures: dict[str, int] = field(default_factory=dict)
+
+    def count_peer_failure(self, reason: str) -> None:
+        """Count one refused peer operation under ``reason``."""
+        self.peer_apply_failures[reason] = self.peer_apply_failures.get(reason, 0) + 1
 
     def lease_expires_in(self, now: float | None = None) -> float:
         """Seconds until our lease expires (+Inf for a reservation or before we hold one)."""

@@ -6,26 +6,27 @@ A *backend* owns one data path (vxlan, host-gw). The daemon drives it in this or
     attrs = await backend.prepare(cfg, ext_iface, state_dir)   # device, VTEP MAC; before the lease
     network = await backend.configure(lease)           # address the device with our lease
     mtu = network.mtu                                  # FLANNEL_MTU for subnet.env
-    await network.apply_snapshot(peer_leases)          # first list: reconcile against the kernel
     nursery.start_soon(network.run)                    # repairs: device re-creation, resync
-    await network.apply_events(events)                 # every watch batch
+    await network.apply(message)                       # every PeerSnapshot / PeerChanges
 
 Everything in this module is plain data or a ``typing.Protocol``: no I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from pyflannel.lease import Event, Lease, LeaseAttrs
+from pyflannel.lease import Lease, LeaseAttrs
 from pyflannel.netlink.ops import IPAddress, IPNetwork
 
 if TYPE_CHECKING:
+    from pyflannel.backend.wanted import WantedPeers
     from pyflannel.config import NetworkConfig
     from pyflannel.iface import ExternalInterface
+    from pyflannel.peer_messages import PeerMessage
 
 __all__ = [
     "Backend",
@@ -98,12 +99,14 @@ class Network(Protocol):
         """Our own lease, as configured."""
         ...
 
-    async def apply_snapshot(self, leases: Sequence[Lease]) -> None:
-        """Make the kernel match exactly ``leases`` (a full list; ours may be included)."""
+    @property
+    def peers(self) -> WantedPeers:
+        """The one owner of the wanted peer set (and of its quarantine)."""
         ...
 
-    async def apply_events(self, events: Sequence[Event]) -> None:
-        """Apply one batch of watch events (Added/Removed) incrementally."""
+    async def apply(self, msg: PeerMessage) -> None:
+        """Apply one message of the peer watch: a snapshot replaces the wanted set, changes
+        edit it; the kernel follows. Kernel failures are repaired or quarantined, not raised."""
         ...
 
     async def run(self) -> None:

@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING
 
 from pyflannel.backend.base import BackendStats, Family, PlanContext
 from pyflannel.backend.peers import PeerProgrammer
+from pyflannel.backend.wanted import WantedPeers
 from pyflannel.errors import ConfigError, InterfaceError, LeaseError
 from pyflannel.lease import Event, Lease, LeaseAttrs
 from pyflannel.metrics import Metrics
-from pyflannel.netlink.nlsocket import NetlinkSocket
 from pyflannel.netlink.ops import IPAddress, IPNetwork
+from pyflannel.netlink.worker import NetlinkWorker
+from pyflannel.peer_messages import PeerMessage
 
 if TYPE_CHECKING:
     from pyflannel.config import NetworkConfig
@@ -114,7 +116,7 @@ class HostGwBackend:
                 )
             )
         programmer = PeerProgrammer(
-            NetlinkSocket(), contexts, metrics=self._metrics, stats=self.stats
+            NetlinkWorker(), contexts, metrics=self._metrics, stats=self.stats
         )
         return HostGwNetwork(lease, ext.mtu, self.resync_interval, programmer)
 
@@ -145,12 +147,21 @@ class HostGwNetwork:
         """Backend counters."""
         return self.programmer.stats
 
+    @property
+    def peers(self) -> WantedPeers:
+        """The wanted peer set."""
+        return self.programmer.peers
+
+    async def apply(self, msg: PeerMessage) -> None:
+        """Apply one peer message (routes follow)."""
+        await self.programmer.apply(msg)
+
     async def apply_snapshot(self, leases: Sequence[Lease]) -> None:
-        """Reconcile the routes with a full peer list."""
+        """Shorthand for ``apply(PeerSnapshot(leases))``."""
         await self.programmer.apply_snapshot(leases)
 
     async def apply_events(self, events: Sequence[Event]) -> None:
-        """Apply one batch of watch events."""
+        """Shorthand for ``apply(PeerChanges(events))``."""
         await self.programmer.apply_events(events)
 
     async def run(self) -> None:

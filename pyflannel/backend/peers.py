@@ -1,18 +1,28 @@
 """Programs peers into the kernel: the I/O half shared by the vxlan and host-gw networks.
 
-It owns the list of current peer leases and, per address family, the planner state. Every
-change goes the same way: read what is needed (dumps for a reconcile, ``ip route get`` for
-DirectRouting), plan with the pure functions of :mod:`pyflannel.backend.plan`, apply the ops with
-the batched executor. Blocking netlink work runs in a worker thread on sockets opened by the
-caller (so namespace membership is fixed when the socket is created); one trio lock serialises
-snapshot, events and repairs.
+The path of a change: a typed message (:mod:`pyflannel.peer_messages`) edits the one owner of
+the wanted peer set (:class:`~pyflannel.backend.wanted.WantedPeers`), then the kernel is brought
+towards it — a snapshot by a reconcile (dumps, :func:`~pyflannel.backend.plan.plan_reconcile`),
+changes incrementally (:func:`~pyflannel.backend.plan.plan_events`) — and the ops are applied by
+the batched executor. Every netlink job (dumps, planning, applying, ``ip route get``) runs on the
+programmer's own :class:`~pyflannel.netlink.worker.NetlinkWorker` thread; the trio loop only
+awaits it. One trio lock serialises snapshot, changes and repairs.
 
-Failed operations are logged and repaired by a reconcile shortly after (``resync_loop``) rather
-than rolled back one by one: a reconcile compares with what the kernel really holds.
+Failures never change what is wanted. A kernel failure is classified:
+
+* *permanent* (``ENETUNREACH``, ``EINVAL``, ...: retrying cannot help until the lease, the device
+  or the node's addresses change): the lease is quarantined with one log line saying what to do,
+  its partial entries are removed, and nothing retries it — other peers are not delayed;
+* *transient* (``EBUSY``, a dump interrupted, a socket timeout, ...): the programmer is marked
+  dirty and :meth:`PeerProgrammer.resync_loop` repairs the difference by a reconcile after a
+  backoff (:mod:`pyflannel.retry`: 1 s doubling to 30 s, with jitter; reset on success), logging
+  the first failure, every 30th, and the recovery.
 """
 
 from __future__ import annotations
 
+import errno as errno_mod
+import ipaddress
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -21,30 +31,55 @@ import structlog
 import trio
 
 from pyflannel.backend.base import BackendStats, Family, PlanContext
-from pyflannel.backend.plan import Plan, ProgrammedState, plan_events, plan_reconcile
+from pyflannel.backend.plan import (
+    Plan,
+    ProgrammedState,
+    entry_key,
+    plan_events,
+    plan_reconcile,
+)
 from pyflannel.backend.validate import Rejection
+from pyflannel.backend.wanted import Failing, WantedPeers
 from pyflannel.errors import NetlinkError
 from pyflannel.lease import Event, EventKind, Lease
 from pyflannel.metrics import METRICS, Metrics
 from pyflannel.netlink import consts as nlc
-from pyflannel.netlink.changes import ChangeMonitor
+from pyflannel.netlink.changes import ChangeMonitor, KernelChanges
 from pyflannel.netlink.dump import dump_fdb, dump_neighbours, dump_routes, route_get
 from pyflannel.netlink.executor import NetlinkExecutor, OpFailure
 from pyflannel.netlink.nlsocket import NetlinkSocket
-from pyflannel.netlink.ops import IPAddress, Op
+from pyflannel.netlink.ops import FdbReplace, IPAddress, NeighReplace, Op, RouteReplace
+from pyflannel.netlink.worker import NetlinkWorker
+from pyflannel.peer_messages import PeerChanges, PeerMessage, PeerSnapshot
+from pyflannel.retry import Backoff, FailureLog
 
-__all__ = ["PeerProgrammer"]
+__all__ = ["PERMANENT_ERRNOS", "PeerProgrammer", "is_permanent"]
 
 log = structlog.get_logger(__name__)
 
 _PROGRESS_CHUNK = 4096
 _MAX_FAILURE_LOGS = 20
-_REPAIR_BACKOFF_MIN = 1.0
-_REPAIR_BACKOFF_MAX = 30.0
+REPAIR_BACKOFF_MIN = 1.0
+REPAIR_BACKOFF_MAX = 30.0
 # At most this many periodic resyncs in a row are skipped as unchanged (see resync_loop).
 _FULL_RESYNC_EVERY = 30
-# Event batches up to this size are planned and applied on the trio thread (see apply_events).
-_INLINE_EVENTS = 16
+
+PERMANENT_ERRNOS = frozenset(
+    {
+        errno_mod.ENETUNREACH,  # next hop not on any connected network (host-gw across L2)
+        errno_mod.EHOSTUNREACH,
+        errno_mod.EINVAL,  # an entry the kernel can never accept
+        errno_mod.ERANGE,
+        errno_mod.EAFNOSUPPORT,
+        errno_mod.EOPNOTSUPP,
+    }
+)
+"""Errors that retrying the same op cannot cure; everything else counts as transient."""
+
+
+def is_permanent(failure: OpFailure) -> bool:
+    """True when ``failure`` cannot succeed until the lease, the device or the node changes."""
+    return not failure.encodable or failure.errno in PERMANENT_ERRNOS
 
 
 @dataclass
@@ -55,31 +90,40 @@ class _Family:
     direct: dict[IPAddress, int | None] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What one kernel job did: ops applied, and failures split by kind."""
+
+    ops: int = 0
+    transient: int = 0
+    quarantined: int = 0
+
+
 class PeerProgrammer:
-    """Keeps the kernel's peer entries equal to the leases it is given."""
+    """Keeps the kernel's peer entries equal to the wanted peer set it owns."""
 
     def __init__(
         self,
-        sock: NetlinkSocket,
+        worker: NetlinkWorker | NetlinkSocket,
         contexts: Sequence[PlanContext],
         *,
         direct_routing: bool = False,
         metrics: Metrics | None = None,
         stats: BackendStats | None = None,
     ) -> None:
-        self._sock = sock
-        self._exec = NetlinkExecutor(sock)
+        self._worker = worker if isinstance(worker, NetlinkWorker) else NetlinkWorker(worker)
         self._fams = {ctx.family: _Family(ctx) for ctx in contexts}
         self._direct_routing = direct_routing
-        self._leases: dict[str, Lease] = {}
-        self._have_snapshot = False
-        self._last_failed = False
+        self.peers = WantedPeers()
         self._lock = trio.Lock()
-        self._wake = trio.Event()
+        # resync_loop's inputs: a repair was requested (device re-created), or the kernel is
+        # known to differ from the wanted set (a transient failure).
+        self._requested = False
+        self._dirty = False
+        self._signal = trio.Event()
         self._warned: set[tuple[str, str]] = set()
-        # Bumped whenever the wanted entries may have changed; a periodic resync is skipped
-        # while it equals _clean_generation and the kernel reported no relevant change.
-        self._generation = 0
+        # A periodic resync is skipped while the wanted set's generation equals the one of the
+        # last reconcile that found the kernel right and the kernel reported no change.
         self._clean_generation: int | None = None
         self.metrics = metrics if metrics is not None else METRICS
         self.stats = stats if stats is not None else BackendStats()
@@ -88,8 +132,13 @@ class PeerProgrammer:
 
     @property
     def leases(self) -> list[Lease]:
-        """The peer leases currently wanted (from the last snapshot plus events)."""
-        return list(self._leases.values())
+        """The peer leases currently wanted (read from the one owner)."""
+        return self.peers.leases
+
+    @property
+    def dirty(self) -> bool:
+        """True while the kernel is known to miss something a repair will fix."""
+        return self._dirty
 
     def context(self, family: Family) -> PlanContext:
         """The planning context of one family."""
@@ -107,67 +156,85 @@ class PeerProgrammer:
     # --- changes ---------------------------------------------------------------------------
 
     def set_context(self, ctx: PlanContext) -> None:
-        """Replace a family's context (e.g. the device got a new ifindex); reconcile next."""
+        """Replace a family's context (the device got a new ifindex); lifts every quarantine."""
         self._fams[ctx.family].ctx = ctx
-        self._generation += 1
+        self.peers.release_all()
+        self.peers.generation += 1
+
+    async def apply(self, msg: PeerMessage) -> None:
+        """Apply one message from the peer watch. Never raises for kernel failures: those are
+        quarantined or repaired later (see the module docstring)."""
+        if isinstance(msg, PeerSnapshot):
+            await self._apply_snapshot(msg.leases)
+        else:
+            await self._apply_changes(msg.events)
 
     async def apply_snapshot(self, leases: Iterable[Lease]) -> None:
-        """Replace the wanted leases with ``leases`` and reconcile the kernel against them."""
+        """Shorthand for ``apply(PeerSnapshot(leases))``."""
+        await self.apply(PeerSnapshot(tuple(leases)))
+
+    async def apply_events(self, events: Sequence[Event]) -> None:
+        """Shorthand for ``apply(PeerChanges(events))``."""
+        await self.apply(PeerChanges(tuple(events)))
+
+    async def _apply_snapshot(self, leases: Iterable[Lease]) -> None:
         async with self._lock:
-            self._leases = {le.key_suffix: le for le in leases}
-            self._have_snapshot = True
-            self._generation += 1
+            # The wanted set is replaced first and for good: a kernel failure below only makes
+            # the repair loop fix the difference, never shrinks what we defend.
+            self.peers.replace(leases)
+            self._publish()
             t0 = time.monotonic()
-            nops = await self._reconcile_locked("snapshot")
+            try:
+                out = await self._reconcile_locked("snapshot")
+            except NetlinkError as exc:
+                self._mark_dirty()
+                log.warning("backend.snapshot_apply_failed", error=str(exc), action="repair soon")
+                return
             elapsed = time.monotonic() - t0
         self.metrics.last_snapshot_apply_seconds = elapsed
-        self.stats.last_snapshot_ops = nops
+        self.stats.last_snapshot_ops = out.ops
         log.info(
             "backend.snapshot_applied",
-            leases=len(self._leases),
+            leases=len(self.peers),
             peers=self.peers_programmed,
-            ops=nops,
+            ops=out.ops,
+            failing=len(self.peers.failing),
             seconds=round(elapsed, 3),
         )
 
-    async def apply_events(self, events: Sequence[Event]) -> None:
-        """Apply one watch batch incrementally."""
+    async def _apply_changes(self, events: Sequence[Event]) -> None:
         if not events:
             return
         async with self._lock:
-            for ev in events:
-                if ev.kind == EventKind.ADDED:
-                    self._leases[ev.lease.key_suffix] = ev.lease
-                else:
-                    self._leases.pop(ev.lease.key_suffix, None)
-            failed = False
+            todo = self.peers.update(events)
+            self._publish()
+            if not todo:
+                return
             for fam in self._fams.values():
                 try:
-                    if len(events) <= _INLINE_EVENTS:
-                        # A few ops are well under a millisecond of netlink work: doing them
-                        # here saves two thread hand-offs, most of the latency under load.
-                        plan, failures = self._events_sync(fam, events)
-                    else:
-                        plan, failures = await trio.to_thread.run_sync(
-                            self._events_sync, fam, events
-                        )
-                except BaseException:
-                    # The (in-place) state may already count entries the kernel did not get:
-                    # a reconcile compares with the kernel's real tables and repairs that.
-                    self._wake.set()
-                    raise
-                self._log_plan(fam, plan, failures, "events")
-                failed |= bool(failures)
+                    plan, failures = await self._worker.run(self._events_job, fam, todo)
+                except (NetlinkError, OSError) as exc:
+                    # The (in-place) state may count entries the kernel did not get: a reconcile
+                    # compares with the kernel's real tables and repairs that.
+                    self._mark_dirty()
+                    log.warning("backend.events_apply_failed", error=str(exc))
+                    continue
+                out = await self._settle(fam, plan, failures, "events")
                 if plan.ops or plan.rejected:
                     # (A renewal re-emits Added with the same entries: nothing to re-check.)
-                    self._generation += 1
-        if failed:
-            self._wake.set()
+                    self.peers.generation += 1
+                if out.transient:
+                    self._mark_dirty()
 
     async def reconcile(self, reason: str) -> int:
-        """Compare the kernel with the wanted leases and fix every difference; ops applied."""
+        """Compare the kernel with the wanted set and fix every difference; ops applied.
+
+        Raises NetlinkError when a dump fails (the caller retries with backoff)."""
         async with self._lock:
-            return await self._reconcile_locked(reason)
+            out = await self._reconcile_locked(reason)
+            if out.transient:
+                self._mark_dirty()
+            return out.ops
 
     async def reprogram(self, reason: str) -> int:
         """Program every wanted peer again (the device was re-created empty); ops applied.
@@ -176,106 +243,179 @@ class PeerProgrammer:
         replayed onto an empty state, which only adds entries.
         """
         async with self._lock:
-            if self._have_snapshot:
-                return await self._reconcile_locked(reason)
-            replay = [Event(EventKind.ADDED, le) for le in self._leases.values()]
+            if self.peers.have_snapshot:
+                out = await self._reconcile_locked(reason)
+                if out.transient:
+                    self._mark_dirty()
+                return out.ops
+            replay = [Event(EventKind.ADDED, le) for le in self.peers.programmable()]
             total = 0
-            self._generation += 1
+            self.peers.generation += 1
             for fam in self._fams.values():
                 fam.state = ProgrammedState()
-                plan, failures = await trio.to_thread.run_sync(self._events_sync, fam, replay)
-                self._log_plan(fam, plan, failures, reason)
-                total += len(plan.ops)
+                plan, failures = await self._worker.run(self._events_job, fam, replay)
+                out = await self._settle(fam, plan, failures, reason)
+                total += out.ops
+                if out.transient:
+                    self._mark_dirty()
             return total
 
     def request_repair(self) -> None:
         """Ask :meth:`resync_loop` for a reconcile as soon as possible."""
-        self._wake.set()
+        self._requested = True
+        self._signal.set()
 
-    async def resync_loop(self, interval: float) -> None:
-        """Reconcile every ``interval`` seconds, and soon after a failure (backoff 1 s → 30 s).
+    def _mark_dirty(self) -> None:
+        # Not a request: the loop reconciles after its backoff, never at once (a failure that
+        # repeats must not become a busy loop).
+        if not self._dirty:
+            self._dirty = True
+            self._signal.set()
+
+    async def resync_loop(self, interval: float, *, backoff: Backoff | None = None) -> None:
+        """Reconcile every ``interval`` seconds; while dirty, after a backoff (1 s → 30 s).
 
         A periodic reconcile is skipped when nothing it could repair can have changed: the
         kernel sent no relevant notification since the last reconcile that found the kernel
-        right (see :mod:`pyflannel.netlink.changes`), and the wanted entries are the same. Every
-        ``_FULL_RESYNC_EVERY``-th one runs regardless, as do repairs and requested ones.
+        right, and the wanted set is the same. Every ``_FULL_RESYNC_EVERY``-th one runs
+        regardless, as do repairs and requested ones. A link or address change lifts every
+        quarantine (a refused next hop may be reachable now).
         """
-        backoff = _REPAIR_BACKOFF_MIN
-        repairing = False
+        backoff = backoff if backoff is not None else Backoff.of(
+            REPAIR_BACKOFF_MIN, REPAIR_BACKOFF_MAX
+        )
+        flog = FailureLog(log, "backend.repair_failed")
         skipped = 0
         monitor = self._open_monitor()
         try:
             while True:
-                with trio.move_on_after(backoff if repairing else interval):
-                    await self._wake.wait()
-                requested = self._wake.is_set()
-                self._wake = trio.Event()
+                await self._wait_turn(interval, backoff)
+                requested, self._requested = self._requested, False
+                repairing = self._dirty
                 self.stats.resyncs_total += 1
                 # Always drain the monitor, so a full reconcile starts from a clean slate.
-                unchanged = self._unchanged(monitor)
+                changes = self._drain(monitor)
+                if changes.node and self.peers.release_all():
+                    log.info("backend.quarantine_lifted", why="a link or address changed")
+                unchanged = not changes.relevant and self._clean_generation == (
+                    self.peers.generation
+                )
                 if unchanged and not (repairing or requested) and skipped + 1 < _FULL_RESYNC_EVERY:
                     skipped += 1
                     continue
                 skipped = 0
-                generation = self._generation
+                generation = self.peers.generation
+                self._dirty = False
                 try:
                     nops = await self.reconcile("repair" if repairing else "resync")
-                    repairing = self._last_failed
                 except NetlinkError as exc:
-                    log.warning("backend.resync_failed", error=str(exc), retry_in=backoff)
-                    repairing = True
+                    self._dirty = True
                     nops = 0
+                    flog.failed(error=str(exc))
                 if nops:
                     self.stats.resync_repairs_total += 1
-                clean = self._have_snapshot and not nops and not repairing
-                self._clean_generation = generation if clean else None
-                backoff = (
-                    min(backoff * 2, _REPAIR_BACKOFF_MAX) if repairing else _REPAIR_BACKOFF_MIN
-                )
+                if self._dirty:
+                    self._clean_generation = None
+                else:
+                    flog.resolved()
+                    backoff.reset()
+                    clean = self.peers.have_snapshot and not nops
+                    self._clean_generation = generation if clean else None
         finally:
             if monitor is not None:
                 monitor.close()
 
+    async def _wait_turn(self, interval: float, backoff: Backoff) -> None:
+        """Sleep until the next reconcile is due: ``interval`` when clean, one backoff step
+        when dirty, at once when requested. Becoming dirty while waiting shortens the wait to
+        the backoff step; it never triggers a reconcile by itself."""
+        delay = backoff.next() if self._dirty else interval
+        with trio.move_on_after(delay) as scope:
+            while not self._requested:
+                await self._signal.wait()
+                self._signal = trio.Event()
+                if self._dirty and delay == interval:
+                    delay = backoff.next()
+                    scope.deadline = min(scope.deadline, trio.current_time() + delay)
+
     def _open_monitor(self) -> ChangeMonitor | None:
-        if self._direct_routing:
-            # DirectRouting decisions follow `ip route get` of underlay routes: always re-check.
-            return None
         try:
             return ChangeMonitor()
         except OSError as exc:
             log.warning("backend.change_monitor_unavailable", error=str(exc))
             return None
 
-    def _unchanged(self, monitor: ChangeMonitor | None) -> bool:
-        """True when a periodic reconcile would find nothing to do (see resync_loop)."""
+    def _drain(self, monitor: ChangeMonitor | None) -> KernelChanges:
         if monitor is None:
-            return False
+            return KernelChanges(relevant=True, node=False)
         vxlan_devs = {f.ctx.dev_index for f in self._fams.values() if f.ctx.is_vxlan}
-        if monitor.changed(vxlan_devs):
-            self._clean_generation = None
-            return False
-        return self._clean_generation == self._generation
+        changes = monitor.drain(vxlan_devs)
+        if self._direct_routing:
+            # DirectRouting decisions follow `ip route get` of underlay routes: always re-check.
+            return KernelChanges(relevant=True, node=changes.node)
+        return changes
 
     # --- internals -------------------------------------------------------------------------
 
-    async def _reconcile_locked(self, reason: str) -> int:
-        if not self._have_snapshot:
+    async def _reconcile_locked(self, reason: str) -> _Outcome:
+        if not self.peers.have_snapshot:
             # Without the full peer list a reconcile would delete every peer programmed by our
             # previous run; events alone are applied incrementally meanwhile.
             log.debug("backend.reconcile_skipped", reason=reason, why="no snapshot yet")
-            return 0
-        leases = list(self._leases.values())
-        total = 0
-        failed = False
+            return _Outcome()
+        leases = self.peers.programmable()
+        ops = transient = quarantined = 0
         for fam in self._fams.values():
-            plan, failures = await trio.to_thread.run_sync(self._reconcile_sync, fam, leases)
-            self._log_plan(fam, plan, failures, reason)
-            total += len(plan.ops)
-            failed |= bool(failures)
-        self._last_failed = failed
-        if failed:
-            self._wake.set()
-        return total
+            plan, failures = await self._worker.run(self._reconcile_job, fam, leases)
+            out = await self._settle(fam, plan, failures, reason)
+            ops += out.ops
+            transient += out.transient
+            quarantined += out.quarantined
+        return _Outcome(ops, transient, quarantined)
+
+    async def _settle(
+        self, fam: _Family, plan: Plan, failures: list[OpFailure], reason: str
+    ) -> _Outcome:
+        """Log a plan's outcome, quarantine leases refused for good and remove their entries."""
+        self._log_plan(fam, plan, failures, reason)
+        transient = 0
+        newly: list[Lease] = []
+        for f in failures:
+            self.metrics.count_peer_failure(errno_mod.errorcode.get(f.errno, str(f.errno)))
+            lease = _owner(plan.state, f.op) if is_permanent(f) else None
+            if lease is None:
+                transient += 1
+                continue
+            failing = Failing(lease, _reason(f), self._quarantine_message(lease, f, fam.ctx))
+            if self.peers.quarantine(failing):
+                newly.append(lease)
+                log.warning("backend.peer_failing", lease=lease.key_suffix, error=failing.message)
+        if newly:
+            # Nothing half-applied stays: the failing peers' other entries go.
+            removals = [Event(EventKind.REMOVED, le) for le in newly]
+            cleanup, more = await self._worker.run(self._events_job, fam, removals)
+            self._log_plan(fam, cleanup, more, "quarantine")
+            transient += len(more)
+        self._publish()
+        return _Outcome(len(plan.ops), transient, len(newly))
+
+    def _quarantine_message(self, lease: Lease, failure: OpFailure, ctx: PlanContext) -> str:
+        text = f"lease {lease.key_suffix}: {failure.message()}"
+        if failure.errno in (errno_mod.ENETUNREACH, errno_mod.EHOSTUNREACH) and not ctx.is_vxlan:
+            public = lease.attrs.public_ip if ctx.family == 4 else lease.attrs.public_ipv6
+            text += (
+                f"; host-gw needs every node on one L2 segment: {public} is not on a network "
+                "of this node's external interface; use vxlan (or vxlan with DirectRouting)"
+            )
+        elif failure.errno in (errno_mod.ENETUNREACH, errno_mod.EHOSTUNREACH):
+            text += "; the peer's public IP is not reachable from this node: check the underlay"
+        else:
+            text += "; fix or delete the lease in etcd (it is retried when it changes)"
+        return text
+
+    def _publish(self) -> None:
+        self.metrics.leases_known = len(self.peers) + 1  # + our own lease
+        self.metrics.peers_failing = len(self.peers.failing)
 
     def _family_code(self, fam: _Family) -> int:
         return nlc.AF_INET if fam.ctx.family == 4 else nlc.AF_INET6
@@ -283,7 +423,9 @@ class PeerProgrammer:
     def _public_ip(self, lease: Lease, family: int) -> IPAddress | None:
         return lease.attrs.public_ip if family == 4 else lease.attrs.public_ipv6
 
-    def _direct_ctx(self, fam: _Family, leases: Iterable[Lease], refresh: bool) -> PlanContext:
+    def _direct_ctx(
+        self, sock: NetlinkSocket, fam: _Family, leases: Iterable[Lease], refresh: bool
+    ) -> PlanContext:
         """The context with DirectRouting decisions for every public IP in ``leases``."""
         if not (self._direct_routing and fam.ctx.is_vxlan):
             return fam.ctx
@@ -292,29 +434,18 @@ class PeerProgrammer:
         for le in leases:
             ip = self._public_ip(le, fam.ctx.family)
             if ip is not None and ip not in fam.direct and not ip.is_unspecified:
-                fam.direct[ip] = self._direct_oif(ip, fam.ctx)
+                fam.direct[ip] = _direct_oif(sock, ip, fam.ctx)
         routes = {ip: oif for ip, oif in fam.direct.items() if oif is not None}
         return replace(fam.ctx, direct_routes=routes)
 
-    def _direct_oif(self, ip: IPAddress, ctx: PlanContext) -> int | None:
-        # flanneld: DirectRouting when `ip route get <PublicIP>` gives one route, no gateway.
-        try:
-            found = route_get(self._sock, ip)
-        except NetlinkError as exc:
-            log.debug("backend.route_get_failed", ip=str(ip), error=str(exc))
-            return None
-        if found is None or found.gw is not None or found.local or found.ifindex == 0:
-            return None
-        if found.ifindex == ctx.dev_index:
-            return None
-        return found.ifindex
-
-    def _reconcile_sync(self, fam: _Family, leases: list[Lease]) -> tuple[Plan, list[OpFailure]]:
-        ctx = self._direct_ctx(fam, leases, refresh=True)
+    def _reconcile_job(
+        self, sock: NetlinkSocket, fam: _Family, leases: list[Lease]
+    ) -> tuple[Plan, list[OpFailure]]:
+        ctx = self._direct_ctx(sock, fam, leases, refresh=True)
         family = self._family_code(fam)
-        routes = dump_routes(self._sock, None, family)
-        neighs = dump_neighbours(self._sock, ctx.dev_index, family) if ctx.is_vxlan else []
-        fdb = dump_fdb(self._sock, ctx.dev_index) if ctx.is_vxlan else []
+        routes = dump_routes(sock, None, family)
+        neighs = dump_neighbours(sock, ctx.dev_index, family) if ctx.is_vxlan else []
+        fdb = dump_fdb(sock, ctx.dev_index) if ctx.is_vxlan else []
         # The plan rebuilds the state from the leases and the dumps; dropping the old one first
         # keeps two full states (~1.4 KB a peer each) from being alive at once. Nothing can plan
         # against the empty one meanwhile (the caller holds the lock); should planning fail,
@@ -322,23 +453,24 @@ class PeerProgrammer:
         fam.state = ProgrammedState()
         plan = plan_reconcile(leases, routes, neighs, fdb, ctx)
         fam.state = plan.state
-        failures = self._apply(plan.ops)
-        return plan, failures
+        return plan, self._apply(sock, plan.ops)
 
-    def _events_sync(self, fam: _Family, events: Sequence[Event]) -> tuple[Plan, list[OpFailure]]:
+    def _events_job(
+        self, sock: NetlinkSocket, fam: _Family, events: Sequence[Event]
+    ) -> tuple[Plan, list[OpFailure]]:
         added = [ev.lease for ev in events if ev.kind == EventKind.ADDED]
-        ctx = self._direct_ctx(fam, added, refresh=False)
+        ctx = self._direct_ctx(sock, fam, added, refresh=False)
         # In place: copying the state per batch cost O(peers) (~3 ms at 10k peers).
         plan = plan_events(events, fam.state, ctx, in_place=True)
         fam.state = plan.state
-        failures = self._apply(plan.ops)
-        return plan, failures
+        return plan, self._apply(sock, plan.ops)
 
-    def _apply(self, ops: list[Op]) -> list[OpFailure]:
+    def _apply(self, sock: NetlinkSocket, ops: list[Op]) -> list[OpFailure]:
+        executor = NetlinkExecutor(sock)
         failures: list[OpFailure] = []
         for start in range(0, len(ops), _PROGRESS_CHUNK):
             part = ops[start : start + _PROGRESS_CHUNK]
-            failures.extend(self._exec.apply(part))
+            failures.extend(executor.apply(part))
             if len(ops) > _PROGRESS_CHUNK:
                 log.info("backend.progress", applied=start + len(part), total=len(ops))
         self.metrics.netlink_ops_total += len(ops)
@@ -349,7 +481,8 @@ class PeerProgrammer:
         self.metrics.peers_programmed = self.peers_programmed
         for lease, rej in plan.rejected:
             self._log_rejection(lease, rej)
-        for f in failures[:_MAX_FAILURE_LOGS]:
+        shown = [f for f in failures if not is_permanent(f)][:_MAX_FAILURE_LOGS]
+        for f in shown:
             log.warning("backend.netlink_op_failed", family=fam.ctx.family, error=f.message())
         if len(failures) > _MAX_FAILURE_LOGS:
             log.warning(
@@ -376,3 +509,39 @@ class PeerProgrammer:
         self._warned.add(key)
         self.stats.leases_rejected_total += 1
         log.warning("backend.lease_rejected", reason=rej.reason)
+
+
+def _direct_oif(sock: NetlinkSocket, ip: IPAddress, ctx: PlanContext) -> int | None:
+    # flanneld: DirectRouting when `ip route get <PublicIP>` gives one route, no gateway.
+    try:
+        found = route_get(sock, ip)
+    except NetlinkError as exc:
+        log.debug("backend.route_get_failed", ip=str(ip), error=str(exc))
+        return None
+    if found is None or found.gw is not None or found.local or found.ifindex == 0:
+        return None
+    if found.ifindex == ctx.dev_index:
+        return None
+    return found.ifindex
+
+
+def _owner(state: ProgrammedState, op: Op) -> Lease | None:
+    """The lease whose entry ``op`` wrote (None for deletes and entries nobody owns)."""
+    if not isinstance(op, RouteReplace | NeighReplace | FdbReplace):
+        return None
+    owners = state.owners.get(entry_key(op.entry))
+    if not owners:
+        return None
+    version, addr, plen = next(reversed(owners.keys()))
+    subnet = (
+        ipaddress.IPv4Network((addr, plen)) if version == 4 else ipaddress.IPv6Network((addr, plen))
+    )
+    peer = state.peers.get(subnet)
+    return None if peer is None else peer.lease
+
+
+def _reason(failure: OpFailure) -> str:
+    if not failure.encodable:
+        return "unencodable"
+    return errno_mod.errorcode.get(failure.errno, str(failure.errno))
+

@@ -52,8 +52,9 @@ from pyflannel.backend.base import BackendStats, PlanContext
 from pyflannel.backend.udp_forwarder import Forwarder, ForwarderStats, Mode
 from pyflannel.backend.udp_packet import PeerAddr, PeerTable
 from pyflannel.backend.validate import Peer, Rejection, validate_peer
+from pyflannel.backend.wanted import WantedPeers
 from pyflannel.errors import ConfigError, InterfaceError, LeaseError, NetlinkError
-from pyflannel.lease import Event, EventKind, Lease, LeaseAttrs
+from pyflannel.lease import Event, Lease, LeaseAttrs
 from pyflannel.metrics import METRICS, Metrics
 from pyflannel.netlink import consts as nlc
 from pyflannel.netlink.addresses import ensure_address
@@ -62,6 +63,7 @@ from pyflannel.netlink.encode import attr, rtmsg
 from pyflannel.netlink.links import get_link, set_link_mtu, set_link_up
 from pyflannel.netlink.nlsocket import KernelRefused, NetlinkSocket
 from pyflannel.netlink.ops import IPNetwork
+from pyflannel.peer_messages import PeerChanges, PeerMessage, PeerSnapshot
 
 if TYPE_CHECKING:
     from pyflannel.config import NetworkConfig
@@ -373,7 +375,7 @@ class UdpNetwork:
         self._lease = lease
         self._ctx = ctx
         self.ifindex = ifindex
-        self._leases: dict[str, Lease] = {}
+        self._wanted = WantedPeers()
         self._warned: set[tuple[str, str]] = set()
         assert lease.subnet is not None
         self._table = PeerTable.build((), backend._subnet_len)
@@ -425,25 +427,32 @@ class UdpNetwork:
         base = self._stats_base.as_dict()
         return ForwarderStats(**{k: cur[k] + base[k] for k in cur})
 
+    @property
+    def peers(self) -> WantedPeers:
+        """The wanted peer set (the one owner; the forwarder's table is built from it)."""
+        return self._wanted
+
+    async def apply(self, msg: PeerMessage) -> None:
+        """Rebuild the forwarder's peer table after a snapshot or changes."""
+        if isinstance(msg, PeerSnapshot):
+            self._wanted.replace(msg.leases)
+            self._rebuild("snapshot")
+        elif msg.events:
+            self._wanted.update(msg.events)
+            self._rebuild("events")
+        self._be._metrics.leases_known = len(self._wanted) + 1
+
     async def apply_snapshot(self, leases: Sequence[Lease]) -> None:
-        """Replace the peer table with one built from a full lease list (ours is skipped)."""
-        self._leases = {le.key_suffix: le for le in leases}
-        self._rebuild("snapshot")
+        """Shorthand for ``apply(PeerSnapshot(leases))`` (ours is skipped)."""
+        await self.apply(PeerSnapshot(tuple(leases)))
 
     async def apply_events(self, events: Sequence[Event]) -> None:
-        """Apply one batch of watch events to the peer table."""
-        if not events:
-            return
-        for ev in events:
-            if ev.kind == EventKind.ADDED:
-                self._leases[ev.lease.key_suffix] = ev.lease
-            else:
-                self._leases.pop(ev.lease.key_suffix, None)
-        self._rebuild("events")
+        """Shorthand for ``apply(PeerChanges(events))``."""
+        await self.apply(PeerChanges(tuple(events)))
 
     def _rebuild(self, reason: str) -> None:
         table, rejected = plan_table(
-            list(self._leases.values()), self._ctx, self._be._subnet_len, self._be._port
+            self._wanted.leases, self._ctx, self._be._subnet_len, self._be._port
         )
         for lease, rej in rejected:
             key = (lease.key_suffix, rej.reason)
@@ -456,7 +465,7 @@ class UdpNetwork:
         self._table = table
         self.forwarder.set_table(table)
         self._be._metrics.peers_programmed = len(table)
-        log.info("udp.peers_updated", reason=reason, peers=len(table), leases=len(self._leases))
+        log.info("udp.peers_updated", reason=reason, peers=len(table), leases=len(self._wanted))
 
     async def run(self) -> None:
         """Forward packets in the forwarder's thread(s) until cancelled; re-create the TUN if it

@@ -35,6 +35,7 @@ import trio
 from pyflannel.backend.base import BackendStats, Family, PlanContext
 from pyflannel.backend.mac_store import choose_vtep_mac, mac_path
 from pyflannel.backend.peers import PeerProgrammer
+from pyflannel.backend.wanted import WantedPeers
 from pyflannel.errors import ConfigError, InterfaceError, LeaseError, NetlinkError
 from pyflannel.lease import Event, Lease, LeaseAttrs
 from pyflannel.metrics import Metrics
@@ -53,6 +54,8 @@ from pyflannel.netlink.links import (
 from pyflannel.netlink.monitor import LinkMonitor
 from pyflannel.netlink.nlsocket import NetlinkSocket
 from pyflannel.netlink.ops import IPAddress, IPNetwork
+from pyflannel.netlink.worker import NetlinkWorker
+from pyflannel.peer_messages import PeerMessage
 
 if TYPE_CHECKING:
     from pyflannel.config import NetworkConfig
@@ -231,8 +234,10 @@ class VxlanBackend:
                 )
             _configure_device(self._socket(), dev, own)
             contexts.append(self._context(dev, own))
+        # Peers are programmed on a socket and thread of their own; device repair keeps using
+        # this backend's socket, so neither waits for the other.
         programmer = PeerProgrammer(
-            self._socket(),
+            NetlinkWorker(),
             contexts,
             direct_routing=self._direct_routing,
             metrics=self._metrics,
@@ -277,12 +282,21 @@ class VxlanNetwork:
         """Backend counters (rejections, device re-creations, resyncs)."""
         return self._be.stats
 
+    @property
+    def peers(self) -> WantedPeers:
+        """The wanted peer set."""
+        return self.programmer.peers
+
+    async def apply(self, msg: PeerMessage) -> None:
+        """Apply one peer message (neighbour, FDB and route entries follow)."""
+        await self.programmer.apply(msg)
+
     async def apply_snapshot(self, leases: Sequence[Lease]) -> None:
-        """Reconcile the kernel with a full peer list (ours may be in it; it is skipped)."""
+        """Shorthand for ``apply(PeerSnapshot(leases))`` (ours may be in it; it is skipped)."""
         await self.programmer.apply_snapshot(leases)
 
     async def apply_events(self, events: Sequence[Event]) -> None:
-        """Apply one batch of watch events."""
+        """Shorthand for ``apply(PeerChanges(events))``."""
         await self.programmer.apply_events(events)
 
     async def run(self) -> None:

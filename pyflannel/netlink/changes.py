@@ -21,12 +21,13 @@ from __future__ import annotations
 import errno as errno_mod
 import struct
 from collections.abc import Collection
+from dataclasses import dataclass
 from types import TracebackType
 
 from pyflannel.netlink import consts as c
 from pyflannel.netlink.nlsocket import NetlinkSocket, iter_messages
 
-__all__ = ["ChangeMonitor"]
+__all__ = ["ChangeMonitor", "KernelChanges"]
 
 _RTMGRP_NEIGH = 0x4
 _RTMGRP_IPV4_IFADDR = 0x10
@@ -68,6 +69,15 @@ def _route_table(buf: bytes, start: int, end: int) -> int:
     return table
 
 
+@dataclass(frozen=True, slots=True)
+class KernelChanges:
+    """What :meth:`ChangeMonitor.drain` saw: ``relevant`` — something a peer reconcile could
+    repair; ``node`` — a link or address changed (what a refused next hop depends on)."""
+
+    relevant: bool
+    node: bool
+
+
 class ChangeMonitor:
     """Link/address/route/neighbour notifications of the current thread's network namespace."""
 
@@ -93,27 +103,33 @@ class ChangeMonitor:
     def changed(self, neigh_ifindexes: Collection[int]) -> bool:
         """Drain every queued notification; True if one of them is relevant (see the module
         docstring) or some were lost. Neighbour/FDB changes count only on ``neigh_ifindexes``."""
-        relevant = False
+        return self.drain(neigh_ifindexes).relevant
+
+    def drain(self, neigh_ifindexes: Collection[int]) -> KernelChanges:
+        """Drain every queued notification and say what kind of change arrived (lost
+        notifications count as every kind)."""
+        relevant = node = False
         while True:
             try:
                 buf = self._nl.recv_nowait()
             except OSError as exc:
-                if exc.errno == errno_mod.ENOBUFS:
-                    relevant = True
+                if exc.errno in (errno_mod.ENOBUFS, errno_mod.EBADF):
+                    relevant = node = True
+                    if exc.errno == errno_mod.EBADF:
+                        return KernelChanges(relevant, node)
                     continue
-                if exc.errno == errno_mod.EBADF:
-                    return True
                 raise
             if buf is None:
-                return relevant
-            if relevant:
-                continue  # keep draining; the answer is already yes
+                return KernelChanges(relevant, node)
+            if node:
+                continue  # keep draining; the answer is already "everything"
             for mtype, _flags, _seq, start, end in iter_messages(buf):
                 if mtype in (_RTM_NEWLINK, _RTM_DELLINK, _RTM_NEWADDR, _RTM_DELADDR):
-                    relevant = True
-                elif mtype in (_RTM_NEWROUTE, _RTM_DELROUTE):
+                    relevant = node = True
+                    break
+                if relevant:
+                    continue
+                if mtype in (_RTM_NEWROUTE, _RTM_DELROUTE):
                     relevant = _route_table(buf, start, end) == _RT_TABLE_MAIN
                 elif mtype in (_RTM_NEWNEIGH, _RTM_DELNEIGH) and end - start >= 8:
                     relevant = _I32.unpack_from(buf, start + 4)[0] in neigh_ifindexes
-                if relevant:
-                    break

@@ -36,6 +36,7 @@ from pyflannel.config import NetworkConfig
 from pyflannel.errors import ConfigError, LeaseError, LeaseLost, RegistryError
 from pyflannel.lease import Event, EventKind, Lease, LeaseAttrs
 from pyflannel.metrics import METRICS
+from pyflannel.peer_messages import PeerMessage
 from pyflannel.retry import Backoff
 from pyflannel.subnet.allocation import PreviousSubnets, plan_acquisition, previous_subnets
 from pyflannel.subnet.protocols import Registry
@@ -49,7 +50,7 @@ from pyflannel.subnet.registry import (
     WatchStream,
 )
 from pyflannel.subnet.subnet_env import SubnetEnv
-from pyflannel.subnet.watch import LeaseCache
+from pyflannel.subnet.watch import PeerFeed
 
 __all__ = [
     "DEFAULT_RACE_RETRIES",
@@ -492,32 +493,28 @@ class EtcdSubnetManager:
 
     # ----------------------------------------------------------------- peers
     async def watch_leases(
-        self, own_lease: Lease, send_channel: trio.MemorySendChannel[list[Event]]
+        self, own_lease: Lease, send_channel: trio.MemorySendChannel[PeerMessage]
     ) -> NoReturn:
-        """Send the peers' lease events to ``send_channel`` forever, as ``list[Event]`` batches.
+        """Send the peers' leases to ``send_channel`` forever, as typed messages.
 
-        The first batch is the full current set of peers as ``ADDED`` events (possibly empty,
-        so the receiver knows the initial snapshot is complete). Later batches follow etcd's
-        order; after a compaction or a long outage the difference to a fresh listing is sent.
-        Our own lease never appears. ``send_channel`` is closed when this returns.
+        First a :class:`PeerSnapshot` of every peer (possibly empty), then
+        :class:`PeerChanges` in etcd's order; after a compaction or a long outage a fresh
+        :class:`PeerSnapshot`. Our own lease never appears. ``send_channel`` is closed when
+        this returns.
         """
-        cache = LeaseCache(own_lease)
-        first = True
+        feed = PeerFeed(own_lease)
 
         async def resync() -> int:
-            nonlocal first
             leases, revision = await self._registry.list_leases()
-            events = cache.reset(leases)
-            log.info("listed peer leases", peers=len(cache), changes=len(events), revision=revision)
-            if events or first:
-                await send_channel.send(events)
-                first = False
+            snapshot = feed.snapshot(leases, revision)
+            log.info("listed peer leases", peers=len(snapshot.leases), revision=revision)
+            await send_channel.send(snapshot)
             return revision
 
         async def on_batch(batch: WatchBatch) -> None:
-            events = cache.apply(batch.events)
-            if events:
-                await send_channel.send(events)
+            changes = feed.changes(batch.events, batch.resume_revision - 1)
+            if changes is not None:
+                await send_channel.send(changes)
 
         async with send_channel:
             await self._follow(self._registry.watch_leases, on_batch, resync, what="peer leases")

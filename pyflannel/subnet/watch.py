@@ -1,16 +1,17 @@
-"""The peer-lease cache: turns etcd snapshots and changes into the events a backend applies.
+"""The peer feed: turns what the registry read into the typed messages a data path applies.
 
-Pure (no I/O): the manager feeds it what the registry read and sends the returned batches on.
-It plays the part of flanneld's ``LeaseWatcher``:
+Pure (no I/O): the manager feeds it each listing and each watch batch and sends the result on.
+It plays the part of flanneld's ``LeaseWatcher``, without keeping a copy of the peer set (the
+data path's :class:`~pyflannel.backend.wanted.WantedPeers` is the one owner):
 
-- our own lease is never cached and never emitted (which also avoids flanneld's quirk of a
-  spurious ``Removed`` for our own subnet after a second snapshot);
-- ``Added`` replaces the cached lease and is always re-emitted (a renewed peer re-applies
-  idempotently, like flanneld);
-- ``Removed`` carries the *cached* lease, with its attrs (etcd's DELETE has none);
-- :meth:`LeaseCache.reset` emits the difference between the cache and a full snapshot: removals
-  first, then additions and leases whose attrs changed (flanneld only emits new subnets, so a
-  VTEP MAC change that happened during a compaction gap would be missed).
+- a listing becomes a :class:`~pyflannel.peer_messages.PeerSnapshot` (the initial one, and every
+  re-listing after a compaction or an outage), so a consumer replaces its wanted set instead of
+  guessing from a message's position;
+- a watch batch becomes :class:`~pyflannel.peer_messages.PeerChanges`; ``Added`` is always passed
+  on (a renewed peer re-applies idempotently, like flanneld); ``Removed`` carries the subnets
+  only (etcd's DELETE has no value; the owner finds what was programmed by key);
+- our own lease never appears (which also avoids flanneld's quirk of a spurious ``Removed`` for
+  our own subnet after a second snapshot).
 """
 
 from __future__ import annotations
@@ -18,13 +19,10 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-import structlog
+from pyflannel.lease import Event, Lease
+from pyflannel.peer_messages import PeerChanges, PeerSnapshot
 
-from pyflannel.lease import Event, EventKind, Lease
-
-__all__ = ["LeaseCache", "lease_identity"]
-
-log = structlog.get_logger(__name__)
+__all__ = ["PeerFeed", "lease_identity"]
 
 LeaseId = tuple[ipaddress.IPv4Network | None, ipaddress.IPv6Network | None]
 
@@ -34,68 +32,20 @@ def lease_identity(lease: Lease) -> LeaseId:
     return (lease.subnet, lease.ipv6_subnet)
 
 
-class LeaseCache:
-    """The peers' leases as last seen, minus our own."""
+class PeerFeed:
+    """Builds peer messages from listings and watch batches, leaving our own lease out."""
 
     def __init__(self, own: Lease | LeaseId | None = None) -> None:
         self._own: LeaseId | None = lease_identity(own) if isinstance(own, Lease) else own
-        self._leases: dict[LeaseId, Lease] = {}
 
-    @property
-    def leases(self) -> list[Lease]:
-        """The cached peer leases, in insertion order."""
-        return list(self._leases.values())
+    def _is_peer(self, lease: Lease) -> bool:
+        return self._own is None or lease_identity(lease) != self._own
 
-    def __len__(self) -> int:
-        return len(self._leases)
+    def snapshot(self, leases: Iterable[Lease], revision: int = 0) -> PeerSnapshot:
+        """A full listing as a snapshot of the peers."""
+        return PeerSnapshot(tuple(le for le in leases if self._is_peer(le)), revision)
 
-    def _is_own(self, ident: LeaseId) -> bool:
-        return self._own is not None and ident == self._own
-
-    def apply(self, changes: Iterable[Event]) -> list[Event]:
-        """Apply etcd changes in order; return the events to hand to the backend.
-
-        A ``REMOVED`` change only needs the subnets; the emitted event carries the cached
-        lease. A removal of a lease we never saw is passed on as it came (attr-less), as
-        flanneld does; backends that need attrs ignore it.
-        """
-        out: list[Event] = []
-        for change in changes:
-            ident = lease_identity(change.lease)
-            if self._is_own(ident):
-                continue
-            if change.kind is EventKind.ADDED:
-                self._leases[ident] = change.lease
-                out.append(change)
-                continue
-            cached = self._leases.pop(ident, None)
-            if cached is None:
-                log.warning(
-                    "lease removed that was never seen; passing it on without attrs",
-                    subnet=str(change.lease.subnet),
-                    ipv6_subnet=str(change.lease.ipv6_subnet),
-                )
-                out.append(change)
-            else:
-                out.append(Event(EventKind.REMOVED, cached))
-        return out
-
-    def reset(self, snapshot: Iterable[Lease]) -> list[Event]:
-        """Replace the cache with a full snapshot; return the difference as events."""
-        fresh: dict[LeaseId, Lease] = {}
-        for lease in snapshot:
-            ident = lease_identity(lease)
-            if not self._is_own(ident):
-                fresh[ident] = lease
-        removed = [
-            Event(EventKind.REMOVED, old)
-            for ident, old in self._leases.items()
-            if ident not in fresh
-        ]
-        added = [
-            Event(EventKind.ADDED, new)
-            for ident, new in fresh.items()
-            if (old := self._leases.get(ident)) is None or old.attrs != new.attrs
-        ]
-        self._leases = fresh
-        return removed + added
+    def changes(self, events: Iterable[Event], revision: int = 0) -> PeerChanges | None:
+        """A watch batch as changes of the peers (None when only our own lease changed)."""
+        mine = tuple(ev for ev in events if self._is_peer(ev.lease))
+        return PeerChanges(mine, revision) if mine else None

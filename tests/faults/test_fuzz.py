@@ -37,6 +37,7 @@ from cni_plugin.netconf import build_delegate, parse_flannel_conf
 from cni_plugin.netconf import parse_subnet_env as cni_parse_subnet_env
 from pyflannel.backend.base import PlanContext
 from pyflannel.backend.plan import ProgrammedState, plan_events, plan_reconcile
+from pyflannel.backend.wanted import WantedPeers
 from pyflannel.config import NetworkConfig, parse_network_config
 from pyflannel.errors import ConfigError, OutOfSubnets
 from pyflannel.lease import Event, EventKind, Lease, LeaseAttrs
@@ -51,7 +52,7 @@ from pyflannel.netlink.ops import (
 from pyflannel.subnet.allocation import PreviousSubnets, plan_acquisition
 from pyflannel.subnet.registry import EtcdRegistry
 from pyflannel.subnet.subnet_env import render_subnet_env, subnet_env_for
-from pyflannel.subnet.watch import LeaseCache
+from pyflannel.subnet.watch import PeerFeed
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -308,14 +309,16 @@ def test_etcd_bytes_to_planned_ops_never_leave_the_network(
     )
     changes = decode(kvs)
     assert isinstance(ctx.own_subnet, ipaddress.IPv4Network)
-    cache = LeaseCache((ctx.own_subnet, None))
+    feed = PeerFeed((ctx.own_subnet, None))
+    wanted = WantedPeers()
     state = ProgrammedState()
     for i in range(0, len(changes), batch):
         chunk = [
             Event(EventKind.ADDED if is_put else EventKind.REMOVED, lease)
             for is_put, lease in changes[i : i + batch]
         ]
-        events = cache.apply(chunk)
+        msg = feed.changes(chunk)
+        events = wanted.update(msg.events) if msg is not None else []
         plan = plan_events(events, state, ctx)
         assert_ops_safe(plan.ops, ctx)
         state = plan.state
@@ -324,7 +327,7 @@ def test_etcd_bytes_to_planned_ops_never_leave_the_network(
     routes = [e for e in programmed if isinstance(e, RouteEntry)]
     neighs = [e for e in programmed if isinstance(e, NeighEntry)]
     fdb = [e for e in programmed if isinstance(e, FdbEntry)]
-    full = plan_reconcile(cache.leases, routes, neighs, fdb, ctx)
+    full = plan_reconcile(wanted.programmable(), routes, neighs, fdb, ctx)
     assert_ops_safe(full.ops, ctx)
     # Incremental and full planning agree on what should be programmed.
     assert full.state.programmed_entries().keys() == state.programmed_entries().keys()

@@ -108,13 +108,13 @@ def test_idle_resyncs_skip_and_a_deleted_route_still_comes_back(
     n1.run(trio.run, net.apply_snapshot, leases)
     programmer = net.programmer
     full: list[str] = []
-    real = programmer._reconcile_sync
+    real = programmer._reconcile_job
 
-    def counting(fam, wanted):  # type: ignore[no-untyped-def]
+    def counting(sock, fam, wanted):  # type: ignore[no-untyped-def]
         full.append("x")
-        return real(fam, wanted)
+        return real(sock, fam, wanted)
 
-    programmer._reconcile_sync = counting
+    programmer._reconcile_job = counting
 
     def routes() -> dict[str, str | None]:
         return {

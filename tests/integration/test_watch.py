@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 
 from pyflannel.config import parse_network_config
 from pyflannel.lease import Event, EventKind, Lease, LeaseAttrs, encode_attrs
+from pyflannel.peer_messages import PeerChanges, PeerMessage, PeerSnapshot
 from pyflannel.subnet.manager import EtcdSubnetManager
 from tests.harness.etcd import EtcdServer
 from tests.harness.etcd_cluster import EtcdCluster
@@ -54,18 +55,31 @@ def del_peer(etcd: EtcdServer, prefix: str, third: int) -> None:
 
 @dataclass
 class Consumer:
-    """What a backend would see: every batch, and the peer set after applying them."""
+    """What a backend would see: every message, and the peer set after applying them."""
 
-    batches: list[list[Event]] = field(default_factory=list)
+    messages: list[PeerMessage] = field(default_factory=list)
     view: dict[V4 | None, Lease] = field(default_factory=dict)
+
+    @property
+    def batches(self) -> list[list[Event]]:
+        """Each message as events (a snapshot as one Added per lease)."""
+        return [
+            [Event(EventKind.ADDED, le) for le in m.leases]
+            if isinstance(m, PeerSnapshot)
+            else list(m.events)
+            for m in self.messages
+        ]
 
     @property
     def events(self) -> list[Event]:
         return [e for b in self.batches for e in b]
 
-    def apply(self, batch: list[Event]) -> None:
-        self.batches.append(batch)
-        for e in batch:
+    def apply(self, msg: PeerMessage) -> None:
+        self.messages.append(msg)
+        if isinstance(msg, PeerSnapshot):
+            self.view = {le.subnet: le for le in msg.leases}
+            return
+        for e in msg.events:
             if e.kind is EventKind.ADDED:
                 self.view[e.lease.subnet] = e.lease
             else:
@@ -83,12 +97,12 @@ class Consumer:
 @asynccontextmanager
 async def watching(mgr: EtcdSubnetManager, own: Lease) -> AsyncIterator[Consumer]:
     consumer = Consumer()
-    send, recv = trio.open_memory_channel[list[Event]](0)
+    send, recv = trio.open_memory_channel[PeerMessage](0)
 
     async def consume() -> None:
         async with recv:
-            async for batch in recv:
-                consumer.apply(batch)
+            async for msg in recv:
+                consumer.apply(msg)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(mgr.watch_leases, own, send)
@@ -109,6 +123,7 @@ async def test_first_snapshot_then_events_in_order(etcd: EtcdServer) -> None:
     async with EtcdSubnetManager(etcd.endpoint, prefix, renew_margin=5) as mgr:
         own = await mgr.acquire_lease(CFG, ME, None)
         async with watching(mgr, own) as c:
+            assert isinstance(c.messages[0], PeerSnapshot), "the first message is a snapshot"
             first = c.batches[0]
             assert sorted((e.kind, str(e.lease.subnet)) for e in first) == [
                 (EventKind.ADDED, sub(1)),
@@ -129,8 +144,7 @@ async def test_first_snapshot_then_events_in_order(etcd: EtcdServer) -> None:
         (EventKind.REMOVED, sub(2)),
         (EventKind.ADDED, sub(4)),
     ], "etcd's order, own lease filtered"
-    removed = c.events[4]
-    assert removed.lease.attrs == node(2), "Removed carries the cached attrs"
+    assert all(isinstance(m, PeerChanges) for m in c.messages[1:])
     assert c.events[3].lease.attrs.backend_data == {"VNI": 1, "VtepMAC": "aa:bb:cc:00:09:01"}
     assert c.events[2].lease.expiration is not None
     assert c.peers() == {sub(1): "198.51.100.1", sub(3): "198.51.100.3", sub(4): "198.51.100.4"}
@@ -141,7 +155,9 @@ async def test_first_batch_is_sent_even_without_peers(etcd: EtcdServer) -> None:
     async with EtcdSubnetManager(etcd.endpoint, prefix, renew_margin=5) as mgr:
         own = await mgr.acquire_lease(CFG, ME, None)
         async with watching(mgr, own) as c:
-            assert c.batches == [[]]
+            assert len(c.messages) == 1
+            assert isinstance(c.messages[0], PeerSnapshot)
+            assert c.messages[0].leases == ()
 
 
 async def test_etcd_restart_mid_watch_loses_no_event(etcd: EtcdServer) -> None:
@@ -172,7 +188,6 @@ async def test_etcd_restart_mid_watch_loses_no_event(etcd: EtcdServer) -> None:
         (EventKind.REMOVED, sub(1)),
         (EventKind.ADDED, sub(4)),
     ]
-    assert c.events[3].lease.attrs == node(1)
 
 
 async def test_compaction_past_the_watch_revision_resyncs(etcd: EtcdServer) -> None:
@@ -198,12 +213,9 @@ async def test_compaction_past_the_watch_revision_resyncs(etcd: EtcdServer) -> N
                 await trio.sleep(0.5)
     assert any(e["event"] == "etcd watch fell behind compaction; re-listing" for e in logs)
     assert c.view[V4(sub(2))].attrs == node(2, mac_suffix=7)
-    resync = c.batches[-1]
-    assert sorted((e.kind, str(e.lease.subnet)) for e in resync) == [
-        (EventKind.ADDED, sub(2)),
-        (EventKind.ADDED, sub(5)),
-        (EventKind.REMOVED, sub(1)),
-    ], "only the difference, and no spurious Removed for our own lease"
+    resync = c.messages[-1]
+    assert isinstance(resync, PeerSnapshot), "a re-listing is a snapshot, not a diff"
+    assert sorted(str(le.subnet) for le in resync.leases) == [sub(2), sub(3), sub(5)]
     assert all(e.lease.subnet != own.subnet for b in c.batches for e in b)
 
 
