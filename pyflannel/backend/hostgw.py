@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyflannel.backend.base import BackendStats, Family, PlanContext
+from pyflannel.backend.kernel import NetlinkKernel
 from pyflannel.backend.peers import PeerProgrammer
 from pyflannel.backend.wanted import WantedPeers
 from pyflannel.errors import ConfigError, InterfaceError, LeaseError
@@ -116,7 +117,7 @@ class HostGwBackend:
                 )
             )
         programmer = PeerProgrammer(
-            NetlinkWorker(), contexts, metrics=self._metrics, stats=self.stats
+            NetlinkWorker(NetlinkKernel()), contexts, metrics=self._metrics, stats=self.stats
         )
         return HostGwNetwork(lease, ext.mtu, self.resync_interval, programmer)
 

@@ -24,13 +24,15 @@ from __future__ import annotations
 import errno as errno_mod
 import ipaddress
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol, TypeVar
 
 import structlog
 import trio
 
 from pyflannel.backend.base import BackendStats, Family, PlanContext
+from pyflannel.backend.kernel import PeerKernel
 from pyflannel.backend.plan import (
     Plan,
     ProgrammedState,
@@ -45,15 +47,12 @@ from pyflannel.lease import Event, EventKind, Lease
 from pyflannel.metrics import METRICS, Metrics
 from pyflannel.netlink import consts as nlc
 from pyflannel.netlink.changes import ChangeMonitor, KernelChanges
-from pyflannel.netlink.dump import dump_fdb, dump_neighbours, dump_routes, route_get
-from pyflannel.netlink.executor import NetlinkExecutor, OpFailure
-from pyflannel.netlink.nlsocket import NetlinkSocket
+from pyflannel.netlink.executor import OpFailure
 from pyflannel.netlink.ops import FdbReplace, IPAddress, NeighReplace, Op, RouteReplace
-from pyflannel.netlink.worker import NetlinkWorker
 from pyflannel.peer_messages import PeerChanges, PeerMessage, PeerSnapshot
 from pyflannel.retry import Backoff, FailureLog
 
-__all__ = ["PERMANENT_ERRNOS", "PeerProgrammer", "is_permanent"]
+__all__ = ["PERMANENT_ERRNOS", "KernelWorker", "PeerProgrammer", "is_permanent"]
 
 log = structlog.get_logger(__name__)
 
@@ -75,6 +74,29 @@ PERMANENT_ERRNOS = frozenset(
     }
 )
 """Errors that retrying the same op cannot cure; everything else counts as transient."""
+
+
+T = TypeVar("T")
+
+
+class ChangeSource(Protocol):
+    """Kernel change notifications (:class:`~pyflannel.netlink.changes.ChangeMonitor`)."""
+
+    def drain(self, neigh_ifindexes: Collection[int]) -> KernelChanges:
+        """What changed since the last call."""
+        ...
+
+    def close(self) -> None:
+        """Stop listening."""
+        ...
+
+
+class KernelWorker(Protocol):
+    """Runs ``job(kernel, *args)`` off the trio loop (see :mod:`pyflannel.netlink.worker`)."""
+
+    async def run(self, job: Callable[..., T], *args: object) -> T:
+        """The job's result."""
+        ...
 
 
 def is_permanent(failure: OpFailure) -> bool:
@@ -104,14 +126,17 @@ class PeerProgrammer:
 
     def __init__(
         self,
-        worker: NetlinkWorker | NetlinkSocket,
+        worker: KernelWorker,
         contexts: Sequence[PlanContext],
         *,
         direct_routing: bool = False,
         metrics: Metrics | None = None,
         stats: BackendStats | None = None,
+        monitor: Callable[[], ChangeSource] = ChangeMonitor,
     ) -> None:
-        self._worker = worker if isinstance(worker, NetlinkWorker) else NetlinkWorker(worker)
+        """``worker`` runs the kernel jobs; ``monitor`` opens the change notifications."""
+        self._worker = worker
+        self._monitor_factory = monitor
         self._fams = {ctx.family: _Family(ctx) for ctx in contexts}
         self._direct_routing = direct_routing
         self.peers = WantedPeers()
@@ -186,7 +211,7 @@ class PeerProgrammer:
             t0 = time.monotonic()
             try:
                 out = await self._reconcile_locked("snapshot")
-            except NetlinkError as exc:
+            except (NetlinkError, OSError) as exc:
                 self._mark_dirty()
                 log.warning("backend.snapshot_apply_failed", error=str(exc), action="repair soon")
                 return
@@ -229,7 +254,7 @@ class PeerProgrammer:
     async def reconcile(self, reason: str) -> int:
         """Compare the kernel with the wanted set and fix every difference; ops applied.
 
-        Raises NetlinkError when a dump fails (the caller retries with backoff)."""
+        Raises NetlinkError (or OSError) when a dump fails: the caller retries with backoff."""
         async with self._lock:
             out = await self._reconcile_locked(reason)
             if out.transient:
@@ -240,25 +265,34 @@ class PeerProgrammer:
         """Program every wanted peer again (the device was re-created empty); ops applied.
 
         A full reconcile once a snapshot is known; before that, the peers known from events are
-        replayed onto an empty state, which only adds entries.
+        replayed onto an empty state, which only adds entries. Never raises for kernel
+        failures: a failed reprogram leaves the repair loop dirty.
         """
         async with self._lock:
-            if self.peers.have_snapshot:
-                out = await self._reconcile_locked(reason)
-                if out.transient:
-                    self._mark_dirty()
-                return out.ops
-            replay = [Event(EventKind.ADDED, le) for le in self.peers.programmable()]
-            total = 0
-            self.peers.generation += 1
-            for fam in self._fams.values():
-                fam.state = ProgrammedState()
-                plan, failures = await self._worker.run(self._events_job, fam, replay)
-                out = await self._settle(fam, plan, failures, reason)
-                total += out.ops
-                if out.transient:
-                    self._mark_dirty()
-            return total
+            try:
+                return await self._reprogram_locked(reason)
+            except (NetlinkError, OSError) as exc:
+                self._mark_dirty()
+                log.warning("backend.reprogram_failed", reason=reason, error=str(exc))
+                return 0
+
+    async def _reprogram_locked(self, reason: str) -> int:
+        if self.peers.have_snapshot:
+            out = await self._reconcile_locked(reason)
+            if out.transient:
+                self._mark_dirty()
+            return out.ops
+        replay = [Event(EventKind.ADDED, le) for le in self.peers.programmable()]
+        total = 0
+        self.peers.generation += 1
+        for fam in self._fams.values():
+            fam.state = ProgrammedState()
+            plan, failures = await self._worker.run(self._events_job, fam, replay)
+            out = await self._settle(fam, plan, failures, reason)
+            total += out.ops
+            if out.transient:
+                self._mark_dirty()
+        return total
 
     def request_repair(self) -> None:
         """Ask :meth:`resync_loop` for a reconcile as soon as possible."""
@@ -308,7 +342,7 @@ class PeerProgrammer:
                 self._dirty = False
                 try:
                     nops = await self.reconcile("repair" if repairing else "resync")
-                except NetlinkError as exc:
+                except (NetlinkError, OSError) as exc:
                     self._dirty = True
                     nops = 0
                     flog.failed(error=str(exc))
@@ -338,14 +372,14 @@ class PeerProgrammer:
                     delay = backoff.next()
                     scope.deadline = min(scope.deadline, trio.current_time() + delay)
 
-    def _open_monitor(self) -> ChangeMonitor | None:
+    def _open_monitor(self) -> ChangeSource | None:
         try:
-            return ChangeMonitor()
+            return self._monitor_factory()
         except OSError as exc:
             log.warning("backend.change_monitor_unavailable", error=str(exc))
             return None
 
-    def _drain(self, monitor: ChangeMonitor | None) -> KernelChanges:
+    def _drain(self, monitor: ChangeSource | None) -> KernelChanges:
         if monitor is None:
             return KernelChanges(relevant=True, node=False)
         vxlan_devs = {f.ctx.dev_index for f in self._fams.values() if f.ctx.is_vxlan}
@@ -424,7 +458,7 @@ class PeerProgrammer:
         return lease.attrs.public_ip if family == 4 else lease.attrs.public_ipv6
 
     def _direct_ctx(
-        self, sock: NetlinkSocket, fam: _Family, leases: Iterable[Lease], refresh: bool
+        self, kernel: PeerKernel, fam: _Family, leases: Iterable[Lease], refresh: bool
     ) -> PlanContext:
         """The context with DirectRouting decisions for every public IP in ``leases``."""
         if not (self._direct_routing and fam.ctx.is_vxlan):
@@ -434,18 +468,18 @@ class PeerProgrammer:
         for le in leases:
             ip = self._public_ip(le, fam.ctx.family)
             if ip is not None and ip not in fam.direct and not ip.is_unspecified:
-                fam.direct[ip] = _direct_oif(sock, ip, fam.ctx)
+                fam.direct[ip] = _direct_oif(kernel, ip, fam.ctx)
         routes = {ip: oif for ip, oif in fam.direct.items() if oif is not None}
         return replace(fam.ctx, direct_routes=routes)
 
     def _reconcile_job(
-        self, sock: NetlinkSocket, fam: _Family, leases: list[Lease]
+        self, kernel: PeerKernel, fam: _Family, leases: list[Lease]
     ) -> tuple[Plan, list[OpFailure]]:
-        ctx = self._direct_ctx(sock, fam, leases, refresh=True)
+        ctx = self._direct_ctx(kernel, fam, leases, refresh=True)
         family = self._family_code(fam)
-        routes = dump_routes(sock, None, family)
-        neighs = dump_neighbours(sock, ctx.dev_index, family) if ctx.is_vxlan else []
-        fdb = dump_fdb(sock, ctx.dev_index) if ctx.is_vxlan else []
+        routes = kernel.routes(family)
+        neighs = kernel.neighbours(ctx.dev_index, family) if ctx.is_vxlan else []
+        fdb = kernel.fdb(ctx.dev_index) if ctx.is_vxlan else []
         # The plan rebuilds the state from the leases and the dumps; dropping the old one first
         # keeps two full states (~1.4 KB a peer each) from being alive at once. Nothing can plan
         # against the empty one meanwhile (the caller holds the lock); should planning fail,
@@ -453,24 +487,23 @@ class PeerProgrammer:
         fam.state = ProgrammedState()
         plan = plan_reconcile(leases, routes, neighs, fdb, ctx)
         fam.state = plan.state
-        return plan, self._apply(sock, plan.ops)
+        return plan, self._apply(kernel, plan.ops)
 
     def _events_job(
-        self, sock: NetlinkSocket, fam: _Family, events: Sequence[Event]
+        self, kernel: PeerKernel, fam: _Family, events: Sequence[Event]
     ) -> tuple[Plan, list[OpFailure]]:
         added = [ev.lease for ev in events if ev.kind == EventKind.ADDED]
-        ctx = self._direct_ctx(sock, fam, added, refresh=False)
+        ctx = self._direct_ctx(kernel, fam, added, refresh=False)
         # In place: copying the state per batch cost O(peers) (~3 ms at 10k peers).
         plan = plan_events(events, fam.state, ctx, in_place=True)
         fam.state = plan.state
-        return plan, self._apply(sock, plan.ops)
+        return plan, self._apply(kernel, plan.ops)
 
-    def _apply(self, sock: NetlinkSocket, ops: list[Op]) -> list[OpFailure]:
-        executor = NetlinkExecutor(sock)
+    def _apply(self, kernel: PeerKernel, ops: list[Op]) -> list[OpFailure]:
         failures: list[OpFailure] = []
         for start in range(0, len(ops), _PROGRESS_CHUNK):
             part = ops[start : start + _PROGRESS_CHUNK]
-            failures.extend(executor.apply(part))
+            failures.extend(kernel.apply(part))
             if len(ops) > _PROGRESS_CHUNK:
                 log.info("backend.progress", applied=start + len(part), total=len(ops))
         self.metrics.netlink_ops_total += len(ops)
@@ -511,10 +544,10 @@ class PeerProgrammer:
         log.warning("backend.lease_rejected", reason=rej.reason)
 
 
-def _direct_oif(sock: NetlinkSocket, ip: IPAddress, ctx: PlanContext) -> int | None:
+def _direct_oif(kernel: PeerKernel, ip: IPAddress, ctx: PlanContext) -> int | None:
     # flanneld: DirectRouting when `ip route get <PublicIP>` gives one route, no gateway.
     try:
-        found = route_get(sock, ip)
+        found = kernel.route_get(ip)
     except NetlinkError as exc:
         log.debug("backend.route_get_failed", ip=str(ip), error=str(exc))
         return None

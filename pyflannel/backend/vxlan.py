@@ -33,6 +33,7 @@ import structlog
 import trio
 
 from pyflannel.backend.base import BackendStats, Family, PlanContext
+from pyflannel.backend.kernel import NetlinkKernel
 from pyflannel.backend.mac_store import choose_vtep_mac, mac_path
 from pyflannel.backend.peers import PeerProgrammer
 from pyflannel.backend.wanted import WantedPeers
@@ -237,7 +238,7 @@ class VxlanBackend:
         # Peers are programmed on a socket and thread of their own; device repair keeps using
         # this backend's socket, so neither waits for the other.
         programmer = PeerProgrammer(
-            NetlinkWorker(),
+            NetlinkWorker(NetlinkKernel()),
             contexts,
             direct_routing=self._direct_routing,
             metrics=self._metrics,

@@ -1,0 +1,76 @@
+"""The kernel as the peer programmer sees it: three table dumps, a route lookup, and applying ops.
+
+:class:`PeerKernel` is the seam between :class:`~pyflannel.backend.peers.PeerProgrammer` and
+netlink: :class:`NetlinkKernel` is the real one (batched raw netlink on a socket of its own);
+tests put an in-memory kernel that fails on demand in its place. Its methods are blocking and
+are only ever called from the programmer's worker thread (see
+:mod:`pyflannel.netlink.worker`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from pyflannel.netlink.dump import RouteLookup, dump_fdb, dump_neighbours, dump_routes, route_get
+from pyflannel.netlink.executor import NetlinkExecutor, OpFailure
+from pyflannel.netlink.nlsocket import NetlinkSocket
+from pyflannel.netlink.ops import FdbEntry, IPAddress, NeighEntry, Op, RouteEntry
+
+__all__ = ["NetlinkKernel", "PeerKernel"]
+
+
+class PeerKernel(Protocol):
+    """What peer programming reads from and writes to the kernel."""
+
+    def routes(self, family: int) -> list[RouteEntry]:
+        """Every route of the main table of one address family (``AF_INET``/``AF_INET6``)."""
+        ...
+
+    def neighbours(self, ifindex: int, family: int) -> list[NeighEntry]:
+        """The neighbour entries of one device and family."""
+        ...
+
+    def fdb(self, ifindex: int) -> list[FdbEntry]:
+        """The FDB entries (with a remote) of one device."""
+        ...
+
+    def route_get(self, dst: IPAddress) -> RouteLookup | None:
+        """``ip route get dst``; None when unreachable."""
+        ...
+
+    def apply(self, ops: Sequence[Op]) -> list[OpFailure]:
+        """Apply ``ops`` in order; the ones the kernel refused."""
+        ...
+
+
+class NetlinkKernel:
+    """:class:`PeerKernel` over a netlink socket (opened here, in the caller's namespace)."""
+
+    def __init__(self, sock: NetlinkSocket | None = None) -> None:
+        self.sock = sock if sock is not None else NetlinkSocket()
+        self._exec = NetlinkExecutor(self.sock)
+
+    def routes(self, family: int) -> list[RouteEntry]:
+        """See :class:`PeerKernel`."""
+        return dump_routes(self.sock, None, family)
+
+    def neighbours(self, ifindex: int, family: int) -> list[NeighEntry]:
+        """See :class:`PeerKernel`."""
+        return dump_neighbours(self.sock, ifindex, family)
+
+    def fdb(self, ifindex: int) -> list[FdbEntry]:
+        """See :class:`PeerKernel`."""
+        return dump_fdb(self.sock, ifindex)
+
+    def route_get(self, dst: IPAddress) -> RouteLookup | None:
+        """See :class:`PeerKernel`."""
+        return route_get(self.sock, dst)
+
+    def apply(self, ops: Sequence[Op]) -> list[OpFailure]:
+        """See :class:`PeerKernel`."""
+        return self._exec.apply(ops)
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close()
