@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from pyflannel.netlink.addresses import IPInterface, list_all_addresses
 from pyflannel.netlink.dump import RouteLookup, dump_fdb, dump_neighbours, dump_routes, route_get
 from pyflannel.netlink.executor import NetlinkExecutor, OpFailure
 from pyflannel.netlink.nlsocket import NetlinkSocket
@@ -43,6 +44,11 @@ class PeerKernel(Protocol):
         """Apply ``ops`` in order; the ones the kernel refused."""
         ...
 
+    def node_addresses(self, family: int) -> frozenset[tuple[int, IPInterface]]:
+        """The node's (ifindex, address/prefix) pairs of one family, link-local ones left out:
+        what decides whether a next hop is on link."""
+        ...
+
 
 class NetlinkKernel:
     """:class:`PeerKernel` over a netlink socket (opened here, in the caller's namespace)."""
@@ -70,6 +76,14 @@ class NetlinkKernel:
     def apply(self, ops: Sequence[Op]) -> list[OpFailure]:
         """See :class:`PeerKernel`."""
         return self._exec.apply(ops)
+
+    def node_addresses(self, family: int) -> frozenset[tuple[int, IPInterface]]:
+        """See :class:`PeerKernel`."""
+        return frozenset(
+            (idx, iface)
+            for idx, iface in list_all_addresses(self.sock, family)
+            if not iface.ip.is_link_local
+        )
 
     def close(self) -> None:
         """Close the socket."""

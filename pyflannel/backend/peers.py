@@ -46,9 +46,16 @@ from pyflannel.errors import NetlinkError
 from pyflannel.lease import Event, EventKind, Lease
 from pyflannel.metrics import METRICS, Metrics
 from pyflannel.netlink import consts as nlc
+from pyflannel.netlink.addresses import IPInterface
 from pyflannel.netlink.changes import ChangeMonitor, KernelChanges
 from pyflannel.netlink.executor import OpFailure
-from pyflannel.netlink.ops import FdbReplace, IPAddress, NeighReplace, Op, RouteReplace
+from pyflannel.netlink.ops import (
+    FdbReplace,
+    IPAddress,
+    NeighReplace,
+    Op,
+    RouteReplace,
+)
 from pyflannel.peer_messages import PeerChanges, PeerMessage, PeerSnapshot
 from pyflannel.retry import Backoff, FailureLog
 
@@ -147,6 +154,8 @@ class PeerProgrammer:
         self._dirty = False
         self._signal = trio.Event()
         self._warned: set[tuple[str, str]] = set()
+        # The node's addresses when the current quarantines were decided (see _settle).
+        self._node_addresses: frozenset[tuple[int, IPInterface]] | None = None
         # A periodic resync is skipped while the wanted set's generation equals the one of the
         # last reconcile that found the kernel right and the kernel reported no change.
         self._clean_generation: int | None = None
@@ -315,8 +324,8 @@ class PeerProgrammer:
         regardless, as do repairs and requested ones. A link or address change lifts every
         quarantine (a refused next hop may be reachable now).
         """
-        backoff = backoff if backoff is not None else Backoff.of(
-            REPAIR_BACKOFF_MIN, REPAIR_BACKOFF_MAX
+        backoff = (
+            backoff if backoff is not None else Backoff.of(REPAIR_BACKOFF_MIN, REPAIR_BACKOFF_MAX)
         )
         flog = FailureLog(log, "backend.repair_failed")
         skipped = 0
@@ -329,8 +338,8 @@ class PeerProgrammer:
                 self.stats.resyncs_total += 1
                 # Always drain the monitor, so a full reconcile starts from a clean slate.
                 changes = self._drain(monitor)
-                if changes.node and self.peers.release_all():
-                    log.info("backend.quarantine_lifted", why="a link or address changed")
+                if changes.node and self.peers.failing:
+                    await self._lift_quarantine_if_node_changed()
                 unchanged = not changes.relevant and self._clean_generation == (
                     self.peers.generation
                 )
@@ -371,6 +380,23 @@ class PeerProgrammer:
                 if self._dirty and delay == interval:
                     delay = backoff.next()
                     scope.deadline = min(scope.deadline, trio.current_time() + delay)
+
+    async def _lift_quarantine_if_node_changed(self) -> None:
+        """Lift every quarantine when the node's addresses changed since they were set (a
+        refused next hop may be on link now). Links and addresses change often for unrelated
+        reasons (pod veths, IPv6 DAD), so the addresses are compared, not the notifications."""
+        families = sorted({self._family_code(f) for f in self._fams.values()})
+        try:
+            now = await self._worker.run(_node_addresses, families)
+        except (NetlinkError, OSError) as exc:
+            log.debug("backend.address_dump_failed", error=str(exc))
+            return
+        if self._node_addresses is not None and now != self._node_addresses:
+            released = self.peers.release_all()
+            if released:
+                why = "the node's addresses changed"
+                log.info("backend.quarantine_lifted", why=why, leases=len(released))
+        self._node_addresses = now
 
     def _open_monitor(self) -> ChangeSource | None:
         try:
@@ -423,6 +449,10 @@ class PeerProgrammer:
             failing = Failing(lease, _reason(f), self._quarantine_message(lease, f, fam.ctx))
             if self.peers.quarantine(failing):
                 newly.append(lease)
+                if self._node_addresses is None:
+                    self._node_addresses = await self._worker.run(
+                        _node_addresses, sorted({self._family_code(x) for x in self._fams.values()})
+                    )
                 log.warning("backend.peer_failing", lease=lease.key_suffix, error=failing.message)
         if newly:
             # Nothing half-applied stays: the failing peers' other entries go.
@@ -558,6 +588,10 @@ def _direct_oif(kernel: PeerKernel, ip: IPAddress, ctx: PlanContext) -> int | No
     return found.ifindex
 
 
+def _node_addresses(kernel: PeerKernel, families: list[int]) -> frozenset[tuple[int, IPInterface]]:
+    return frozenset().union(*(kernel.node_addresses(f) for f in families))
+
+
 def _owner(state: ProgrammedState, op: Op) -> Lease | None:
     """The lease whose entry ``op`` wrote (None for deletes and entries nobody owns)."""
     if not isinstance(op, RouteReplace | NeighReplace | FdbReplace):
@@ -577,4 +611,3 @@ def _reason(failure: OpFailure) -> str:
     if not failure.encodable:
         return "unencodable"
     return errno_mod.errorcode.get(failure.errno, str(failure.errno))
-

@@ -23,6 +23,7 @@ __all__ = [
     "delete_address",
     "ensure_address",
     "list_addresses",
+    "list_all_addresses",
 ]
 
 log = structlog.get_logger(__name__)
@@ -33,22 +34,30 @@ _IFADDRMSG = struct.Struct("=BBBBI")
 
 def list_addresses(sock: NetlinkSocket, ifindex: int, family: int = c.AF_INET) -> list[IPInterface]:
     """Addresses of one device and family (``AF_INET``/``AF_INET6``), as ``address/prefix``."""
-    items = sock.dump(c.RTM_GETADDR, ifaddrmsg(family, 0, 0), what=f"list addresses of {ifindex}")
-    out: list[IPInterface] = []
+    return [iface for idx, iface in list_all_addresses(sock, family) if idx == ifindex]
+
+
+def list_all_addresses(
+    sock: NetlinkSocket, family: int = c.AF_INET
+) -> list[tuple[int, IPInterface]]:
+    """Every address of one family in the namespace, as ``(ifindex, address/prefix)``."""
+    what = f"list addresses (family {family})"
+    items = sock.dump(c.RTM_GETADDR, ifaddrmsg(family, 0, 0), what=what)
+    out: list[tuple[int, IPInterface]] = []
     for buf, start, end, mtype in items:
         if mtype != c.RTM_NEWADDR:
             continue
         fam, plen, _flags, _scope, idx = _IFADDRMSG.unpack_from(buf, start)
-        if idx != ifindex or fam != family:
+        if fam != family:
             continue
         attrs = parse_attrs(buf, start + 8, end)
         raw = attrs.get(c.IFA_LOCAL) or attrs.get(c.IFA_ADDRESS)
         if raw is None:
             continue
         if fam == c.AF_INET and len(raw) == 4:
-            out.append(IPv4Interface((int.from_bytes(raw, "big"), plen)))
+            out.append((idx, IPv4Interface((int.from_bytes(raw, "big"), plen))))
         elif fam == c.AF_INET6 and len(raw) == 16:
-            out.append(IPv6Interface((int.from_bytes(raw, "big"), plen)))
+            out.append((idx, IPv6Interface((int.from_bytes(raw, "big"), plen))))
     return out
 
 

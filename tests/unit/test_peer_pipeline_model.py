@@ -42,6 +42,7 @@ from pyflannel.errors import NetlinkError
 from pyflannel.lease import Event, EventKind, Lease, LeaseAttrs
 from pyflannel.metrics import Metrics
 from pyflannel.netlink import consts as nlc
+from pyflannel.netlink.addresses import IPInterface
 from pyflannel.netlink.changes import KernelChanges
 from pyflannel.netlink.dump import RouteLookup
 from pyflannel.netlink.executor import OpFailure
@@ -84,6 +85,8 @@ class FakeKernel:
         self.fail_next_batch = False  # the next apply raises (socket error)
         self.fail_next_dump = False  # the next dump is interrupted
         self.changed = False  # something changed behind the programmer's back
+        self.node_changed = False  # a link or address notification is pending
+        self.addresses = frozenset({(EXT, ipaddress.IPv4Interface("198.51.100.1/24"))})
         self.reconciles = 0  # route dumps (one per reconcile and family)
 
     # --- PeerKernel -------------------------------------------------------------------
@@ -103,6 +106,9 @@ class FakeKernel:
 
     def route_get(self, dst: IPAddress) -> RouteLookup | None:
         return None
+
+    def node_addresses(self, family: int) -> frozenset[tuple[int, IPInterface]]:
+        return self.addresses
 
     def apply(self, ops: Sequence[Op]) -> list[OpFailure]:
         if self.fail_next_batch:
@@ -139,9 +145,7 @@ class FakeKernel:
 
     # --- helpers ----------------------------------------------------------------------
     def entries(self) -> set[Entry]:
-        return {*self.routes_t.values(), *self.neighs_t.values(), *self.fdb_t.values()} - {
-            FOREIGN
-        }
+        return {*self.routes_t.values(), *self.neighs_t.values(), *self.fdb_t.values()} - {FOREIGN}
 
     def delete_peer_entries(self, subnet: V4) -> None:
         gw = subnet.network_address
@@ -179,7 +183,8 @@ class FakeMonitor:
 
     def drain(self, neigh_ifindexes: Collection[int]) -> KernelChanges:
         changed, self.kernel.changed = self.kernel.changed, False
-        return KernelChanges(relevant=changed, node=False)
+        node, self.kernel.node_changed = self.kernel.node_changed, False
+        return KernelChanges(relevant=changed or node, node=node)
 
     def close(self) -> None:
         pass
@@ -302,6 +307,15 @@ class PeerPipeline(RuleBasedStateMachine):
     def kernel_refuses(self, n: int, variant: int) -> None:
         """A permanent refusal: this peer's next hop / FDB destination is impossible."""
         self.kernel.refused_ips.add(A4(f"198.51.100.{10 * variant + n}"))
+
+    @rule(noise=st.booleans())
+    def node_addresses_change(self, noise: bool) -> None:
+        """A link/address notification: noise (nothing the node reaches changed), or a new
+        underlay address that puts every refused next hop on link."""
+        self.kernel.node_changed = True
+        if not noise:
+            self.kernel.addresses |= {(EXT, ipaddress.IPv4Interface("203.0.113.1/24"))}
+            self.kernel.refused_ips.clear()
 
     @rule(count=st.integers(1, 8))
     def transient_faults(self, count: int) -> None:
