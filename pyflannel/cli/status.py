@@ -28,9 +28,11 @@ import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pyflannel.backend.base import Family, PlanContext
+from pyflannel.backend.failing_file import read_failing
 from pyflannel.backend.validate import normalize_mac
 from pyflannel.lease import Lease
 from pyflannel.netlink.ops import (
@@ -123,6 +125,8 @@ class LeaseRow:
     expires_in: float | None
     reservation: bool
     this_node: bool
+    failing: str | None = None
+    """Why the daemon quarantined this peer (e.g. ``ENETUNREACH``); None when programmed."""
 
     def as_dict(self) -> dict[str, Any]:
         """The row as a JSON object (stable keys)."""
@@ -137,6 +141,7 @@ class LeaseRow:
             "expires_in": None if self.expires_in is None else round(self.expires_in),
             "reservation": self.reservation,
             "this_node": self.this_node,
+            "failing": self.failing,
         }
 
 
@@ -226,8 +231,15 @@ def _sort_key(lease: Lease) -> tuple[int, int, int]:
     return (net.version, int(net.network_address), net.prefixlen)
 
 
-def lease_rows(leases: Iterable[Lease], own: Lease | None, now: float) -> list[LeaseRow]:
-    """The lease table, sorted by subnet (pure)."""
+def lease_rows(
+    leases: Iterable[Lease],
+    own: Lease | None,
+    now: float,
+    failing: Mapping[str, str] | None = None,
+) -> list[LeaseRow]:
+    """The lease table, sorted by subnet (pure); ``failing`` maps lease keys the daemon
+    quarantined to the reason."""
+    failing = failing or {}
     rows = []
     for lease in sorted(leases, key=_sort_key):
         a = lease.attrs
@@ -245,6 +257,7 @@ def lease_rows(leases: Iterable[Lease], own: Lease | None, now: float) -> list[L
                 reservation=lease.is_reservation,
                 this_node=own is not None
                 and (lease.subnet, lease.ipv6_subnet) == (own.subnet, own.ipv6_subnet),
+                failing=failing.get(lease.key_suffix),
             )
         )
     return rows
@@ -590,7 +603,16 @@ def render_findings(findings: Sequence[Finding], *, collapse_ok_peers: bool = Tr
 def render_table(report: StatusReport) -> str:
     """The human-readable report."""
     out = [f"leases in etcd ({report.prefix}/subnets/ at {report.endpoints}): {len(report.leases)}"]
-    header = ("SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES IN", "RESERVED", "NODE")
+    header = (
+        "SUBNET",
+        "PUBLIC IP",
+        "BACKEND",
+        "VTEP MAC",
+        "EXPIRES IN",
+        "RESERVED",
+        "FAILING",
+        "NODE",
+    )
     rows: list[tuple[str, ...]] = [header]
     for r in report.leases:
         subnet = r.subnet if r.ipv6_subnet is None else f"{r.subnet} {r.ipv6_subnet}"
@@ -603,6 +625,7 @@ def render_table(report: StatusReport) -> str:
                 r.vtep_mac or "-",
                 format_duration(r.expires_in) if not r.reservation else "never",
                 "yes" if r.reservation else "no",
+                r.failing or "-",
                 "this node" if r.this_node else "",
             )
         )
@@ -964,7 +987,8 @@ async def collect(opts: Options, *, ip_masq_known: bool = False) -> StatusReport
     try:
         env_subnet = env.subnet.network if env is not None and env.subnet is not None else None
         own = find_own_lease(leases, node.local_ips, env_subnet)
-        report.leases = lease_rows(leases, own, now)
+        failing = read_failing(Path(opts.subnet_file).parent)
+        report.leases = lease_rows(leases, own, now, failing)
         report.config = _config_summary(cfg) if cfg is not None else None
         report.own_subnet = _subnets_text(own) if own is not None else None
         report.findings += cfg_findings

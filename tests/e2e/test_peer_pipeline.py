@@ -129,6 +129,20 @@ def test_unreachable_hostgw_peer_is_quarantined_without_a_busy_loop(lab: DaemonL
             assert text.count("backend.peer_failing") == 1, "one clear line per failing lease"
         assert sent > 100 and not missing, f"other peers stopped answering: {missing}"
         assert lab.ping_failures() == []
+        # `pyflannel status` shows the quarantine in its FAILING column.
+        argv = [
+            sys.executable,
+            "-m",
+            "pyflannel.cli.tools",
+            "status",
+            "--output=json",
+            f"--etcd-endpoints={lab.env.etcd_endpoint}",
+        ]
+        res = lab.topo.run_in_node(lab.nodes[0], argv, check=False, timeout=60)
+        doc = json.loads(res.stdout)
+        failing = {row["subnet"]: row["failing"] for row in doc["leases"]}
+        assert failing["10.5.51.0/24"] == "ENETUNREACH"
+        assert all(v is None for k, v in failing.items() if k != "10.5.51.0/24")
     finally:
         lab.etcd.etcdctl("del", f"{ETCD_PREFIX}/subnets/{key}")
     for node in lab.nodes:

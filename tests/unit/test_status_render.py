@@ -12,6 +12,7 @@ from pyflannel.cli.status import (
     SCHEMA,
     Finding,
     KernelView,
+    LeaseRow,
     StatusReport,
     count_levels,
     describe_entry,
@@ -388,12 +389,12 @@ def test_subnet_env_cases() -> None:
 # --- rendering -----------------------------------------------------------------------------------
 
 
-def report(findings: list[Finding]) -> StatusReport:
+def report(findings: list[Finding], leases: list[LeaseRow] | None = None) -> StatusReport:
     return StatusReport(
         prefix="/coreos.com/network",
         endpoints="http://198.51.100.250:2379",
         subnet_file="/run/flannel/subnet.env",
-        leases=lease_rows([OWN, PEER], OWN, now=1000.0),
+        leases=leases if leases is not None else lease_rows([OWN, PEER], OWN, now=1000.0),
         findings=findings,
         config={
             "network": "10.5.0.0/16",
@@ -421,6 +422,7 @@ def test_render_table_healthy() -> None:
         "EXPIRES",
         "IN",
         "RESERVED",
+        "FAILING",
         "NODE",
     ]
     assert lines[2].split() == [
@@ -430,6 +432,7 @@ def test_render_table_healthy() -> None:
         OWN_MAC,
         "16m40s",
         "no",
+        "-",
         "this",
         "node",
     ]
@@ -493,7 +496,16 @@ def test_report_document_is_stable_json() -> None:
         "expires_in",
         "reservation",
         "this_node",
+        "failing",
     ]
     assert doc["leases"][0]["expires_in"] == 1000 and doc["leases"][0]["this_node"] is True
     assert doc["summary"] == {"ok": 0, "warn": 0, "fail": 1}
     assert count_levels([fail, fail]) == {"ok": 0, "warn": 0, "fail": 2}
+
+
+def test_failing_peers_from_the_daemon_show_in_their_own_column() -> None:
+    rows = lease_rows([OWN, PEER], OWN, now=1000.0, failing={PEER.key_suffix: "ENETUNREACH"})
+    assert [r.failing for r in rows if not r.this_node] == ["ENETUNREACH"]
+    text = render_table(report([], leases=rows))
+    peer_line = next(line for line in text.splitlines() if str(PEER.subnet) in line)
+    assert "ENETUNREACH" in peer_line.split()
