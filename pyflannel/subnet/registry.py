@@ -276,6 +276,24 @@ def _is_compacted(exc: BaseException) -> bool:
     return code == "OUT_OF_RANGE" and "compacted" in details
 
 
+def _holding_our_subnets(
+    keys: Iterable[str],
+    subnet: ipaddress.IPv4Network | None,
+    ipv6_subnet: ipaddress.IPv6Network | None,
+) -> str | None:
+    """The first lease key among ``keys`` whose IPv4 or IPv6 subnet overlaps ours."""
+    for key in keys:
+        try:
+            v4, v6 = parse_subnet_key(key)
+        except LeaseDecodeError:
+            continue  # not a lease key: cannot hold a subnet
+        if (subnet is not None and v4 is not None and v4.overlaps(subnet)) or (
+            ipv6_subnet is not None and v6 is not None and v6.overlaps(ipv6_subnet)
+        ):
+            return key
+    return None
+
+
 class WatchStream:
     """Async iterator of :class:`WatchBatch`; raises when the underlying stream dies.
 
@@ -366,6 +384,10 @@ class EtcdRegistry:
         # since is not parsed again. At start-up the peer snapshot re-lists what the lease
         # allocation just listed; with 10k peers that saved ~0.5 s and 10k duplicate objects.
         self._listed: dict[tuple[bytes, int], Lease] = {}
+        # Listing revision -> the keys it could not decode (last few listings). A caller that
+        # planned from a listing never saw these, yet their keys hold subnets: create_lease
+        # checks them (see there).
+        self._unreadable_at: dict[int, tuple[str, ...]] = {}
 
     # ----------------------------------------------------------------- naming
     @property
@@ -832,6 +854,7 @@ class EtcdRegistry:
             leases = []
             previous = self._listed
             listed: dict[tuple[bytes, int], Lease] = {}
+            unreadable: list[str] = []
             for kv in kvs:
                 lease_id, mod_revision = int(kv.lease), int(kv.mod_revision)
                 expiration = expiry.get(kv.lease)
@@ -849,10 +872,15 @@ class EtcdRegistry:
                         )
                 else:
                     lease = self._decode(kv.key, kv.value, lease_id, mod_revision, expiration)
+                    if lease is None:
+                        unreadable.append(kv.key.decode("utf-8", errors="replace"))
                 if lease is not None:
                     leases.append(lease)
                     listed[(kv.key, mod_revision)] = lease
             self._listed = listed
+            self._unreadable_at[revision] = tuple(unreadable)
+            while len(self._unreadable_at) > 4:
+                del self._unreadable_at[next(iter(self._unreadable_at))]
             return leases, revision
 
         return await self._call(f"list {prefix}", run)
@@ -1021,6 +1049,10 @@ class EtcdRegistry:
           *unrelated* create, the keys created since are read in the same transaction; if
           none of them holds our subnets the create is retried at once against the new
           revision (bounded), so a busy cluster costs retries, not wrongly "lost" subnets.
+          This needs the caller to have seen every key at ``known_revision``: keys that our
+          listing at that revision could not decode are checked here first, and a revision
+          that is not one of our recent listings is treated as 0 (the first attempt then
+          reads every key).
         - IPv6-only keys (``0.0.0.0-0&<v6>``): the exact key. Nodes of one network write keys
           of one shape, so a concurrent creator of the same subnet writes the same key.
 
@@ -1029,9 +1061,18 @@ class EtcdRegistry:
         written; after a lost reply see :meth:`_settle_lost_reply`.
         """
         key = self.lease_key(subnet, ipv6_subnet)
+        seen = known_revision
+        hidden = self._unreadable_at.get(known_revision)
+        if hidden is None:
+            seen = 0  # not a listing of ours: the first attempt checks every key
+        else:
+            # The caller's listing skipped these keys (values it cannot decode), so it could
+            # not avoid their subnets; the revision compare alone would let us share one.
+            blocking = _holding_our_subnets(hidden, subnet, ipv6_subnet)
+            if blocking is not None:
+                return CreateResult(lease=None, conflict=blocking)
         lease_id, expiration = await self.grant(ttl)
         value = encode_attrs(attrs)
-        seen = known_revision
         try:
             for _ in range(_CREATE_RETRIES):
                 result, seen = await self._create_once(
@@ -1151,16 +1192,11 @@ class EtcdRegistry:
                     return CreateResult(lease=None), revision
                 kv = (own.key, own.value, int(own.lease), int(own.mod_revision))
                 return self._result_from_kv(kv, lease_id, expiration), revision
-            for kv in kvs:
-                other = kv.key.decode("utf-8", errors="replace")
-                try:
-                    v4, v6 = parse_subnet_key(other)
-                except LeaseDecodeError:
-                    continue  # not a lease key: cannot hold a subnet
-                if (subnet is not None and v4 is not None and v4.overlaps(subnet)) or (
-                    ipv6_subnet is not None and v6 is not None and v6.overlaps(ipv6_subnet)
-                ):
-                    return CreateResult(lease=None, conflict=other), revision
+            other = _holding_our_subnets(
+                (kv.key.decode("utf-8", errors="replace") for kv in kvs), subnet, ipv6_subnet
+            )
+            if other is not None:
+                return CreateResult(lease=None, conflict=other), revision
             return None, revision
 
         return await self._call(f"create {key}", run)

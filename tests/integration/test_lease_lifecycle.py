@@ -15,11 +15,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import secrets
 import time
-from base64 import b64decode
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from types import SimpleNamespace
 from typing import Any
 
@@ -35,8 +32,10 @@ from pyflannel.lease import EventKind, Lease, LeaseAttrs, decode_attrs, encode_a
 from pyflannel.subnet import manager as manager_module
 from pyflannel.subnet.manager import EtcdSubnetManager
 from pyflannel.subnet.protocols import Registry
-from pyflannel.subnet.registry import CreateResult, EtcdRegistry, WatchStream
+from pyflannel.subnet.registry import EtcdRegistry
 from tests.harness.etcd import EtcdServer
+from tests.harness.faulty_registry import FaultyRegistry
+from tests.integration.test_manager import kv, new_prefix
 
 V4 = ipaddress.IPv4Network
 V6 = ipaddress.IPv6Network
@@ -50,23 +49,16 @@ ME = LeaseAttrs(
 OTHER = LeaseAttrs(public_ip=ipaddress.IPv4Address("198.51.100.20"), backend_type="vxlan")
 
 
-def new_prefix() -> str:
-    return f"/pf{secrets.token_hex(3)}/network"
+def transactions_time_out_after_applying(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every pyetcd transaction is applied, then reports DEADLINE_EXCEEDED (each failover
+    retry too): a reply lost after etcd committed the write."""
+    real = pyetcd.MultiEndpointEtcd3Client.transaction
 
+    def applied_then_timeout(self: Any, *args: Any, **kw: Any) -> Any:
+        real(self, *args, **kw)
+        raise pexc.ConnectionTimeoutError()
 
-def kv(etcd: EtcdServer, key: str) -> dict[str, Any] | None:
-    out = json.loads(etcd.etcdctl("get", key, "-w", "json").stdout)
-    kvs = out.get("kvs") or []
-    if not kvs:
-        return None
-    return {"value": b64decode(kvs[0]["value"]), "lease": int(kvs[0].get("lease", 0))}
-
-
-def put_with_lease(etcd: EtcdServer, key: str, value: str, ttl: int = 300) -> int:
-    m = re.search(r"lease ([0-9a-f]+) granted", etcd.etcdctl("lease", "grant", str(ttl)).stdout)
-    assert m
-    etcd.etcdctl("put", f"--lease={m.group(1)}", key, value)
-    return int(m.group(1), 16)
+    monkeypatch.setattr(pyetcd.MultiEndpointEtcd3Client, "transaction", applied_then_timeout)
 
 
 def ttl_left(etcd: EtcdServer, lease_id: int) -> int:
@@ -150,13 +142,7 @@ async def test_lost_reply_to_a_renewal_keeps_the_key(
     async with EtcdRegistry(etcd.endpoint, prefix, request_timeout=5) as reg:
         created = await reg.create_lease(sn, None, ME, 60)
         assert created.lease is not None
-        real = pyetcd.MultiEndpointEtcd3Client.transaction
-
-        def applied_then_timeout(self: Any, *args: Any, **kw: Any) -> Any:
-            real(self, *args, **kw)
-            raise pexc.ConnectionTimeoutError()
-
-        monkeypatch.setattr(pyetcd.MultiEndpointEtcd3Client, "transaction", applied_then_timeout)
+        transactions_time_out_after_applying(monkeypatch)
         with capture_logs() as logs:
             renewed = await reg.put_lease(
                 sn, None, ME, 60, if_mod_revision=created.lease.mod_revision
@@ -178,16 +164,11 @@ async def test_lost_reply_when_read_back_fails_leaves_the_lease_to_expire(
     async with EtcdRegistry(etcd.endpoint, prefix, request_timeout=5) as reg:
         created = await reg.create_lease(sn, None, ME, 60)
         assert created.lease is not None
-        real_tx = pyetcd.MultiEndpointEtcd3Client.transaction
-
-        def applied_then_timeout(self: Any, *args: Any, **kw: Any) -> Any:
-            real_tx(self, *args, **kw)
-            raise pexc.ConnectionTimeoutError()
+        transactions_time_out_after_applying(monkeypatch)
 
         def unreachable(self: Any, *args: Any, **kw: Any) -> Any:
             raise pexc.ConnectionFailedError()
 
-        monkeypatch.setattr(pyetcd.MultiEndpointEtcd3Client, "transaction", applied_then_timeout)
         monkeypatch.setattr(pyetcd.MultiEndpointEtcd3Client, "get_response", unreachable)
         with pytest.raises(EtcdUnavailable):
             await reg.put_lease(sn, None, ME, 60, if_mod_revision=created.lease.mod_revision)
@@ -197,83 +178,9 @@ async def test_lost_reply_when_read_back_fails_leaves_the_lease_to_expire(
     assert ttl_left(etcd, stored["lease"]) > 50, "not revoked: the key carries it"
 
 
-class AppliedThenFails:
-    """A Registry whose writes take effect and then report a timeout (``fail_writes`` times)."""
-
-    def __init__(self, inner: EtcdRegistry, fail_writes: int) -> None:
-        self.inner = inner
-        self.fail_writes = fail_writes
-        self.failed = 0
-
-    @property
-    def prefix(self) -> str:
-        return self.inner.prefix
-
-    def _maybe_fail(self, result: CreateResult) -> CreateResult:
-        if self.failed < self.fail_writes:
-            self.failed += 1
-            raise EtcdUnavailable("etcd put failed: timed out (injected after the write)")
-        return result
-
-    async def get_config(self) -> str:
-        return await self.inner.get_config()
-
-    async def list_leases(self, *, with_ttl: bool = True) -> tuple[list[Lease], int]:
-        return await self.inner.list_leases(with_ttl=with_ttl)
-
-    async def get_lease(
-        self, subnet: V4 | None, ipv6_subnet: V6 | None
-    ) -> tuple[Lease | None, int]:
-        return await self.inner.get_lease(subnet, ipv6_subnet)
-
-    async def create_lease(
-        self,
-        subnet: V4 | None,
-        ipv6_subnet: V6 | None,
-        attrs: LeaseAttrs,
-        ttl: int,
-        *,
-        known_revision: int = 0,
-    ) -> CreateResult:
-        result = await self.inner.create_lease(
-            subnet, ipv6_subnet, attrs, ttl, known_revision=known_revision
-        )
-        return self._maybe_fail(result)
-
-    async def put_lease(
-        self,
-        subnet: V4 | None,
-        ipv6_subnet: V6 | None,
-        attrs: LeaseAttrs,
-        ttl: int | None,
-        *,
-        if_mod_revision: int | None = None,
-    ) -> CreateResult:
-        result = await self.inner.put_lease(
-            subnet, ipv6_subnet, attrs, ttl, if_mod_revision=if_mod_revision
-        )
-        return self._maybe_fail(result)
-
-    async def delete_lease(
-        self, subnet: V4 | None, ipv6_subnet: V6 | None, *, if_mod_revision: int | None = None
-    ) -> bool:
-        return await self.inner.delete_lease(subnet, ipv6_subnet, if_mod_revision=if_mod_revision)
-
-    def watch_leases(self, start_revision: int) -> AbstractAsyncContextManager[WatchStream]:
-        return self.inner.watch_leases(start_revision)
-
-    def watch_lease(
-        self, subnet: V4 | None, ipv6_subnet: V6 | None, start_revision: int
-    ) -> AbstractAsyncContextManager[WatchStream]:
-        return self.inner.watch_lease(subnet, ipv6_subnet, start_revision)
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 async def test_manager_survives_renewals_whose_replies_are_lost(etcd: EtcdServer) -> None:
     prefix = new_prefix()
-    faulty = AppliedThenFails(EtcdRegistry(etcd.endpoint, prefix, request_timeout=5), 0)
+    faulty = FaultyRegistry(EtcdRegistry(etcd.endpoint, prefix, request_timeout=5), ME)
     registry: Registry = faulty
     seen: list[Lease] = []
     removed: list[int] = []
@@ -284,7 +191,7 @@ async def test_manager_survives_renewals_whose_replies_are_lost(etcd: EtcdServer
         EtcdRegistry(etcd.endpoint, prefix) as observer,
     ):
         lease = await mgr.acquire_lease(CFG, ME)
-        faulty.fail_writes = 2  # the next two renewals take effect, then "time out"
+        faulty.faults = ["after", "after"]  # the next two renewals take effect, then time out
         assert lease.subnet is not None
         _, rev = await observer.get_lease(lease.subnet, None)
 
@@ -298,7 +205,7 @@ async def test_manager_survives_renewals_whose_replies_are_lost(etcd: EtcdServer
             nursery.start_soon(lambda: mgr.run_renewal(lease, on_change=seen.append))
             await trio.sleep(5)
             nursery.cancel_scope.cancel()
-    assert faulty.failed == 2
+    assert faulty.faults == [] and faulty.writes >= 3
     assert removed == [], "our key was never deleted"
     stored = kv(etcd, f"{prefix}/subnets/{lease.subnet.network_address}-24")
     assert stored is not None and decode_attrs(stored["value"]) == ME
@@ -310,7 +217,7 @@ async def test_manager_survives_renewals_whose_replies_are_lost(etcd: EtcdServer
 
 async def _renewing(
     etcd: EtcdServer, prefix: str, tamper: Callable[[str, Lease], None], secs: float
-) -> tuple[list[dict[str, Any]], BaseException | None, Lease, str]:
+) -> tuple[list[Any], BaseException | None, Lease, str]:
     outcome: BaseException | None = None
     async with EtcdSubnetManager(
         etcd.endpoint, prefix, request_timeout=5, ttl=4, renew_margin_seconds=2, renew_retry=0.5
