@@ -103,6 +103,21 @@ async def test_dual_stack_create_refuses_a_key_sharing_either_half(etcd: EtcdSer
     assert f"{prefix}/subnets/10.5.3.0-24&fd00:0:0:9::-64" not in keys
 
 
+async def test_dual_stack_create_avoids_the_subnets_of_undecodable_keys(etcd: EtcdServer) -> None:
+    """A listing skips keys whose value it cannot decode, so the planner may pick their IPv6
+    half; the create must still refuse it (found by the state machine)."""
+    prefix = new_prefix()
+    garbled = f"{prefix}/subnets/10.5.9.0-24&fd00:0:0:7::-64"
+    etcd.put(garbled, '{"PublicIP": "198.5')
+    async with EtcdRegistry(etcd.endpoint, prefix) as reg:
+        leases, listed_at = await reg.list_leases(with_ttl=False)
+        assert leases == []
+        res = await reg.create_lease(
+            V4("10.5.10.0/24"), V6("fd00:0:0:7::/64"), ME, 60, known_revision=listed_at
+        )
+    assert not res.ok and res.conflict == garbled
+
+
 async def test_dual_stack_acquire_after_a_hidden_half_conflict_picks_other_subnets(
     etcd: EtcdServer,
 ) -> None:
