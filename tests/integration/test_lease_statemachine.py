@@ -31,7 +31,14 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 
 from pyflannel.config import parse_network_config
 from pyflannel.errors import LeaseError, LeaseLost, RegistryError
-from pyflannel.lease import Lease, LeaseAttrs, decode_attrs, encode_attrs, parse_subnet_key
+from pyflannel.lease import (
+    Lease,
+    LeaseAttrs,
+    LeaseDecodeError,
+    decode_attrs,
+    encode_attrs,
+    parse_subnet_key,
+)
 from pyflannel.subnet.manager import EtcdSubnetManager
 from pyflannel.subnet.registry import EtcdRegistry
 from tests.harness.etcd import EtcdServer, start_etcd
@@ -182,19 +189,39 @@ class LeaseLifecycle(RuleBasedStateMachine):
                     nursery.start_soon(one, i)
                 await trio.sleep(0.1)
                 self.clock.jump(jump)
-                await trio.sleep(0.4)
+                # Let the nodes react (re-create, replace, give up); a loaded CI box may need
+                # more than the usual few hundred milliseconds.
+                with trio.move_on_after(5):
+                    await trio.sleep(0.3)
+                    while await trio.to_thread.run_sync(self._unsettled, running):
+                        await trio.sleep(0.2)
                 nursery.cancel_scope.cancel()
 
         self._run(go)
-        for i in running:
+        assert self._unsettled(running) == []
+
+    def _unsettled(self, nodes: list[int]) -> list[str]:
+        """Nodes that neither hold a key with their identity in etcd nor exited LeaseLost."""
+        stored = dict(self._keys())
+        problems = []
+        for i in nodes:
             key = self._key_of(i)
             if key is None:
-                assert self.state[i] == "lost"
+                if self.state[i] != "lost":
+                    problems.append(f"node {i} stopped without LeaseLost")
                 continue
-            stored = dict(self._keys()).get(key)
-            assert stored is not None, f"node {i} runs with {key}, which is not in etcd"
-            attrs = decode_attrs(b64decode(stored["value"]))
-            assert attrs.public_ip == identity(i).public_ip, f"node {i}'s key holds {attrs}"
+            kv = stored.get(key)
+            if kv is None:
+                problems.append(f"node {i} runs with {key}, which is not in etcd")
+                continue
+            try:
+                attrs = decode_attrs(b64decode(kv["value"]))
+            except LeaseDecodeError as exc:
+                problems.append(f"node {i}'s key {key} is unreadable: {exc}")
+                continue
+            if attrs.public_ip != identity(i).public_ip:
+                problems.append(f"node {i}'s key {key} holds {attrs}")
+        return problems
 
     @rule(i=st.integers(0, NODES - 1), expire=st.booleans())
     def stop(self, i: int, expire: bool) -> None:
