@@ -1058,7 +1058,8 @@ class EtcdRegistry:
 
         The result is ``existing``/``unreadable`` when the key itself exists, ``conflict``
         when another key holds one of our subnets. The grant is revoked when the key was not
-        written; after a lost reply see :meth:`_settle_lost_reply`.
+        written; after a lost reply see :meth:`_settle_lost_reply`. A cancelled call leaves
+        the grant to expire too: the abandoned request may still be applied.
         """
         key = self.lease_key(subnet, ipv6_subnet)
         seen = known_revision
