@@ -22,6 +22,7 @@ can share one etcd. What this module adds on top of flanneld's registry:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import ipaddress
 import math
@@ -119,6 +120,8 @@ _GRPC_OPTIONS: Final = [
 _CONFIG_EXAMPLE: Final = '{"Network": "10.5.0.0/16", "Backend": {"Type": "vxlan"}}'
 
 _T = TypeVar("_T")
+# One etcd key-value as the lease code needs it: (key, value, etcd lease ID, mod_revision).
+_KeyValue = tuple[bytes, bytes, int, int]
 _Client = Any  # pyetcd.MultiEndpointEtcd3Client (untyped library)
 
 
@@ -684,21 +687,15 @@ class EtcdRegistry:
         expiration: float | None,
     ) -> Lease | None:
         """A lease from one key-value, or ``None`` (logged) when flanneld would skip it too."""
-        parsed = self._parse(key, value, lease_id, mod_revision, expiration)
+        parsed = self._parse((key, value, int(lease_id), int(mod_revision)), expiration)
         if isinstance(parsed, Lease):
             return parsed
         log.warning("ignoring bad lease", key=parsed.key, error=parsed.error)
         return None
 
-    def _parse(
-        self,
-        key: bytes,
-        value: bytes,
-        lease_id: int,
-        mod_revision: int,
-        expiration: float | None,
-    ) -> Lease | Unreadable:
+    def _parse(self, kv: _KeyValue, expiration: float | None) -> Lease | Unreadable:
         """A lease from one key-value, or what makes it :class:`Unreadable` (not logged)."""
+        key, value, lease_id, mod_revision = kv
         try:
             key_text = key.decode("utf-8")
         except UnicodeDecodeError:
@@ -926,7 +923,7 @@ class EtcdRegistry:
         self._expiry_cache.pop(lease_id, None)
 
     def _result_from_kv(
-        self, kv: tuple[bytes, bytes, int, int] | None, lease_id: int, expiration: float | None
+        self, kv: _KeyValue | None, lease_id: int, expiration: float | None
     ) -> CreateResult:
         """A write's outcome from the key read back: ours when it carries ``lease_id``.
 
@@ -934,21 +931,13 @@ class EtcdRegistry:
         """
         if kv is None:
             return CreateResult(lease=None)
-        key, value, kv_lease, mod_revision = kv
-        current = self._parse(key, value, kv_lease, mod_revision, self._expiry_cache.get(kv_lease))
+        kv_lease = kv[2]
+        current = self._parse(kv, self._expiry_cache.get(kv_lease))
         if isinstance(current, Unreadable):
             return CreateResult(lease=None, unreadable=current)
         if lease_id and kv_lease == lease_id:
-            return CreateResult(
-                lease=Lease(
-                    subnet=current.subnet,
-                    attrs=current.attrs,
-                    ipv6_subnet=current.ipv6_subnet,
-                    expiration=expiration,
-                    etcd_lease_id=lease_id,
-                    mod_revision=current.mod_revision,
-                )
-            )
+            # Our own grant's expiration (no TimeToLive round trip needed).
+            return CreateResult(lease=dataclasses.replace(current, expiration=expiration))
         return CreateResult(lease=None, existing=current)
 
     async def _txn_put(
@@ -983,10 +972,10 @@ class EtcdRegistry:
 
         return await self._call(op, run)
 
-    async def _read_back(self, key: str) -> tuple[bytes, bytes, int, int] | None:
+    async def _read_back(self, key: str) -> _KeyValue | None:
         """``(key, value, etcd lease, mod_revision)`` of one key, or ``None`` when absent."""
 
-        def run(client: _Client) -> tuple[bytes, bytes, int, int] | None:
+        def run(client: _Client) -> _KeyValue | None:
             resp = client.get_response(key)
             if not resp.kvs:
                 return None
