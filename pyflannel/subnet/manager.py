@@ -37,7 +37,7 @@ from pyflannel.errors import ConfigError, LeaseError, LeaseLost, RegistryError
 from pyflannel.lease import Event, EventKind, Lease, LeaseAttrs
 from pyflannel.metrics import METRICS
 from pyflannel.peer_messages import PeerMessage
-from pyflannel.retry import Backoff
+from pyflannel.retry import Backoff, FailureLog
 from pyflannel.subnet.allocation import PreviousSubnets, plan_acquisition, previous_subnets
 from pyflannel.subnet.protocols import Registry
 from pyflannel.subnet.registry import (
@@ -45,6 +45,7 @@ from pyflannel.subnet.registry import (
     DEFAULT_PREFIX,
     DEFAULT_REQUEST_TIMEOUT,
     EtcdRegistry,
+    Unreadable,
     WatchBatch,
     WatchCompacted,
     WatchStream,
@@ -153,6 +154,8 @@ class EtcdSubnetManager:
         self._renew_retry = float(renew_retry)
         self._max_race_retries = max(1, int(max_race_retries))
         self._rng = rng or random.SystemRandom()
+        # etcd lease ID -> expiry on trio's monotonic clock (see _note_grant).
+        self._expiry_mono: dict[int, float] = {}
 
     @property
     def registry(self) -> Registry:
@@ -229,6 +232,7 @@ class EtcdSubnetManager:
                 existing = plan.existing
                 assert existing is not None
                 ttl = None if existing.is_reservation else self._ttl
+                started = trio.current_time()
                 result = await self._registry.put_lease(
                     existing.subnet,
                     existing.ipv6_subnet,
@@ -237,6 +241,7 @@ class EtcdSubnetManager:
                     if_mod_revision=existing.mod_revision,
                 )
                 if result.lease is not None:
+                    self._note_grant(result.lease, started)
                     log.info(
                         "found the lease of our public IP, reusing it",
                         subnet=_describe(result.lease),
@@ -246,10 +251,12 @@ class EtcdSubnetManager:
                     return result.lease
                 log.info("our lease changed while reusing it; looking again", attempt=attempt)
             else:
+                started = trio.current_time()
                 result = await self._registry.create_lease(
-                    plan.subnet, plan.ipv6_subnet, attrs, self._ttl
+                    plan.subnet, plan.ipv6_subnet, attrs, self._ttl, known_revision=revision
                 )
                 if result.lease is not None:
+                    self._note_grant(result.lease, started)
                     log.info(
                         "allocated lease",
                         subnet=_describe(result.lease),
@@ -258,10 +265,12 @@ class EtcdSubnetManager:
                         leases_seen=len(leases),
                     )
                     return result.lease
-                lost.update(n for n in (plan.subnet, plan.ipv6_subnet) if n is not None)
+                if result.existing or result.unreadable or result.conflict:
+                    lost.update(n for n in (plan.subnet, plan.ipv6_subnet) if n is not None)
                 log.info(
                     "another node took the subnet first; trying another",
                     subnet=plan.key_suffix,
+                    held_by=result.conflict,
                     attempt=attempt,
                     revision=revision,
                 )
@@ -283,6 +292,7 @@ class EtcdSubnetManager:
         """
         for _ in range(5):
             ttl = None if lease.is_reservation else self._ttl
+            started = trio.current_time()
             result = await self._registry.put_lease(
                 lease.subnet,
                 lease.ipv6_subnet,
@@ -291,7 +301,10 @@ class EtcdSubnetManager:
                 if_mod_revision=lease.mod_revision,
             )
             if result.lease is not None:
+                self._note_grant(result.lease, started)
                 return result.lease
+            if result.unreadable is not None:
+                return await self._resolve_unreadable(lease, result.unreadable)
             current = result.existing
             if current is None:
                 return await self._reacquire(lease, "our lease key is gone")
@@ -325,7 +338,8 @@ class EtcdSubnetManager:
         """Re-create our deleted/expired key with the same subnet, or raise LeaseLost.
 
         Retries etcd failures with backoff for as long as it takes: the subnet is ours until
-        another node holds it.
+        another node holds it. Every attempt that does not settle the matter (etcd error, key
+        deleted again in between) waits for the next backoff delay: never a hot loop.
         """
         log.error(
             "lease was revoked in etcd; re-acquiring the same subnet",
@@ -333,48 +347,138 @@ class EtcdSubnetManager:
             reason=why,
         )
         backoff = Backoff.of(0.1, 5.0)
+        failures = FailureLog(log, "could not re-acquire our subnet yet")
         while True:
             try:
+                started = trio.current_time()
                 result = await self._registry.create_lease(
                     lease.subnet, lease.ipv6_subnet, lease.attrs, self._ttl
                 )
                 if result.lease is not None:
+                    self._note_grant(result.lease, started)
                     log.warning(
                         "re-acquired our subnet after losing the lease", subnet=_describe(lease)
                     )
                     return result.lease
+                if result.unreadable is not None:
+                    return await self._resolve_unreadable(lease, result.unreadable)
+                if result.conflict is not None:
+                    raise LeaseLost(
+                        f"lease {_describe(lease)} expired or was deleted and its subnet is now "
+                        f"part of the lease key {result.conflict} of another node; this node "
+                        f"({lease.attrs.public_ip}) no longer owns it",
+                        hint="the daemon exits so that it is restarted and acquires a fresh lease",
+                    )
                 current = result.existing
-                if current is None:
-                    continue  # deleted again in between: try again at once
-                self._check_ours(lease, current)
-                log.warning(
-                    "our subnet was re-created under this node's identity; adopting it",
-                    subnet=_describe(lease),
-                    reservation=current.is_reservation,
+                if current is not None:
+                    self._check_ours(lease, current)
+                    log.warning(
+                        "our subnet was re-created under this node's identity; adopting it",
+                        subnet=_describe(lease),
+                        reservation=current.is_reservation,
+                    )
+                    if current.attrs == lease.attrs:
+                        return current
+                    started = trio.current_time()
+                    rewritten = await self._registry.put_lease(
+                        lease.subnet,
+                        lease.ipv6_subnet,
+                        lease.attrs,
+                        None if current.is_reservation else self._ttl,
+                        if_mod_revision=current.mod_revision,
+                    )
+                    if rewritten.lease is not None:
+                        self._note_grant(rewritten.lease, started)
+                        return rewritten.lease
+                failure = "the key changed while re-acquiring it"
+            except RegistryError as exc:
+                failure = str(exc)
+            delay = backoff.next()
+            failures.failed(subnet=_describe(lease), error=failure, retry_in=round(delay, 2))
+            await trio.sleep(delay)
+
+    async def _resolve_unreadable(self, lease: Lease, found: Unreadable) -> Lease:
+        """Our key exists but its value cannot be decoded: replace it, or give the subnet up.
+
+        Deterministic: when the unreadable value is attached to our current etcd lease, only
+        this node (or someone acting with its lease) wrote it, so it is replaced with our attrs
+        under a mod-revision compare (a concurrent writer wins and is examined again).
+        Otherwise someone else owns the key now and :class:`LeaseLost` is raised. Each attempt
+        waits for the common backoff first and the condition is logged as one line naming the
+        key (repeats rate-limited), so a value that stays unreadable costs a bounded number of
+        writes, never a hot loop.
+        """
+        backoff = Backoff.of(min(1.0, self._renew_retry), max(1.0, self._renew_retry))
+        failures = FailureLog(log, "our lease key holds an unreadable value; replacing it")
+        while True:
+            ours = found.etcd_lease_id != 0 and found.etcd_lease_id == lease.etcd_lease_id
+            if not ours:
+                holder = f"etcd lease {found.etcd_lease_id:x}" if found.etcd_lease_id else "none"
+                raise LeaseLost(
+                    f"lease key {found.key} holds an unreadable value ({found.error}) that is "
+                    f"not attached to this node's etcd lease (it carries {holder}); this node "
+                    f"({lease.attrs.public_ip}) no longer owns subnet {_describe(lease)}",
+                    hint=(
+                        "the daemon exits so that it is restarted and acquires a fresh lease; "
+                        "delete or fix the key if it was written by hand"
+                    ),
                 )
-                if current.attrs == lease.attrs:
-                    return current
-                rewritten = await self._registry.put_lease(
+            delay = backoff.next()
+            failures.failed(key=found.key, error=found.error, retry_in=round(delay, 2))
+            await trio.sleep(delay)
+            try:
+                started = trio.current_time()
+                result = await self._registry.put_lease(
                     lease.subnet,
                     lease.ipv6_subnet,
                     lease.attrs,
-                    None if current.is_reservation else self._ttl,
-                    if_mod_revision=current.mod_revision,
+                    self._ttl,
+                    if_mod_revision=found.mod_revision,
                 )
-                if rewritten.lease is not None:
-                    return rewritten.lease
             except RegistryError as exc:
-                delay = backoff.next()
-                log.error("could not re-acquire our subnet yet", error=str(exc), retry_in=delay)
-                await trio.sleep(delay)
+                log.debug("replacing the unreadable lease value failed", error=str(exc))
+                continue
+            if result.lease is not None:
+                self._note_grant(result.lease, started)
+                failures.resolved(key=found.key)
+                return result.lease
+            if result.unreadable is not None:
+                found = result.unreadable
+                continue
+            if result.existing is None:
+                return await self._reacquire(lease, "our unreadable lease key is gone")
+            self._check_ours(lease, result.existing)
+            failures.resolved(key=found.key)
+            return result.existing
+
+    def _note_grant(self, lease: Lease, started: float) -> None:
+        """Remember when ``lease`` (granted after trio time ``started``) expires, on trio's
+        monotonic clock: a wall-clock step must not move the renewal."""
+        if lease.is_reservation:
+            return
+        self._expiry_mono[lease.etcd_lease_id] = started + self._ttl
+        while len(self._expiry_mono) > 16:
+            del self._expiry_mono[next(iter(self._expiry_mono))]
 
     def _renew_deadline(self, lease: Lease) -> float:
+        """When to renew ``lease``, on trio's (monotonic) clock.
+
+        Leases granted by this manager expire ``ttl`` after the grant was requested, measured
+        on the monotonic clock (see :meth:`_note_grant`). Only a lease granted elsewhere (one
+        we adopted) falls back to its wall-clock ``expiration``, converted once when first
+        seen and capped at our TTL, so a later wall-clock step cannot delay its renewal.
+        """
         if lease.is_reservation:
             return math.inf
-        if lease.expiration is None:  # unknown expiry: renew now rather than risk expiring
-            return trio.current_time()
-        delay = lease.expiration - time.time() - self._margin
-        return trio.current_time() + max(0.0, delay)
+        now = trio.current_time()
+        expires = self._expiry_mono.get(lease.etcd_lease_id)
+        if expires is None:
+            if lease.expiration is None:  # unknown expiry: renew now rather than risk expiring
+                return now
+            left = min(lease.expiration - time.time(), float(self._ttl))
+            expires = now + max(0.0, left)
+            self._expiry_mono[lease.etcd_lease_id] = expires
+        return max(now, expires - self._margin)
 
     async def run_renewal(
         self, lease: Lease, *, on_change: Callable[[Lease], None] | None = None

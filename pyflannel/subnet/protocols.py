@@ -51,8 +51,13 @@ class Registry(Protocol):
         ipv6_subnet: ipaddress.IPv6Network | None,
         attrs: LeaseAttrs,
         ttl: int,
+        *,
+        known_revision: int = 0,
     ) -> CreateResult:
-        """Create the key with a fresh TTL only if it does not exist."""
+        """Create the key with a fresh TTL only if no key holds either of its subnets.
+
+        ``known_revision``: the revision of the listing the subnets were found free in (keys
+        created later are checked by the registry)."""
         ...
 
     async def put_lease(

@@ -22,6 +22,7 @@ can share one etcd. What this module adds on top of flanneld's registry:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import ipaddress
 import math
@@ -73,6 +74,7 @@ __all__ = [
     "CreateResult",
     "EndpointSpec",
     "EtcdRegistry",
+    "Unreadable",
     "WatchBatch",
     "WatchCompacted",
     "WatchStream",
@@ -88,6 +90,10 @@ DEFAULT_REQUEST_TIMEOUT: Final = 10.0
 # rather than decoded (flanneld would try to decode it).
 MAX_LEASE_VALUE_BYTES: Final = 64 * 1024
 _PAGE_SIZE: Final = 2000
+# A dual-stack create retried because other keys were created meanwhile (none holding our
+# subnets): each retry means another node made progress, so this bounds only the pathological
+# case; the caller then lists again.
+_CREATE_RETRIES: Final = 500
 _TTL_BATCH: Final = 512
 # Watch responses up to this many events are decoded on the trio thread when no etcd call is
 # needed for them (see _convert_watch_response).
@@ -114,6 +120,8 @@ _GRPC_OPTIONS: Final = [
 _CONFIG_EXAMPLE: Final = '{"Network": "10.5.0.0/16", "Backend": {"Type": "vxlan"}}'
 
 _T = TypeVar("_T")
+# One etcd key-value as the lease code needs it: (key, value, etcd lease ID, mod_revision).
+_KeyValue = tuple[bytes, bytes, int, int]
 _Client = Any  # pyetcd.MultiEndpointEtcd3Client (untyped library)
 
 
@@ -181,11 +189,35 @@ def parse_endpoints(spec: str | Sequence[str]) -> list[EndpointSpec]:
 
 
 @dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A lease key that exists but whose value (or key) cannot be decoded.
+
+    It is not "absent": the key still blocks a create and still carries ``etcd_lease_id``
+    (0 when written without a lease). ``error`` says why it could not be decoded.
+    """
+
+    key: str
+    etcd_lease_id: int
+    mod_revision: int
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class CreateResult:
-    """Outcome of a conditional write: ``lease`` when ours, else ``existing`` (or neither)."""
+    """Outcome of a conditional write: ``lease`` when ours; otherwise what stood in the way.
+
+    - ``existing``: the key itself holds this (decodable) lease;
+    - ``unreadable``: the key itself exists but its value cannot be decoded;
+    - ``conflict``: (create only) another key holds one of our subnets, e.g. the same IPv4
+      subnet paired with another IPv6 subnet; the text is that key;
+    - none of them: the key was gone again when the failed write was read back, or unrelated
+      creates kept invalidating a dual-stack create (the caller lists again and retries).
+    """
 
     lease: Lease | None
     existing: Lease | None = None
+    unreadable: Unreadable | None = None
+    conflict: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -245,6 +277,24 @@ def _is_invalid_token(exc: BaseException) -> bool:
 def _is_compacted(exc: BaseException) -> bool:
     code, details = _code_details(exc)
     return code == "OUT_OF_RANGE" and "compacted" in details
+
+
+def _holding_our_subnets(
+    keys: Iterable[str],
+    subnet: ipaddress.IPv4Network | None,
+    ipv6_subnet: ipaddress.IPv6Network | None,
+) -> str | None:
+    """The first lease key among ``keys`` whose IPv4 or IPv6 subnet overlaps ours."""
+    for key in keys:
+        try:
+            v4, v6 = parse_subnet_key(key)
+        except LeaseDecodeError:
+            continue  # not a lease key: cannot hold a subnet
+        if (subnet is not None and v4 is not None and v4.overlaps(subnet)) or (
+            ipv6_subnet is not None and v6 is not None and v6.overlaps(ipv6_subnet)
+        ):
+            return key
+    return None
 
 
 class WatchStream:
@@ -337,6 +387,10 @@ class EtcdRegistry:
         # since is not parsed again. At start-up the peer snapshot re-lists what the lease
         # allocation just listed; with 10k peers that saved ~0.5 s and 10k duplicate objects.
         self._listed: dict[tuple[bytes, int], Lease] = {}
+        # Listing revision -> the keys it could not decode (last few listings). A caller that
+        # planned from a listing never saw these, yet their keys hold subnets: create_lease
+        # checks them (see there).
+        self._unreadable_at: dict[int, tuple[str, ...]] = {}
 
     # ----------------------------------------------------------------- naming
     @property
@@ -633,25 +687,31 @@ class EtcdRegistry:
         expiration: float | None,
     ) -> Lease | None:
         """A lease from one key-value, or ``None`` (logged) when flanneld would skip it too."""
+        parsed = self._parse((key, value, int(lease_id), int(mod_revision)), expiration)
+        if isinstance(parsed, Lease):
+            return parsed
+        log.warning("ignoring bad lease", key=parsed.key, error=parsed.error)
+        return None
+
+    def _parse(self, kv: _KeyValue, expiration: float | None) -> Lease | Unreadable:
+        """A lease from one key-value, or what makes it :class:`Unreadable` (not logged)."""
+        key, value, lease_id, mod_revision = kv
         try:
             key_text = key.decode("utf-8")
         except UnicodeDecodeError:
-            log.warning("ignoring lease with a non-UTF-8 key", key=repr(key))
-            return None
+            return Unreadable(repr(key), int(lease_id), int(mod_revision), "non-UTF-8 key")
         if len(value) > MAX_LEASE_VALUE_BYTES:
-            log.warning(
-                "ignoring lease with an oversized value",
-                key=key_text,
-                size=len(value),
-                limit=MAX_LEASE_VALUE_BYTES,
+            return Unreadable(
+                key_text,
+                int(lease_id),
+                int(mod_revision),
+                f"oversized value ({len(value)} bytes, limit {MAX_LEASE_VALUE_BYTES})",
             )
-            return None
         try:
             subnet, ipv6_subnet = parse_subnet_key(key_text)
             attrs = decode_attrs(value, key=key_text)
         except LeaseDecodeError as exc:
-            log.warning("ignoring bad lease", key=key_text, error=exc.message)
-            return None
+            return Unreadable(key_text, int(lease_id), int(mod_revision), exc.message)
         return Lease(
             subnet=subnet,
             attrs=attrs,
@@ -791,6 +851,7 @@ class EtcdRegistry:
             leases = []
             previous = self._listed
             listed: dict[tuple[bytes, int], Lease] = {}
+            unreadable: list[str] = []
             for kv in kvs:
                 lease_id, mod_revision = int(kv.lease), int(kv.mod_revision)
                 expiration = expiry.get(kv.lease)
@@ -808,10 +869,15 @@ class EtcdRegistry:
                         )
                 else:
                     lease = self._decode(kv.key, kv.value, lease_id, mod_revision, expiration)
+                    if lease is None:
+                        unreadable.append(kv.key.decode("utf-8", errors="replace"))
                 if lease is not None:
                     leases.append(lease)
                     listed[(kv.key, mod_revision)] = lease
             self._listed = listed
+            self._unreadable_at[revision] = tuple(unreadable)
+            while len(self._unreadable_at) > 4:
+                del self._unreadable_at[next(iter(self._unreadable_at))]
             return leases, revision
 
         return await self._call(f"list {prefix}", run)
@@ -856,6 +922,24 @@ class EtcdRegistry:
             log.warning("could not revoke unused etcd lease", lease_id=lease_id, error=str(exc))
         self._expiry_cache.pop(lease_id, None)
 
+    def _result_from_kv(
+        self, kv: _KeyValue | None, lease_id: int, expiration: float | None
+    ) -> CreateResult:
+        """A write's outcome from the key read back: ours when it carries ``lease_id``.
+
+        ``kv`` is ``(key, value, etcd lease, mod_revision)`` or ``None`` (key absent).
+        """
+        if kv is None:
+            return CreateResult(lease=None)
+        kv_lease = kv[2]
+        current = self._parse(kv, self._expiry_cache.get(kv_lease))
+        if isinstance(current, Unreadable):
+            return CreateResult(lease=None, unreadable=current)
+        if lease_id and kv_lease == lease_id:
+            # Our own grant's expiration (no TimeToLive round trip needed).
+            return CreateResult(lease=dataclasses.replace(current, expiration=expiration))
+        return CreateResult(lease=None, existing=current)
+
     async def _txn_put(
         self,
         op: str,
@@ -873,33 +957,59 @@ class EtcdRegistry:
                 failure=[tx.get(key)],
             )
             kvs = responses[-1] if responses else []
-            current = None
-            if kvs:
-                cur_value, meta = kvs[0]
-                current = self._decode(
-                    meta.key,
-                    cur_value,
-                    meta.lease_id,
-                    meta.mod_revision,
-                    self._expiry_cache.get(meta.lease_id),
-                )
-                # A retried request whose first attempt was applied: the key holds our write.
-                if not ok and lease_id and meta.lease_id == lease_id:
-                    ok = True
-            if ok and current is not None:
-                return CreateResult(
-                    lease=Lease(
-                        subnet=current.subnet,
-                        attrs=current.attrs,
-                        ipv6_subnet=current.ipv6_subnet,
-                        expiration=expiration,
-                        etcd_lease_id=lease_id,
-                        mod_revision=current.mod_revision,
-                    )
-                )
-            return CreateResult(lease=None, existing=current)
+            if not kvs:
+                return CreateResult(lease=None)
+            cur_value, meta = kvs[0]
+            kv = (meta.key, cur_value, int(meta.lease_id), int(meta.mod_revision))
+            if ok and lease_id == 0:  # a reservation: no lease ID to recognise our write by
+                result = self._result_from_kv(kv, 0, None)
+                if result.existing is not None:
+                    return CreateResult(lease=result.existing)
+                return result
+            # Failed but carrying our fresh lease: a retried request whose first attempt was
+            # applied (failover after a lost reply). The lease ID is ours alone, so it is ours.
+            return self._result_from_kv(kv, lease_id, expiration)
 
         return await self._call(op, run)
+
+    async def _read_back(self, key: str) -> _KeyValue | None:
+        """``(key, value, etcd lease, mod_revision)`` of one key, or ``None`` when absent."""
+
+        def run(client: _Client) -> _KeyValue | None:
+            resp = client.get_response(key)
+            if not resp.kvs:
+                return None
+            kv = resp.kvs[0]
+            return kv.key, kv.value, int(kv.lease), int(kv.mod_revision)
+
+        return await self._call(f"read back {key}", run)
+
+    async def _settle_lost_reply(
+        self, key: str, lease_id: int, expiration: float | None, error: RegistryError
+    ) -> CreateResult:
+        """The outcome of a write whose reply was lost (``error``), without making it worse.
+
+        The write may have been applied (a timeout after etcd committed it) or may still be
+        applied later (it is in the raft log). Revoking the fresh lease now would delete our
+        key in the first case and race with the commit in the second, so the lease is never
+        revoked here: the key is read back, and if it carries the lease the write is ours;
+        otherwise ``error`` is raised and the unused lease simply expires after its TTL.
+        """
+        try:
+            kv = await self._read_back(key)
+        except RegistryError:
+            kv = None
+        result = None if kv is None else self._result_from_kv(kv, lease_id, expiration)
+        if result is not None and result.ok:
+            log.info("the reply to a write was lost, but the write was applied", key=key)
+            return result
+        log.info(
+            "the outcome of a write is unknown; its fresh etcd lease is left to expire",
+            key=key,
+            lease_id=f"{lease_id:x}",
+            error=str(error),
+        )
+        raise error
 
     async def create_lease(
         self,
@@ -907,30 +1017,179 @@ class EtcdRegistry:
         ipv6_subnet: ipaddress.IPv6Network | None,
         attrs: LeaseAttrs,
         ttl: int,
+        *,
+        known_revision: int = 0,
     ) -> CreateResult:
-        """flanneld's ``createSubnet``: Grant(ttl), then put the key only if it is absent.
+        """flanneld's ``createSubnet``: Grant(ttl), then put the key only if no key holds either
+        of its subnets.
 
-        When the key exists the grant is revoked and the current holder is returned in
-        ``existing`` ("subnet already exists").
+        flanneld only requires the exact key to be absent, so in dual stack two nodes that
+        pick the same IPv4 subnet with different IPv6 subnets (or the reverse) both succeed.
+        Here the transaction compares (see :meth:`_create_request`):
+
+        - IPv4 half: the key ``<v4>`` and the key range ``[<v4>&, <v4>')`` -- exactly the keys
+          whose IPv4 half is ours (``'`` follows ``&``; ``<v4>0`` as in ``-240`` lies
+          outside) -- must be empty;
+        - IPv6 half (dual stack only): keys with our IPv6 half are spread over the whole
+          ``subnets/`` range, so no key range holds exactly them. Instead no key in
+          ``subnets/`` may have been created after ``known_revision``, the revision of the
+          listing the caller checked the subnets against (renewals keep a key's create
+          revision, so they do not interfere). When that compare fails because of an
+          *unrelated* create, the keys created since are read in the same transaction; if
+          none of them holds our subnets the create is retried at once against the new
+          revision (bounded), so a busy cluster costs retries, not wrongly "lost" subnets.
+          This needs the caller to have seen every key at ``known_revision``: keys that our
+          listing at that revision could not decode are checked here first, and a revision
+          that is not one of our recent listings is treated as 0 (the first attempt then
+          reads every key).
+        - IPv6-only keys (``0.0.0.0-0&<v6>``): the exact key. Nodes of one network write keys
+          of one shape, so a concurrent creator of the same subnet writes the same key.
+
+        The result is ``existing``/``unreadable`` when the key itself exists, ``conflict``
+        when another key holds one of our subnets. The grant is revoked when the key was not
+        written; after a lost reply see :meth:`_settle_lost_reply`. A cancelled call leaves
+        the grant to expire too: the abandoned request may still be applied.
         """
         key = self.lease_key(subnet, ipv6_subnet)
+        seen = known_revision
+        hidden = self._unreadable_at.get(known_revision)
+        if hidden is None:
+            seen = 0  # not a listing of ours: the first attempt checks every key
+        else:
+            # The caller's listing skipped these keys (values it cannot decode), so it could
+            # not avoid their subnets; the revision compare alone would let us share one.
+            blocking = _holding_our_subnets(hidden, subnet, ipv6_subnet)
+            if blocking is not None:
+                return CreateResult(lease=None, conflict=blocking)
         lease_id, expiration = await self.grant(ttl)
+        value = encode_attrs(attrs)
         try:
-            result = await self._txn_put(
-                f"create {key}",
-                key,
-                encode_attrs(attrs),
-                lease_id,
-                expiration,
-                lambda c: [c.transactions.version(key) == 0],
-            )
-        except BaseException:
-            with trio.CancelScope(shield=True), trio.move_on_after(self._timeout):
-                await self.revoke(lease_id)
-            raise
+            for _ in range(_CREATE_RETRIES):
+                result, seen = await self._create_once(
+                    key, subnet, ipv6_subnet, value, lease_id, expiration, seen
+                )
+                if result is not None:
+                    break
+            else:
+                result = CreateResult(lease=None)
+        except RegistryError as exc:
+            return await self._settle_lost_reply(key, lease_id, expiration, exc)
         if not result.ok:
             await self.revoke(lease_id)
         return result
+
+    def _create_request(
+        self,
+        key: str,
+        subnet: ipaddress.IPv4Network | None,
+        ipv6_subnet: ipaddress.IPv6Network | None,
+        value: str,
+        lease_id: int,
+        seen: int,
+    ) -> Any:
+        """The create transaction (see :meth:`create_lease`): compares, put, and on failure
+        reads of the key, of every key with our IPv4 half and of the keys created after
+        ``seen``."""
+        from pyetcd import etcdrpc, utils
+
+        compares: list[Any] = []
+        reads: list[Any] = []
+
+        def absent(start: bytes, end: bytes | None = None) -> None:
+            cmp = etcdrpc.Compare(
+                key=start,
+                target=etcdrpc.Compare.VERSION,
+                result=etcdrpc.Compare.EQUAL,
+                version=0,
+            )
+            read = etcdrpc.RangeRequest(key=start)
+            if end is not None:
+                cmp.range_end = end
+                read.range_end = end
+            compares.append(cmp)
+            reads.append(read)
+
+        key_bytes = key.encode()
+        if subnet is None:
+            absent(key_bytes)
+        else:
+            v4_key = self.lease_key(subnet, None).encode()
+            absent(v4_key)
+            paired = v4_key + b"&"
+            absent(paired, utils.prefix_range_end(paired))
+        if subnet is not None and ipv6_subnet is not None:
+            start = self.subnets_prefix.encode()
+            end = utils.prefix_range_end(start)
+            compares.append(
+                etcdrpc.Compare(
+                    key=start,
+                    range_end=end,
+                    target=etcdrpc.Compare.CREATE,
+                    result=etcdrpc.Compare.LESS,
+                    create_revision=seen + 1,
+                )
+            )
+            reads.append(
+                etcdrpc.RangeRequest(key=start, range_end=end, min_create_revision=seen + 1)
+            )
+        return etcdrpc.TxnRequest(
+            compare=compares,
+            success=[
+                etcdrpc.RequestOp(
+                    request_put=etcdrpc.PutRequest(
+                        key=key_bytes, value=value.encode(), lease=lease_id
+                    )
+                ),
+                etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=key_bytes)),
+            ],
+            failure=[etcdrpc.RequestOp(request_range=r) for r in reads],
+        )
+
+    async def _create_once(
+        self,
+        key: str,
+        subnet: ipaddress.IPv4Network | None,
+        ipv6_subnet: ipaddress.IPv6Network | None,
+        value: str,
+        lease_id: int,
+        expiration: float | None,
+        seen: int,
+    ) -> tuple[CreateResult | None, int]:
+        """One create transaction: its result (``None``: only unrelated keys were created
+        since ``seen``, retry) and the revision it was evaluated at."""
+        request = self._create_request(key, subnet, ipv6_subnet, value, lease_id, seen)
+        key_bytes = key.encode()
+
+        def run(client: _Client) -> tuple[CreateResult | None, int]:
+            import grpc
+
+            try:
+                resp = client.kvstub.Txn(
+                    request,
+                    self._timeout,
+                    credentials=client.call_credentials,
+                    metadata=client.metadata,
+                )
+            except grpc.RpcError as exc:
+                # Marks the endpoint failed and maps the error like every pyetcd call.
+                client._manage_grpc_errors(exc)
+                raise
+            revision = int(resp.header.revision)
+            kvs = [kv for r in resp.responses for kv in r.response_range.kvs]
+            own = next((kv for kv in kvs if kv.key == key_bytes), None)
+            if resp.succeeded or own is not None:
+                if own is None:
+                    return CreateResult(lease=None), revision
+                kv = (own.key, own.value, int(own.lease), int(own.mod_revision))
+                return self._result_from_kv(kv, lease_id, expiration), revision
+            other = _holding_our_subnets(
+                (kv.key.decode("utf-8", errors="replace") for kv in kvs), subnet, ipv6_subnet
+            )
+            if other is not None:
+                return CreateResult(lease=None, conflict=other), revision
+            return None, revision
+
+        return await self._call(f"create {key}", run)
 
     async def put_lease(
         self,
@@ -945,8 +1204,10 @@ class EtcdRegistry:
 
         A reservation is written without an etcd lease, so it never expires (flannel #1329).
         With ``if_mod_revision`` the put only happens if the key is unchanged since that
-        revision; otherwise ``existing`` holds what is there now (flanneld's put is
-        unconditional and can overwrite another node's fresh lease).
+        revision; otherwise ``existing`` (or ``unreadable``) holds what is there now
+        (flanneld's put is unconditional and can overwrite another node's fresh lease). The
+        fresh grant is revoked only when etcd answered that the put did not happen; after a
+        lost reply see :meth:`_settle_lost_reply`.
         """
         key = self.lease_key(subnet, ipv6_subnet)
         lease_id, expiration = (0, None) if ttl is None else await self.grant(ttl)
@@ -960,11 +1221,10 @@ class EtcdRegistry:
             result = await self._txn_put(
                 f"put {key}", key, encode_attrs(attrs), lease_id, expiration, compare
             )
-        except BaseException:
-            if lease_id:
-                with trio.CancelScope(shield=True), trio.move_on_after(self._timeout):
-                    await self.revoke(lease_id)
-            raise
+        except RegistryError as exc:
+            if not lease_id:
+                raise
+            return await self._settle_lost_reply(key, lease_id, expiration, exc)
         if not result.ok and lease_id:
             await self.revoke(lease_id)
         return result

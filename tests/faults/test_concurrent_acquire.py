@@ -4,7 +4,9 @@ EtcdSubnetManager (its own gRPC connection), as 200 daemons starting together wo
 tests/integration/test_manager.py races 100 acquirers for a roomy range; here it is 200, once
 for 255 free subnets (most picks collide near the end) and once for only 150 (the range runs
 out mid-race): never two nodes on one subnet, every winner's key in etcd with its own PublicIP,
-and the losers fail cleanly with OutOfSubnets.
+and the losers fail cleanly with OutOfSubnets. A dual-stack variant checks that neither an IPv4
+nor an IPv6 subnet is ever held twice (the halves are picked independently; flanneld's create
+only requires the combined key to be absent).
 """
 
 from __future__ import annotations
@@ -125,3 +127,40 @@ async def test_200_acquirers_for_150_subnets_150_win_the_rest_get_out_of_subnets
     assert len(failed) == NODES - 150
     assert all(isinstance(e, OutOfSubnets) for e in failed.values()), kinds
     assert_no_duplicates(etcd, prefix, won)
+
+
+async def test_200_dual_stack_acquirers_hold_no_ipv4_and_no_ipv6_subnet_twice(
+    etcd: EtcdServer,
+) -> None:
+    """Dual stack: the IPv4 and IPv6 halves are picked independently, so two starters can pick
+    the same IPv4 /24 with different IPv6 /64s (or the reverse). Each half must be held once."""
+    prefix = f"/pf{secrets.token_hex(3)}/network"
+    config = json.dumps(
+        {
+            "Network": "10.7.0.0/16",
+            "EnableIPv6": True,
+            "IPv6Network": "fd00:10:7::/56",  # 256 /64s: IPv6 picks collide as often as IPv4
+            "Backend": {"Type": "vxlan"},
+        }
+    )
+    with capture_logs() as logs:
+        won, failed, took = await race(etcd, prefix, config)
+    retries = sum(1 for e in logs if e["event"].startswith("another node took the subnet"))
+    print(f"\n{NODES} dual-stack acquirers: {took:.1f}s, {retries} lost races retried")
+    assert failed == {}
+    assert len(won) == NODES
+    v4 = [lease.subnet for lease in won.values()]
+    v6 = [lease.ipv6_subnet for lease in won.values()]
+    assert None not in v4 and None not in v6
+    assert len(set(v4)) == NODES, "an IPv4 subnet is held twice"
+    assert len(set(v6)) == NODES, "an IPv6 subnet is held twice"
+    out = json.loads(etcd.etcdctl("get", "--prefix", f"{prefix}/subnets/", "-w", "json").stdout)
+    keys = [b64decode(kv["key"]).decode().rsplit("/", 1)[1] for kv in out.get("kvs", [])]
+    assert len(keys) == NODES
+    halves4 = [k.split("&")[0] for k in keys]
+    halves6 = [k.split("&")[1] for k in keys]
+    assert len(set(halves4)) == NODES and len(set(halves6)) == NODES, "etcd holds a half twice"
+    for i, lease in won.items():
+        assert lease.subnet is not None and lease.ipv6_subnet is not None
+        key = f"{lease.subnet.network_address}-24&{lease.ipv6_subnet.network_address}-64"
+        assert key in keys, f"node {i}'s key"
