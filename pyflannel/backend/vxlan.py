@@ -53,6 +53,7 @@ from pyflannel.netlink.links import (
 from pyflannel.netlink.monitor import LinkMonitor
 from pyflannel.netlink.nlsocket import NetlinkSocket
 from pyflannel.netlink.ops import IPAddress, IPNetwork
+from pyflannel.retry import Backoff, FailureLog
 
 if TYPE_CHECKING:
     from pyflannel.config import NetworkConfig
@@ -326,7 +327,8 @@ class VxlanNetwork:
         sock = be._socket()
         ext = be._ext
         assert ext is not None
-        backoff = _RECREATE_BACKOFF_MIN
+        backoff = Backoff.of(_RECREATE_BACKOFF_MIN, _RECREATE_BACKOFF_MAX)
+        failures = FailureLog(log, "vxlan.recreate_failed")
         while True:
             try:
                 ext_link = get_link(sock, ext.name)
@@ -340,11 +342,10 @@ class VxlanNetwork:
                 self.programmer.set_context(be._context(dev, own))
                 break
             except (NetlinkError, InterfaceError, OSError) as exc:
-                log.warning(
-                    "vxlan.recreate_failed", device=dev.spec.name, error=str(exc), retry_in=backoff
-                )
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, _RECREATE_BACKOFF_MAX)
+                delay = backoff.next()
+                failures.failed(device=dev.spec.name, error=str(exc), retry_in=round(delay, 2))
+                await trio.sleep(delay)
+        failures.resolved(device=dev.spec.name)
         be.stats.device_recreations_total += 1
         ops = await self.programmer.reprogram("device re-created")
         log.warning(
