@@ -29,7 +29,6 @@ from pyflannel.trafficmngr.plan import (
 from pyflannel.trafficmngr.rules import (
     NFT_TABLES,
     Family,
-    IPNetwork,
     NftTable,
     PreviousNetworks,
     TrafficSpec,
@@ -123,8 +122,7 @@ class NftablesManager:
         # If this nft prints a rule differently from what plan.py expects, the listing taken
         # right after our own transaction becomes the reference for that family.
         self._baseline: dict[Family, NftListing] = {}
-        subnets: list[IPNetwork] = [s for s in (spec.subnet, spec.ipv6_subnet) if s is not None]
-        self._blackhole = BlackholeRoutes(subnets, netns=netns) if spec.blackhole_route else None
+        self._blackhole = BlackholeRoutes.for_spec(spec, prev, netns=netns)
 
     async def cleanup_other_mode(self) -> None:
         """Remove iptables chains FLANNEL-POSTRTG (nat) and FLANNEL-FWD (filter), IPv4 and
@@ -156,6 +154,9 @@ class NftablesManager:
                 self._runner,
                 tuple((f.nft_family, f.nft_table) for f in Family if f not in configured),
             )
+        if self._blackhole is not None:
+            # now, not one resync period later; also drops the previous lease's blackhole
+            await self._blackhole.ensure()
 
     async def resync_once(self) -> list[str]:
         """Compare each table with the wanted one; rewrite it where they differ.
