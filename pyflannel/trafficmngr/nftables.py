@@ -10,6 +10,7 @@ chains are removed (:meth:`NftablesManager.cleanup_other_mode`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import structlog
@@ -222,12 +223,16 @@ class NftablesManager:
         return problems
 
     async def _masq_fully_random(self) -> bool:
-        # flanneld asks the kernel with `nft --check` of a test rule; same here, once.
+        # flanneld asks the kernel with `nft --check` of a test rule; same here, once. The
+        # probe uses a table name of its own: checked against our real table, a leftover chain
+        # there (wrong type, a jump into it) fails the check for reasons unrelated to
+        # fully-random, and masquerading would lose it for the whole run.
         if not self.spec.ip_masq or self.spec.random_fully_disable:
             return False
         if self._fully_random is None:
             family = next(iter(self.spec.families()), Family.IPV4)
-            probe = nft_table(self.spec, family, fully_random=True)
+            wanted = nft_table(self.spec, family, fully_random=True)
+            probe = dataclasses.replace(wanted, name=f"{wanted.name}-probe")
             res = await self._runner.run(
                 ["nft", "--check", "-f", "-"], stdin=nft_script(probe), check=False
             )
