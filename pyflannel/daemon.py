@@ -10,6 +10,7 @@ every decision lives in the modules it calls.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -126,6 +127,7 @@ class Daemon:
         nursery.start_soon(manager.watch_leases, self.lease, send)
         nursery.start_soon(self._apply_peers, network, recv)
         nursery.start_soon(network.run)
+        nursery.start_soon(self._exit_on_config_change, manager, config)
         from pyflannel.sdnotify import notify
 
         if notify("READY=1"):
@@ -232,6 +234,20 @@ class Daemon:
                 log.error("could not apply peer changes", error=str(exc), events=len(batch))
         raise RegistryError("the peer watch stopped unexpectedly", hint="restart pyflanneld")
 
+    async def _exit_on_config_change(
+        self, manager: EtcdSubnetManager, config: NetworkConfig
+    ) -> NoReturn:
+        # flanneld ignores a changed config until restarted, leaving nodes on different
+        # Networks partitioned without a word; we exit so that systemd restarts us with it
+        # (docs/compatibility.md).
+        new = await manager.wait_config_change(config, interval=_config_check_seconds())
+        raise ConfigError(
+            f"the network config in etcd changed while running (Network {config.network} -> "
+            f"{new.network}, backend {config.backend_type} -> {new.backend_type}); exiting to "
+            "restart with it",
+            hint="systemd's Restart=on-failure starts pyflanneld again; elsewhere restart it",
+        )
+
     async def _watch_signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
@@ -271,6 +287,17 @@ class Daemon:
         except ConfigError as exc:
             log.warning("ignoring the previous subnet file", error=str(exc))
             return None
+
+
+def _config_check_seconds() -> float:
+    """How often the running config is compared with etcd's; ``$PYFLANNEL_CONFIG_CHECK_SECONDS``
+    overrides the default (tests)."""
+    from pyflannel.subnet.manager import CONFIG_CHECK_SECONDS
+
+    try:
+        return max(0.1, float(os.environ.get("PYFLANNEL_CONFIG_CHECK_SECONDS", "")))
+    except ValueError:
+        return CONFIG_CHECK_SECONDS
 
 
 def _previous_networks(env: SubnetEnv | None) -> PreviousNetworks | None:

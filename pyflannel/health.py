@@ -139,7 +139,7 @@ async def serve_health(
         listeners = await trio.open_tcp_listeners(port, host=host or None)
     except OSError as exc:
         # Fails before anything is set up, so exiting is cheap; systemd restarts us once the
-        # other process is gone (flanneld only logs this and runs without its health port).
+        # other process is gone. Exit 1 like flanneld (which panics here), but with one line.
         where = f"[{host}]:{port}" if ":" in host else f"{host or '0.0.0.0'}:{port}"
         raise ConfigError(
             f"cannot listen on {where} for --healthz-port: {exc.strerror or exc}",

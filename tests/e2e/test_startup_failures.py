@@ -18,6 +18,9 @@ subnet-file dir unwritable exit 1, names the path
 MAC file corrupt           warns, picks another MAC, runs
 NOTIFY_SOCKET bogus        warns once, runs
 =========================  ==========================================================
+
+The last test is the one failure that comes after start-up: the network config changing in etcd
+while the daemon runs (exit 1, and the restart uses the new config).
 """
 
 from __future__ import annotations
@@ -205,3 +208,36 @@ def test_corrupt_mac_file_and_bogus_notify_socket_warn_and_run(lab: LabEnv) -> N
     time.sleep(1.0)
     assert run.stop() == 0
     _no_traceback(run)
+
+
+def test_network_config_change_while_running_exits_1_then_restarts_with_it(
+    lab: LabEnv,
+) -> None:
+    """Issue 19 #7 (a deliberate difference, docs/compatibility.md): a reformatted or invalid
+    config is no change; a new Network makes the daemon exit 1 with one line, and the restart
+    (what systemd's Restart=on-failure does) runs with the new Network."""
+    assert lab.etcd is not None
+    key = "/change/config"
+    old = {"Network": "10.5.0.0/16", "Backend": {"Type": "vxlan"}}
+    lab.etcd.put(key, json.dumps(old))
+    env = {"PYFLANNEL_CONFIG_CHECK_SECONDS": "0.3"}
+    run = _start(lab, "change", ["--etcd-prefix=/change"], env=env)
+    run.wait_line("wrote subnet file")
+    lab.etcd.put(key, json.dumps(old, indent=2))  # same config, other text
+    lab.etcd.put(key, '{"Network": "10.6.0.0/40"}')  # invalid: reported once, ignored
+    run.wait_line("config.change_ignored")
+    time.sleep(1.0)
+    assert run.proc.poll() is None, run.text()
+    assert len(run.lines("config.change_ignored")) == 1, run.text()
+    lab.etcd.put(key, json.dumps({**old, "Network": "10.6.0.0/16"}))
+    assert run.wait_exit(10.0) == 1
+    line = run.wait_line("pyflanneld stopped")
+    assert "network config in etcd changed" in line and "10.6.0.0/16" in line, line
+    _no_traceback(run)
+
+    again = _start(lab, "change-restart", ["--etcd-prefix=/change"], env=env)
+    again.wait_line("wrote subnet file")
+    env_text = (lab.node("n1").run_flannel_dir / "subnet.env").read_text()
+    assert "FLANNEL_NETWORK=10.6.0.0/16" in env_text, env_text
+    assert again.stop() == 0
+    _no_traceback(again)
