@@ -24,6 +24,7 @@ IPv6 packets then do not fit.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,7 +39,7 @@ from pyflannel.backend.peers import PeerProgrammer
 from pyflannel.errors import ConfigError, InterfaceError, LeaseError, NetlinkError
 from pyflannel.lease import Event, Lease, LeaseAttrs
 from pyflannel.metrics import Metrics
-from pyflannel.netlink.addresses import ensure_address
+from pyflannel.netlink.addresses import ensure_address, list_addresses
 from pyflannel.netlink.links import (
     LinkInfo,
     VxlanSpec,
@@ -71,6 +72,7 @@ ENCAP_OVERHEAD_V6 = 70
 _IFNAMSIZ = 15
 _RECREATE_BACKOFF_MIN = 1.0
 _RECREATE_BACKOFF_MAX = 30.0
+_DEVICE_CHECK_INTERVAL = 10.0  # besides link notifications: the device's address
 _ALL_V6 = ipaddress.IPv6Network("::/0")
 
 
@@ -297,10 +299,13 @@ class VxlanNetwork:
         with LinkMonitor() as monitor:
             await self.check_devices()  # it may have gone before the monitor existed
             while True:
-                events = await monitor.next_events()
+                # Address changes send no link event: a periodic check catches those.
+                events = []
+                with trio.move_on_after(_DEVICE_CHECK_INTERVAL) as timer:
+                    events = await monitor.next_events()
                 names = {d.spec.name for d in be._devices}
                 indexes = {d.ifindex for d in be._devices}
-                if any(
+                if timer.cancelled_caught or any(
                     e.kind == "overflow" or e.name in names or e.ifindex in indexes for e in events
                 ):
                     await self.check_devices()
@@ -314,6 +319,7 @@ class VxlanNetwork:
                 if not link.up:
                     log.warning("vxlan.device_was_down", device=dev.spec.name, action="set up")
                     set_link_up(sock, link.ifindex)
+                self._check_address(sock, dev)
                 continue
             log.warning(
                 "vxlan.device_missing",
@@ -321,6 +327,21 @@ class VxlanNetwork:
                 action="recreating it with the same MAC and re-programming every peer",
             )
             await self._recreate(dev)
+
+    def _check_address(self, sock: NetlinkSocket, dev: _Device) -> None:
+        # Someone removed our /32 (/128): host-to-pod traffic would leave with another source.
+        own = self.programmer.context(dev.family).own_subnet
+        af = socket.AF_INET if dev.family == 4 else socket.AF_INET6
+        try:
+            present = {a.ip for a in list_addresses(sock, dev.ifindex, af)}
+            if own.network_address in present:
+                return
+            log.warning(
+                "vxlan.address_restored", device=dev.spec.name, address=str(own.network_address)
+            )
+            _configure_device(sock, dev, own)
+        except NetlinkError as exc:
+            log.warning("vxlan.address_check_failed", device=dev.spec.name, error=str(exc))
 
     async def _recreate(self, dev: _Device) -> None:
         be = self._be
