@@ -121,13 +121,14 @@ class Daemon:
         )
         network = await backend.configure(self.lease)
         await self._setup_traffic(nursery, config, previous)
-        self._write_subnet_env(config, network)
+        env = self._write_subnet_env(config, network)
         METRICS.ready = True
         send, recv = trio.open_memory_channel[list[Event]](64)
         nursery.start_soon(manager.watch_leases, self.lease, send)
         nursery.start_soon(self._apply_peers, network, recv)
         nursery.start_soon(network.run)
         nursery.start_soon(self._exit_on_config_change, manager, config)
+        nursery.start_soon(self._keep_subnet_env, env)
         from pyflannel.sdnotify import notify
 
         if notify("READY=1"):
@@ -182,7 +183,7 @@ class Daemon:
         await tm.setup()
         nursery.start_soon(tm.resync_forever, float(opts.iptables_resync))
 
-    def _write_subnet_env(self, config: NetworkConfig, network: Network) -> None:
+    def _write_subnet_env(self, config: NetworkConfig, network: Network) -> SubnetEnv:
         from pyflannel.subnet.subnet_env import subnet_env_for, write_subnet_env
 
         env = subnet_env_for(
@@ -203,6 +204,7 @@ class Daemon:
                 hint="make its directory writable by pyflanneld or pass --subnet-file",
             ) from exc
         log.info("wrote subnet file", path=self.opts.subnet_file)
+        return env
 
     # -- long-running tasks ----------------------------------------------------------------------
 
@@ -247,6 +249,11 @@ class Daemon:
             "restart with it",
             hint="systemd's Restart=on-failure starts pyflanneld again; elsewhere restart it",
         )
+
+    async def _keep_subnet_env(self, env: SubnetEnv) -> None:
+        from pyflannel.subnet.subnet_env_keeper import keep_subnet_env
+
+        await keep_subnet_env(self.opts.subnet_file, env)
 
     async def _watch_signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
