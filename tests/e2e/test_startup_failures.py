@@ -124,6 +124,15 @@ def _no_traceback(run: Run) -> None:
     assert "Traceback" not in run.text(), run.text()
 
 
+def _fatal_line(run: Run) -> str:
+    """The one ``pyflanneld stopped`` line of a run that must exit 1 (and no traceback)."""
+    assert run.wait_exit() == 1
+    line = run.wait_line("pyflanneld stopped")
+    assert len(run.lines("pyflanneld stopped")) == 1, run.text()
+    _no_traceback(run)
+    return line
+
+
 def test_bad_flag_exits_2_with_one_line(lab: LabEnv) -> None:
     run = _start(lab, "bad-flag", ["--subnet-lease-ttl=soon"])
     assert run.wait_exit() == 2
@@ -154,11 +163,8 @@ def test_bad_network_config_keeps_retrying_with_one_line(lab: LabEnv) -> None:
 
 
 def test_no_interface_exits_1(lab: LabEnv) -> None:
-    run = _start(lab, "no-iface", ["--iface=nosuch0"])
-    assert run.wait_exit() == 1
-    line = run.wait_line("pyflanneld stopped")
+    line = _fatal_line(_start(lab, "no-iface", ["--iface=nosuch0"]))
     assert "InterfaceError" in line and "nosuch0" in line, line
-    _no_traceback(run)
 
 
 def test_healthz_port_taken_exits_1_naming_address_and_port(lab: LabEnv) -> None:
@@ -174,24 +180,19 @@ def test_healthz_port_taken_exits_1_naming_address_and_port(lab: LabEnv) -> None
     try:
         assert listener.stdout is not None and listener.stdout.readline() == b"up\n"
         run = _start(lab, "port-taken", ["--healthz-port=10299", "--healthz-ip=127.0.0.1"])
-        assert run.wait_exit() == 1
+        line = _fatal_line(run)
     finally:
         listener.kill()
         listener.wait(10)
-    line = run.wait_line("pyflanneld stopped")
     assert "127.0.0.1:10299" in line and "--healthz-port" in line, line
     assert "Address already in use" in line, line
-    _no_traceback(run)
 
 
 def test_unwritable_subnet_file_dir_exits_1_naming_the_path(lab: LabEnv) -> None:
     node = lab.node("n1")
     (node.run_flannel_dir / "plainfile").write_text("not a directory\n")
-    run = _start(lab, "no-dir", ["--subnet-file=/run/flannel/plainfile/subnet.env"])
-    assert run.wait_exit() == 1
-    line = run.wait_line("pyflanneld stopped")
+    line = _fatal_line(_start(lab, "no-dir", ["--subnet-file=/run/flannel/plainfile/subnet.env"]))
     assert "/run/flannel/plainfile" in line and "ConfigError" in line, line
-    _no_traceback(run)
 
 
 def test_corrupt_mac_file_and_bogus_notify_socket_warn_and_run(lab: LabEnv) -> None:
@@ -230,10 +231,8 @@ def test_network_config_change_while_running_exits_1_then_restarts_with_it(
     assert run.proc.poll() is None, run.text()
     assert len(run.lines("config.change_ignored")) == 1, run.text()
     lab.etcd.put(key, json.dumps({**old, "Network": "10.6.0.0/16"}))
-    assert run.wait_exit(10.0) == 1
-    line = run.wait_line("pyflanneld stopped")
+    line = _fatal_line(run)
     assert "network config in etcd changed" in line and "10.6.0.0/16" in line, line
-    _no_traceback(run)
 
     again = _start(lab, "change-restart", ["--etcd-prefix=/change"], env=env)
     again.wait_line("wrote subnet file")

@@ -279,12 +279,17 @@ class Running:
         assert not self._thread.is_alive()
 
 
+def run_owned(node: Node, net: UdpNetwork) -> Running:
+    """Start ``net.run()``, which owns the forwarder from here on (a fresh one)."""
+    net.forwarder.stop()
+    net.forwarder = net._new_forwarder()
+    return Running(node, net)
+
+
 def test_run_recreates_a_deleted_tun_and_cleans_up(nodes: Nodes, tmp_path: Path) -> None:
     n0, n1 = nodes.nodes
     with udp_nodes(nodes, tmp_path) as (nets, _):
-        nets[0].forwarder.stop()  # run() owns the forwarder from here on
-        nets[0].forwarder = nets[0]._new_forwarder()
-        runner = Running(n0, nets[0])
+        runner = run_owned(n0, nets[0])
         try:
             assert ping(n0.pod_ns, n1.pod_ip)
             subprocess.run(["ip", "-n", n0.ns, "link", "del", "flannel0"], check=True)
@@ -402,9 +407,7 @@ def test_run_restores_the_network_route_address_and_link_state(
     traffic flows again."""
     n0, n1 = nodes.nodes
     with udp_nodes(nodes, tmp_path) as (nets, _):
-        nets[0].forwarder.stop()  # run() owns the forwarder from here on
-        nets[0].forwarder = nets[0]._new_forwarder()
-        runner = Running(n0, nets[0])
+        runner = run_owned(n0, nets[0])
         try:
             assert ping(n0.pod_ns, n1.pod_ip)
             faults = [
