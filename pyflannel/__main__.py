@@ -52,6 +52,15 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 0
+    except Exception as exc:
+        # Anything that is not a FlannelError is a bug; still one line (the traceback with
+        # -v), so that a start-up failure never floods the journal with a stack.
+        log.error(
+            "pyflanneld crashed", error=str(exc) or repr(exc), kind=type(exc).__name__,
+            hint="this is a bug: rerun with -v for the traceback and report it",
+            exc_info=opts.verbosity > 0,
+        )  # fmt: skip
+        return 1
     return 0
 
 

@@ -10,6 +10,7 @@ every decision lives in the modules it calls.
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -123,13 +124,15 @@ class Daemon:
         )
         network = await backend.configure(self.lease)
         await self._setup_traffic(nursery, config, previous)
-        self._write_subnet_env(config, network)
+        env = self._write_subnet_env(config, network)
         METRICS.ready = True
         network.peers.on_failing_change = self._publish_failing
         send, recv = trio.open_memory_channel[PeerMessage](64)
         nursery.start_soon(manager.watch_leases, self.lease, send)
         nursery.start_soon(self._apply_peers, network, recv)
         nursery.start_soon(network.run)
+        nursery.start_soon(self._exit_on_config_change, manager, config)
+        nursery.start_soon(self._keep_subnet_env, env)
         from pyflannel.sdnotify import notify
 
         if notify("READY=1"):
@@ -184,7 +187,7 @@ class Daemon:
         await tm.setup()
         nursery.start_soon(tm.resync_forever, float(opts.iptables_resync))
 
-    def _write_subnet_env(self, config: NetworkConfig, network: Network) -> None:
+    def _write_subnet_env(self, config: NetworkConfig, network: Network) -> SubnetEnv:
         from pyflannel.subnet.subnet_env import subnet_env_for, write_subnet_env
 
         env = subnet_env_for(
@@ -205,6 +208,7 @@ class Daemon:
                 hint="make its directory writable by pyflanneld or pass --subnet-file",
             ) from exc
         log.info("wrote subnet file", path=self.opts.subnet_file)
+        return env
 
     # -- long-running tasks ----------------------------------------------------------------------
 
@@ -216,6 +220,25 @@ class Daemon:
         async for msg in recv:
             await network.apply(msg)
         raise RegistryError("the peer watch stopped unexpectedly", hint="restart pyflanneld")
+
+    async def _exit_on_config_change(
+        self, manager: EtcdSubnetManager, config: NetworkConfig
+    ) -> NoReturn:
+        # flanneld ignores a changed config until restarted, leaving nodes on different
+        # Networks partitioned without a word; we exit so that systemd restarts us with it
+        # (docs/compatibility.md).
+        new = await manager.wait_config_change(config, interval=_config_check_seconds())
+        raise ConfigError(
+            f"the network config in etcd changed while running (Network {config.network} -> "
+            f"{new.network}, backend {config.backend_type} -> {new.backend_type}); exiting to "
+            "restart with it",
+            hint="systemd's Restart=on-failure starts pyflanneld again; elsewhere restart it",
+        )
+
+    async def _keep_subnet_env(self, env: SubnetEnv) -> None:
+        from pyflannel.subnet.subnet_env_keeper import keep_subnet_env
+
+        await keep_subnet_env(self.opts.subnet_file, env)
 
     async def _watch_signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -265,6 +288,17 @@ class Daemon:
         except ConfigError as exc:
             log.warning("ignoring the previous subnet file", error=str(exc))
             return None
+
+
+def _config_check_seconds() -> float:
+    """How often the running config is compared with etcd's; ``$PYFLANNEL_CONFIG_CHECK_SECONDS``
+    overrides the default (tests)."""
+    from pyflannel.subnet.manager import CONFIG_CHECK_SECONDS
+
+    try:
+        return max(0.1, float(os.environ.get("PYFLANNEL_CONFIG_CHECK_SECONDS", "")))
+    except ValueError:
+        return CONFIG_CHECK_SECONDS
 
 
 def _previous_networks(env: SubnetEnv | None) -> PreviousNetworks | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import structlog
 import trio
 
+from pyflannel.errors import ConfigError
 from pyflannel.metrics import METRICS, Metrics
 
 __all__ = ["answer", "render_metrics", "serve_health"]
@@ -145,8 +146,22 @@ async def serve_health(
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until cancelled; ``task_status.started`` receives the bound port."""
-    listeners = await trio.open_tcp_listeners(port, host=host or None)
+    """Serve until cancelled; ``task_status.started`` receives the bound port.
+
+    Raises :class:`~pyflannel.errors.ConfigError` naming the address and port when it cannot
+    listen (port taken, address not on this host).
+    """
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host or None)
+    except OSError as exc:
+        # Fails before anything is set up, so exiting is cheap; systemd restarts us once the
+        # other process is gone. Exit 1 like flanneld (which panics here), but with one line.
+        where = f"[{host}]:{port}" if ":" in host else f"{host or '0.0.0.0'}:{port}"
+        raise ConfigError(
+            f"cannot listen on {where} for --healthz-port: {exc.strerror or exc}",
+            hint="stop the process using that port (ss -ltnp), or pass another "
+            "--healthz-port or --healthz-ip",
+        ) from None
     bound = listeners[0].socket.getsockname()[1]
     log.info("health server listening", host=host, port=bound)
     task_status.started(bound)

@@ -43,7 +43,7 @@ import socket
 import struct
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NoReturn
 
 import structlog
 import trio
@@ -57,13 +57,15 @@ from pyflannel.errors import ConfigError, InterfaceError, LeaseError, NetlinkErr
 from pyflannel.lease import Event, Lease, LeaseAttrs
 from pyflannel.metrics import METRICS, Metrics
 from pyflannel.netlink import consts as nlc
-from pyflannel.netlink.addresses import ensure_address
+from pyflannel.netlink.addresses import ensure_address, list_addresses
+from pyflannel.netlink.changes import ChangeMonitor
 from pyflannel.netlink.dump import dump_routes
 from pyflannel.netlink.encode import attr, rtmsg
 from pyflannel.netlink.links import get_link, set_link_mtu, set_link_up
 from pyflannel.netlink.nlsocket import KernelRefused, NetlinkSocket
 from pyflannel.netlink.ops import IPNetwork
 from pyflannel.peer_messages import PeerChanges, PeerMessage, PeerSnapshot
+from pyflannel.retry import Backoff, FailureLog
 
 if TYPE_CHECKING:
     from pyflannel.config import NetworkConfig
@@ -80,6 +82,7 @@ __all__ = [
     "open_tun",
     "open_udp_socket",
     "plan_table",
+    "reconcile_tun",
 ]
 
 log = structlog.get_logger(__name__)
@@ -98,6 +101,13 @@ _SO_RCVBUFFORCE: Final = 33
 _HEALTH_INTERVAL: Final = 0.5
 _RECREATE_BACKOFF_MIN: Final = 1.0
 _RECREATE_BACKOFF_MAX: Final = 30.0
+# The device's address, link state and route are checked on every link/address/route
+# notification, and at least this often in case a notification was lost.
+_RECONCILE_INTERVAL: Final = 10.0
+# After a repair the next check waits 0.2 s, doubling to 5 s while something keeps undoing
+# our work (another tool fighting us): bounded rate and log volume, never a busy loop.
+_REPAIR_BACKOFF_MIN: Final = 0.2
+_REPAIR_BACKOFF_MAX: Final = 5.0
 
 
 def open_tun(pattern: str = TUN_NAME_PATTERN) -> tuple[int, str]:
@@ -344,6 +354,43 @@ def ensure_network_route(nl: NetlinkSocket, ifindex: int, network: ipaddress.IPv
     nl.request(nlc.RTM_NEWROUTE, nlc.NLM_F_CREATE | nlc.NLM_F_REPLACE, body, what=what)
 
 
+def reconcile_tun(
+    nl: NetlinkSocket,
+    ifindex: int,
+    subnet: ipaddress.IPv4Network,
+    network: ipaddress.IPv4Network,
+    mtu: int,
+) -> list[str]:
+    """Put back what :func:`configure_tun` set up and someone undid; what was repaired.
+
+    A link flap (``ip link set flannel0 down; up``) or another tool's route clean-up removes
+    the Network route without touching the device, and nothing else would ever add it back.
+    Reads first and writes only what is missing, so a pass over a healthy device changes
+    nothing (and triggers no notification). A device that is gone or was replaced is left to
+    the forwarder, which re-creates it (:meth:`UdpNetwork.run`); the result is then empty.
+    """
+    link = get_link(nl, ifindex)
+    if link is None:
+        return []
+    repaired: list[str] = []
+    if not link.up:
+        # first: the kernel refuses a route through a device that is down
+        set_link_up(nl, ifindex)
+        repaired.append("link set up")
+    if link.mtu != mtu:
+        set_link_mtu(nl, ifindex, mtu)
+        repaired.append(f"mtu {link.mtu} -> {mtu}")
+    want = ipaddress.IPv4Interface((subnet.network_address, 32))
+    if want not in list_addresses(nl, ifindex):
+        ensure_address(nl, ifindex, want, stale_within=network)
+        repaired.append(f"address {want}")
+    routes = dump_routes(nl, ifindex)
+    if not any(r.dst == network and r.gw is None for r in routes):
+        ensure_network_route(nl, ifindex, network)
+        repaired.append(f"route {network}")
+    return repaired
+
+
 def plan_table(
     leases: Sequence[Lease], ctx: PlanContext, subnet_len: int, port: int
 ) -> tuple[PeerTable, list[tuple[Lease, Rejection]]]:
@@ -469,40 +516,80 @@ class UdpNetwork:
 
     async def run(self) -> None:
         """Forward packets in the forwarder's thread(s) until cancelled; re-create the TUN if it
-        is deleted. On exit the threads stop and the TUN and socket are closed."""
+        is deleted, and keep its address, link state and Network route (:meth:`keep_device`).
+        On exit the threads stop and the TUN and socket are closed."""
         try:
-            while True:
-                self.forwarder.start()
-                log.info(
-                    "udp.forwarding",
-                    device=self._be.tun_name,
-                    mode=self._be.mode,
-                    gso=self.forwarder.gso,
-                    gro=self.forwarder.gro,
-                    coalesce=self.forwarder.coalesce,
-                )
-                while self.forwarder.alive:
-                    await trio.sleep(_HEALTH_INTERVAL)
-                self.forwarder.stop()
-                err = self.forwarder.error
-                if not _tun_gone(err):
-                    raise InterfaceError(
-                        f"the udp forwarder of {self._be.tun_name} failed: {err!r}",
-                        hint="restart pyflanneld; report this if it repeats",
-                    )
-                log.warning(
-                    "udp.device_missing",
-                    device=self._be.tun_name,
-                    action="recreating the TUN device and its address and route",
-                )
-                await self._recreate()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.keep_device)
+                await self._forward()
         finally:
             self.forwarder.stop()
             self._be.close()
 
+    async def keep_device(self) -> NoReturn:
+        """Check the TUN's address, link state, MTU and Network route on every link, address
+        or route notification and every ``_RECONCILE_INTERVAL`` s; repair what is missing
+        (:func:`reconcile_tun`). Repairs and failures back off (:mod:`pyflannel.retry`)."""
+        be = self._be
+        repair_backoff = Backoff.of(_REPAIR_BACKOFF_MIN, _REPAIR_BACKOFF_MAX)
+        error_backoff = Backoff.of(_RECREATE_BACKOFF_MIN, _RECREATE_BACKOFF_MAX)
+        failures = FailureLog(log, "udp.reconcile_failed")
+        assert self._lease.subnet is not None and be._network is not None
+        with ChangeMonitor() as monitor:
+            while True:
+                monitor.changed(())  # drain: this pass looks at everything anyway
+                try:
+                    with NetlinkSocket() as nl:
+                        repaired = reconcile_tun(
+                            nl, self.ifindex, self._lease.subnet, be._network, be.mtu
+                        )
+                except (NetlinkError, OSError) as exc:
+                    delay = error_backoff.next()
+                    failures.failed(device=be.tun_name, error=str(exc), retry_in=round(delay, 2))
+                    await trio.sleep(delay)
+                    continue
+                error_backoff.reset()
+                failures.resolved(device=be.tun_name)
+                if repaired:
+                    be.stats.resync_repairs_total += 1
+                    log.warning("udp.device_repaired", device=be.tun_name, repaired=repaired)
+                    await trio.sleep(repair_backoff.next())
+                    continue
+                repair_backoff.reset()
+                with trio.move_on_after(_RECONCILE_INTERVAL):
+                    await trio.lowlevel.wait_readable(monitor.fileno())
+
+    async def _forward(self) -> NoReturn:
+        while True:
+            self.forwarder.start()
+            log.info(
+                "udp.forwarding",
+                device=self._be.tun_name,
+                mode=self._be.mode,
+                gso=self.forwarder.gso,
+                gro=self.forwarder.gro,
+                coalesce=self.forwarder.coalesce,
+            )
+            while self.forwarder.alive:
+                await trio.sleep(_HEALTH_INTERVAL)
+            self.forwarder.stop()
+            err = self.forwarder.error
+            if not _tun_gone(err):
+                raise InterfaceError(
+                    f"the udp forwarder of {self._be.tun_name} failed: {err!r}",
+                    hint="restart pyflanneld; report this if it repeats",
+                )
+            log.warning(
+                "udp.device_missing",
+                device=self._be.tun_name,
+                action="recreating the TUN device and its address and route",
+            )
+            await self._recreate()
+
     async def _recreate(self) -> None:
         be = self._be
-        backoff = _RECREATE_BACKOFF_MIN
+        backoff = Backoff.of(_RECREATE_BACKOFF_MIN, _RECREATE_BACKOFF_MAX)
+        failures = FailureLog(log, "udp.recreate_failed")
         while True:
             try:
                 if be._tun_fd >= 0:
@@ -516,11 +603,10 @@ class UdpNetwork:
                     )
                 break
             except (InterfaceError, NetlinkError, OSError) as exc:
-                log.warning(
-                    "udp.recreate_failed", device=be._tun_name, error=str(exc), retry_in=backoff
-                )
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, _RECREATE_BACKOFF_MAX)
+                delay = backoff.next()
+                failures.failed(device=be._tun_name, error=str(exc), retry_in=round(delay, 2))
+                await trio.sleep(delay)
+        failures.resolved(device=be._tun_name)
         for k, v in self.forwarder.stats.as_dict().items():
             setattr(self._stats_base, k, getattr(self._stats_base, k) + v)
         self.forwarder = self._new_forwarder()

@@ -24,6 +24,7 @@ IPv6 packets then do not fit.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,7 +41,7 @@ from pyflannel.backend.wanted import WantedPeers
 from pyflannel.errors import ConfigError, InterfaceError, LeaseError, NetlinkError
 from pyflannel.lease import Event, Lease, LeaseAttrs
 from pyflannel.metrics import Metrics
-from pyflannel.netlink.addresses import ensure_address
+from pyflannel.netlink.addresses import ensure_address, list_addresses
 from pyflannel.netlink.links import (
     LinkInfo,
     VxlanSpec,
@@ -57,6 +58,7 @@ from pyflannel.netlink.nlsocket import NetlinkSocket
 from pyflannel.netlink.ops import IPAddress, IPNetwork
 from pyflannel.netlink.worker import NetlinkWorker
 from pyflannel.peer_messages import PeerMessage
+from pyflannel.retry import Backoff, FailureLog
 
 if TYPE_CHECKING:
     from pyflannel.config import NetworkConfig
@@ -74,6 +76,7 @@ ENCAP_OVERHEAD_V6 = 70
 _IFNAMSIZ = 15
 _RECREATE_BACKOFF_MIN = 1.0
 _RECREATE_BACKOFF_MAX = 30.0
+_DEVICE_CHECK_INTERVAL = 10.0  # besides link notifications: the device's address
 _ALL_V6 = ipaddress.IPv6Network("::/0")
 
 
@@ -311,10 +314,13 @@ class VxlanNetwork:
         with LinkMonitor() as monitor:
             await self.check_devices()  # it may have gone before the monitor existed
             while True:
-                events = await monitor.next_events()
+                # Address changes send no link event: a periodic check catches those.
+                events = []
+                with trio.move_on_after(_DEVICE_CHECK_INTERVAL) as timer:
+                    events = await monitor.next_events()
                 names = {d.spec.name for d in be._devices}
                 indexes = {d.ifindex for d in be._devices}
-                if any(
+                if timer.cancelled_caught or any(
                     e.kind == "overflow" or e.name in names or e.ifindex in indexes for e in events
                 ):
                     await self.check_devices()
@@ -328,6 +334,7 @@ class VxlanNetwork:
                 if not link.up:
                     log.warning("vxlan.device_was_down", device=dev.spec.name, action="set up")
                     set_link_up(sock, link.ifindex)
+                self._check_address(sock, dev)
                 continue
             log.warning(
                 "vxlan.device_missing",
@@ -336,12 +343,28 @@ class VxlanNetwork:
             )
             await self._recreate(dev)
 
+    def _check_address(self, sock: NetlinkSocket, dev: _Device) -> None:
+        # Someone removed our /32 (/128): host-to-pod traffic would leave with another source.
+        own = self.programmer.context(dev.family).own_subnet
+        af = socket.AF_INET if dev.family == 4 else socket.AF_INET6
+        try:
+            present = {a.ip for a in list_addresses(sock, dev.ifindex, af)}
+            if own.network_address in present:
+                return
+            log.warning(
+                "vxlan.address_restored", device=dev.spec.name, address=str(own.network_address)
+            )
+            _configure_device(sock, dev, own)
+        except NetlinkError as exc:
+            log.warning("vxlan.address_check_failed", device=dev.spec.name, error=str(exc))
+
     async def _recreate(self, dev: _Device) -> None:
         be = self._be
         sock = be._socket()
         ext = be._ext
         assert ext is not None
-        backoff = _RECREATE_BACKOFF_MIN
+        backoff = Backoff.of(_RECREATE_BACKOFF_MIN, _RECREATE_BACKOFF_MAX)
+        failures = FailureLog(log, "vxlan.recreate_failed")
         while True:
             try:
                 ext_link = get_link(sock, ext.name)
@@ -355,11 +378,10 @@ class VxlanNetwork:
                 self.programmer.set_context(be._context(dev, own))
                 break
             except (NetlinkError, InterfaceError, OSError) as exc:
-                log.warning(
-                    "vxlan.recreate_failed", device=dev.spec.name, error=str(exc), retry_in=backoff
-                )
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, _RECREATE_BACKOFF_MAX)
+                delay = backoff.next()
+                failures.failed(device=dev.spec.name, error=str(exc), retry_in=round(delay, 2))
+                await trio.sleep(delay)
+        failures.resolved(device=dev.spec.name)
         be.stats.device_recreations_total += 1
         ops = await self.programmer.reprogram("device re-created")
         log.warning(

@@ -89,6 +89,10 @@ class ChangeMonitor:
         """Stop monitoring."""
         self._nl.close()
 
+    def fileno(self) -> int:
+        """File descriptor that becomes readable when a notification is queued."""
+        return self._nl.fileno()
+
     def __enter__(self) -> ChangeMonitor:
         return self
 

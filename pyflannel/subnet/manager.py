@@ -54,6 +54,7 @@ from pyflannel.subnet.subnet_env import SubnetEnv
 from pyflannel.subnet.watch import PeerFeed
 
 __all__ = [
+    "CONFIG_CHECK_SECONDS",
     "DEFAULT_RACE_RETRIES",
     "DEFAULT_RENEW_MARGIN_MINUTES",
     "DEFAULT_RENEW_RETRY",
@@ -73,6 +74,10 @@ DEFAULT_RACE_RETRIES = 100
 # the channel's own backoff, see registry._GRPC_OPTIONS), so retrying every second costs nothing;
 # only a reachable etcd that keeps refusing the watch (e.g. no leader) sees ~1 request/s per watch.
 WATCH_RETRY_MAX = 1.0
+# How often a running daemon re-reads the network config to notice a change (and how far the
+# check backs off while etcd is unreachable).
+CONFIG_CHECK_SECONDS = 10.0
+CONFIG_CHECK_RETRY_MAX = 60.0
 
 _OpenWatch = Callable[[int], AbstractAsyncContextManager[WatchStream]]
 
@@ -190,6 +195,45 @@ class EtcdSubnetManager:
         etcdctl command that creates it; the daemon retries every second like flanneld.
         """
         return await self._registry.get_config()
+
+    async def wait_config_change(
+        self, current: NetworkConfig, *, interval: float = CONFIG_CHECK_SECONDS
+    ) -> NetworkConfig:
+        """Read ``<prefix>/config`` every ``interval`` s; return it once it parses to a config
+        other than ``current`` (a reformatted document is no change).
+
+        One read of one small key per interval (the registry offers no watch of that key). A
+        failed read (etcd unreachable, key deleted) is not a change: it is retried on the common
+        backoff and logged rate-limited (:mod:`pyflannel.retry`). An invalid new config is not
+        one either: it is reported once and the running config stays.
+        """
+        from pyflannel.config import parse_network_config
+
+        backoff = Backoff.of(interval, max(interval, CONFIG_CHECK_RETRY_MAX))
+        failures = FailureLog(log, "config.check_failed")
+        rejected = ""
+        while True:
+            try:
+                raw = await self._registry.get_config()
+            except RegistryError as exc:
+                delay = backoff.next()
+                failures.failed(error=str(exc), retry_in=round(delay, 2))
+                await trio.sleep(delay)
+                continue
+            backoff.reset()
+            failures.resolved()
+            try:
+                new = parse_network_config(raw)
+            except ConfigError as exc:
+                if raw != rejected:
+                    rejected = raw
+                    log.warning(
+                        "config.change_ignored", error=str(exc), action="keeping the running config"
+                    )
+            else:
+                if new != current:
+                    return new
+            await trio.sleep(interval)
 
     # ----------------------------------------------------------------- acquire
     async def acquire_lease(

@@ -597,8 +597,15 @@ class EtcdRegistry:
             code, details = "UNAVAILABLE", "every endpoint failed"
         # gRPC reports a server that rejects our client certificate as "Unwrap failed
         # (TSI_DATA_CORRUPTED)", a server certificate we do not trust as a handshake failure.
+        # Only a TLS channel can fail that way: gRPC's TCP connect timeout reads "tcp
+        # handshaker shutdown", which on a plain-http channel (or before TLS even starts) is a
+        # host that cannot be reached, not a certificate problem.
+        uses_tls = bool(self._keyfile and self._certfile) or any(
+            e.scheme == "https" for e in self._endpoints
+        )
         tls_words = ("ssl", "handshake", "certificate", "tls", "x509", "tsi_", "unwrap failed")
-        if code == "UNAVAILABLE" and any(w in low for w in tls_words):
+        tls_failure = any(w in low.replace("tcp handshaker", "") for w in tls_words)
+        if code == "UNAVAILABLE" and uses_tls and tls_failure:
             return EtcdAuthError(
                 f"etcd {op} failed: TLS handshake with {eps} failed: {details}",
                 hint=(
@@ -610,9 +617,13 @@ class EtcdRegistry:
         if code in ("UNAVAILABLE", "DEADLINE_EXCEEDED") or isinstance(
             exc, pexc.ConnectionFailedError | pexc.ConnectionTimeoutError
         ):
-            what = "timed out" if code == "DEADLINE_EXCEEDED" else "could not reach etcd"
+            what = (
+                f"timed out at {eps}"
+                if code == "DEADLINE_EXCEEDED"
+                else f"could not reach etcd at {eps}: cannot connect"
+            )
             return EtcdUnavailable(
-                f"etcd {op} failed: {what} at {eps}: {details or type(exc).__name__}",
+                f"etcd {op} failed: {what}: {details or type(exc).__name__}",
                 hint=(
                     "check that etcd is running and reachable from this host at "
                     "--etcd-endpoints (and whether it expects https://)"

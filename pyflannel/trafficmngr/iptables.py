@@ -149,8 +149,7 @@ class IptablesManager:
         self._lock = trio.Lock()
         # nf_tables generation seen by the last resync that found every rule in place
         self._verified_generation: int | None = None
-        subnets: list[IPNetwork] = [s for s in (spec.subnet, spec.ipv6_subnet) if s is not None]
-        self._blackhole = BlackholeRoutes(subnets, netns=netns) if spec.blackhole_route else None
+        self._blackhole = BlackholeRoutes.for_spec(spec, prev, netns=netns)
 
     async def cleanup_other_mode(self) -> None:
         """Delete nftables tables ``ip flannel-ipv4`` / ``ip6 flannel-ipv6``. Never raises."""
@@ -203,6 +202,9 @@ class IptablesManager:
             others = tuple(f for f in Family if f not in set(self.spec.families()))
             if others:
                 await remove_iptables_chains(self._runner, others)
+        if self._blackhole is not None:
+            # now, not one resync period later; also drops the previous lease's blackhole
+            await self._blackhole.ensure()
 
     async def resync_once(self) -> list[str]:
         """Compare every table with the wanted rules; re-apply where they differ.

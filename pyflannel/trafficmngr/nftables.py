@@ -10,6 +10,7 @@ chains are removed (:meth:`NftablesManager.cleanup_other_mode`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import structlog
@@ -29,7 +30,6 @@ from pyflannel.trafficmngr.plan import (
 from pyflannel.trafficmngr.rules import (
     NFT_TABLES,
     Family,
-    IPNetwork,
     NftTable,
     PreviousNetworks,
     TrafficSpec,
@@ -123,8 +123,7 @@ class NftablesManager:
         # If this nft prints a rule differently from what plan.py expects, the listing taken
         # right after our own transaction becomes the reference for that family.
         self._baseline: dict[Family, NftListing] = {}
-        subnets: list[IPNetwork] = [s for s in (spec.subnet, spec.ipv6_subnet) if s is not None]
-        self._blackhole = BlackholeRoutes(subnets, netns=netns) if spec.blackhole_route else None
+        self._blackhole = BlackholeRoutes.for_spec(spec, prev, netns=netns)
 
     async def cleanup_other_mode(self) -> None:
         """Remove iptables chains FLANNEL-POSTRTG (nat) and FLANNEL-FWD (filter), IPv4 and
@@ -156,6 +155,9 @@ class NftablesManager:
                 self._runner,
                 tuple((f.nft_family, f.nft_table) for f in Family if f not in configured),
             )
+        if self._blackhole is not None:
+            # now, not one resync period later; also drops the previous lease's blackhole
+            await self._blackhole.ensure()
 
     async def resync_once(self) -> list[str]:
         """Compare each table with the wanted one; rewrite it where they differ.
@@ -221,12 +223,16 @@ class NftablesManager:
         return problems
 
     async def _masq_fully_random(self) -> bool:
-        # flanneld asks the kernel with `nft --check` of a test rule; same here, once.
+        # flanneld asks the kernel with `nft --check` of a test rule; same here, once. The
+        # probe uses a table name of its own: checked against our real table, a leftover chain
+        # there (wrong type, a jump into it) fails the check for reasons unrelated to
+        # fully-random, and masquerading would lose it for the whole run.
         if not self.spec.ip_masq or self.spec.random_fully_disable:
             return False
         if self._fully_random is None:
             family = next(iter(self.spec.families()), Family.IPV4)
-            probe = nft_table(self.spec, family, fully_random=True)
+            wanted = nft_table(self.spec, family, fully_random=True)
+            probe = dataclasses.replace(wanted, name=f"{wanted.name}-probe")
             res = await self._runner.run(
                 ["nft", "--check", "-f", "-"], stdin=nft_script(probe), check=False
             )

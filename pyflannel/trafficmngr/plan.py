@@ -365,28 +365,28 @@ def nft_chains_to_recreate(table: NftTable, listing: NftListing | None) -> list[
 def nft_script(
     table: NftTable, existing_chains: Iterable[str] = (), recreate: Iterable[str] = ()
 ) -> str:
-    """The ``nft -f -`` transaction: add table; per chain add, flush, add rules.
+    """The ``nft -f -`` transaction: add table; flush chains; delete chains; add chains/rules.
 
     ``existing_chains`` are the chains the table has now: those flannel does not want are
-    flushed and deleted in the same transaction (flannel owns the table). Chains named in
-    ``recreate`` (see :func:`nft_chains_to_recreate`) are deleted before being added.
+    deleted in the same transaction (flannel owns the table). Chains named in ``recreate``
+    (see :func:`nft_chains_to_recreate`) are deleted before being added.
+
+    Every existing chain is flushed before any is deleted: the kernel refuses to delete a
+    chain while a rule (in any chain, ours or a leftover one) still jumps to it.
     """
     fam, name = table.family, table.name
     lines = [f"add table {fam} {name} {{ comment {_nft_quote(table.comment)} ; }}"]
-    redo = set(recreate)
+    existing = sorted(set(existing_chains))
+    doomed = sorted((set(existing) - table.chain_names()) | (set(recreate) & set(existing)))
+    lines += [f"flush chain {fam} {name} {chain}" for chain in existing]
+    lines += [f"delete chain {fam} {name} {chain}" for chain in doomed]
     for c in table.chains:
-        if c.name in redo:
-            lines += [f"flush chain {fam} {name} {c.name}", f"delete chain {fam} {name} {c.name}"]
         lines.append(
             f"add chain {fam} {name} {c.name} {{ type {c.type} hook {c.hook} priority "
             f"{c.priority} ; policy accept ; comment {_nft_quote(c.comment)} ; }}"
         )
         lines.append(f"flush chain {fam} {name} {c.name}")
         lines += [f"add rule {fam} {name} {c.name} {r.text()}" for r in c.rules]
-    # Flush every unwanted chain before deleting any: a chain cannot go while a rule jumps to it.
-    extras = sorted(set(existing_chains) - table.chain_names())
-    lines += [f"flush chain {fam} {name} {extra}" for extra in extras]
-    lines += [f"delete chain {fam} {name} {extra}" for extra in extras]
     return "\n".join(lines) + "\n"
 
 

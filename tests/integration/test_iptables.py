@@ -447,3 +447,28 @@ async def test_family_dropped_from_config_loses_its_chains(node_ns: str) -> None
         chains(node_ns, "nat", "ip6tables") | chains(node_ns, "filter", "ip6tables")
     )
     assert rules(node_ns, "nat") == FLANNELD_NAT_V4
+
+
+@pytest.mark.parametrize("manager", [IptablesManager, NftablesManager])
+async def test_blackhole_at_setup_replaces_the_previous_subnets(
+    node_ns: str, manager: type[IptablesManager] | type[NftablesManager]
+) -> None:
+    """Issue 19: restarted with a new subnet, the node drops the previous lease's blackhole
+    (and a blackhole for any other subnet of the Network: it would cut a peer off) and adds its
+    own at set-up, not one resync period later. Blackholes outside the Network stay."""
+    prev4, prev6 = ipaddress.IPv4Network("10.5.71.0/24"), ipaddress.IPv6Network("2001:db8:0:4::/64")
+    peer = ipaddress.IPv4Network("10.5.9.0/24")
+    foreign = ipaddress.IPv4Network("203.0.113.128/25")
+    for net in (prev4, peer, foreign):
+        sh(node_ns, "ip", "route", "add", "blackhole", str(net))
+    sh(node_ns, "ip", "-6", "route", "add", "blackhole", str(prev6))
+    spec = TrafficSpec(
+        network=N4, subnet=P4, ipv6_network=N6, ipv6_subnet=P6, ip_masq=True,
+        blackhole_route=True,
+    )  # fmt: skip
+    prev = PreviousNetworks(network=N4, subnet=prev4, ipv6_network=N6, ipv6_subnet=prev6)
+    await manager(spec, prev=prev, netns=node_ns).setup()
+    v4 = sh(node_ns, "ip", "-4", "route", "show", "type", "blackhole").stdout.split("\n")
+    v6 = sh(node_ns, "ip", "-6", "route", "show", "type", "blackhole").stdout.split("\n")
+    assert sorted(line.split()[1] for line in v4 if line) == [str(P4), str(foreign)]
+    assert [line.split()[1] for line in v6 if line] == [str(P6)]

@@ -352,3 +352,31 @@ async def test_errors_name_the_command_and_a_hint() -> None:
     msg = str(err.value)
     assert "'nft -j list table ip flannel-ipv4'" in msg and "failed with exit code" in msg
     assert "nftables package" in msg  # the hint
+
+
+async def test_leftover_table_with_a_foreign_chain_jumping_to_ours_is_replaced(
+    node_ns: str,
+) -> None:
+    """Issue 19: a leftover ``flannel-ipv4`` table whose regular ``forward`` chain is the
+    target of a foreign chain's jump. The script must flush every chain before deleting any
+    (deleting ``forward`` while ``leftover`` still jumps to it is EBUSY), and the fully-random
+    probe must not test against that table and conclude fully-random is unsupported."""
+    sh(
+        node_ns,
+        "nft",
+        "-f",
+        "-",
+        stdin="add table ip flannel-ipv4\n"
+        "add chain ip flannel-ipv4 forward\n"
+        "add rule ip flannel-ipv4 forward counter accept\n"
+        "add chain ip flannel-ipv4 leftover { type filter hook forward priority 5 ; }\n"
+        "add rule ip flannel-ipv4 leftover jump forward\n",
+    )
+    mgr = NftablesManager(SPEC, netns=node_ns)
+    await mgr.setup()
+    assert chain_rules(node_ns, "ip", "flannel-ipv4", "postrtg") == POSTRTG_V4
+    assert chain_rules(node_ns, "ip", "flannel-ipv4", "forward") == FORWARD_V4
+    listing = sh(node_ns, "nft", "list", "table", "ip", "flannel-ipv4")
+    assert "leftover" not in listing
+    assert "type filter hook forward priority filter; policy accept;" in listing
+    assert await mgr.resync_once() == []

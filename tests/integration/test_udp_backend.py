@@ -279,12 +279,17 @@ class Running:
         assert not self._thread.is_alive()
 
 
+def run_owned(node: Node, net: UdpNetwork) -> Running:
+    """Start ``net.run()``, which owns the forwarder from here on (a fresh one)."""
+    net.forwarder.stop()
+    net.forwarder = net._new_forwarder()
+    return Running(node, net)
+
+
 def test_run_recreates_a_deleted_tun_and_cleans_up(nodes: Nodes, tmp_path: Path) -> None:
     n0, n1 = nodes.nodes
     with udp_nodes(nodes, tmp_path) as (nets, _):
-        nets[0].forwarder.stop()  # run() owns the forwarder from here on
-        nets[0].forwarder = nets[0]._new_forwarder()
-        runner = Running(n0, nets[0])
+        runner = run_owned(n0, nets[0])
         try:
             assert ping(n0.pod_ns, n1.pod_ip)
             subprocess.run(["ip", "-n", n0.ns, "link", "del", "flannel0"], check=True)
@@ -387,3 +392,49 @@ def test_udp_datagrams_arrive_intact(nodes: Nodes, tmp_path: Path) -> None:
         good, bad = map(int, out.split())
         assert bad == 0
         assert good >= count * 0.8, (good, nets[0].traffic, nets[1].traffic)
+
+
+def _network_route_dev(ns: str) -> str | None:
+    routes = ip_json("-n", ns, "route", "show", "10.5.0.0/16")
+    return routes[0].get("dev") if routes else None
+
+
+def test_run_restores_the_network_route_address_and_link_state(
+    nodes: Nodes, tmp_path: Path
+) -> None:
+    """Issue 19: a link flap (which flushes the Network route), another tool deleting the
+    route or the address, or the device set down: each is put back within a second, and
+    traffic flows again."""
+    n0, n1 = nodes.nodes
+    with udp_nodes(nodes, tmp_path) as (nets, _):
+        runner = run_owned(n0, nets[0])
+        try:
+            assert ping(n0.pod_ns, n1.pod_ip)
+            faults = [
+                ["link", "set", "flannel0", "down"],
+                ["link", "set", "flannel0", "up"],  # the flap: now up, without the route
+                ["route", "del", "10.5.0.0/16", "dev", "flannel0"],
+                ["addr", "del", "10.5.1.0/32", "dev", "flannel0"],
+                ["link", "set", "flannel0", "down"],
+            ]
+            for fault in faults:
+                subprocess.run(["ip", "-n", n0.ns, *fault], check=True)
+                started = time.monotonic()
+                while True:
+                    link = ip_json("-n", n0.ns, "link", "show", "flannel0")[0]
+                    addrs = ip_json("-n", n0.ns, "-4", "addr", "show", "dev", "flannel0")
+                    local = [a["local"] for a in addrs[0]["addr_info"]] if addrs else []
+                    if (
+                        "UP" in link["flags"]
+                        and local == ["10.5.1.0"]
+                        and _network_route_dev(n0.ns) == "flannel0"
+                    ):
+                        break
+                    assert time.monotonic() - started < 2.0, f"not repaired after {fault}"
+                    time.sleep(0.05)
+                assert ping(n0.pod_ns, n1.pod_ip), f"no traffic after {fault}"
+            assert nets[0].stats.device_recreations_total == 0
+            assert nets[0].stats.resync_repairs_total >= len(faults) - 1
+        finally:
+            runner.stop()
+        assert runner.error is None

@@ -365,3 +365,14 @@ def test_dual_stack(tmp_path: Path) -> None:
         }
         assert ping(n0.pod_ns, n1.pod_ip6) and ping(n1.pod_ns, n0.pod_ip6)
         assert ping(n0.pod_ns, n1.pod_ip)
+
+
+def test_device_check_restores_a_removed_address(nodes: Nodes, tmp_path: Path) -> None:
+    """Issue 19: the device check (link events, and every 10 s) also puts back our /32."""
+    n0 = nodes.nodes[0]
+    _, nets, _ = bring_up(nodes, tmp_path, resync_interval=3600.0)
+    ip("-n", n0.ns, "addr", "del", "10.5.1.0/32", "dev", DEV)
+    assert ip_json("-n", n0.ns, "-4", "addr", "show", "dev", DEV) == []
+    n0.run(trio.run, nets[0].check_devices)
+    addrs = ip_json("-n", n0.ns, "-4", "addr", "show", "dev", DEV)[0]["addr_info"]
+    assert [a["local"] for a in addrs] == ["10.5.1.0"]

@@ -18,3 +18,19 @@ def test_notify_sends_datagram(tmp_path: Path) -> None:
         srv.bind(path)
         assert notify("READY=1", {"NOTIFY_SOCKET": path}) is True
         assert srv.recv(64) == b"READY=1"
+
+
+def test_bogus_socket_warns_once_and_does_not_raise(tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    missing = str(tmp_path / "no-such-dir" / "notify.sock")
+    nobody = str(tmp_path / "nobody.sock")
+    # A bound-then-closed socket leaves its path behind with nobody listening on it.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as srv:
+        srv.bind(nobody)
+    with capture_logs() as logs:
+        for path in (missing, missing, nobody, "@pyflannel-test-nobody-listens"):
+            assert notify("READY=1", {"NOTIFY_SOCKET": path}) is False
+    warned = [e["socket"] for e in logs if e["event"] == "sdnotify.failed"]
+    assert warned == [missing, nobody, "@pyflannel-test-nobody-listens"]
+    assert all(e["log_level"] == "warning" for e in logs)

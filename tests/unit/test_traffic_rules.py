@@ -424,6 +424,13 @@ def test_nft_script_transaction() -> None:
     script = nft_script(nft_table(spec, Family.IPV4, fully_random=True), ["forward", "junk"])
     lines = script.splitlines()
     assert lines[0] == 'add table ip flannel-ipv4 { comment "rules for flannel-ipv4" ; }'
+    # every existing chain is flushed before any is deleted (a jump into a chain pins it)
+    assert lines[1:4] == [
+        "flush chain ip flannel-ipv4 forward",
+        "flush chain ip flannel-ipv4 junk",
+        "delete chain ip flannel-ipv4 junk",
+    ]
+    lines = lines[3:]
     assert lines[1].startswith(
         "add chain ip flannel-ipv4 forward { type filter hook forward priority filter ;"
     )
@@ -433,7 +440,7 @@ def test_nft_script_transaction() -> None:
         "add chain ip flannel-ipv4 postrtg { type nat hook postrouting priority srcnat ;"
     )
     assert lines[7:13] == [f"add rule ip flannel-ipv4 postrtg {r}" for r in NFT_POSTRTG_V4]
-    assert lines[13:] == ["flush chain ip flannel-ipv4 junk", "delete chain ip flannel-ipv4 junk"]
+    assert lines[13:] == []
     assert nft_delete_tables_script([]) is None
     assert nft_delete_tables_script([("ip", "flannel-ipv4")]) == "delete table ip flannel-ipv4\n"
 
@@ -564,11 +571,12 @@ def test_nft_chain_with_other_priority_is_recreated() -> None:
     assert nft_chains_to_recreate(TABLE4, parse_nft_json(_nft_listing(SPEC4))) == []
     assert nft_chains_to_recreate(TABLE4, None) == []
     lines = nft_script(TABLE4, listing.chains, ["forward"]).splitlines()
-    assert lines[1:3] == [
+    assert lines[1:4] == [
         "flush chain ip flannel-ipv4 forward",
+        "flush chain ip flannel-ipv4 postrtg",
         "delete chain ip flannel-ipv4 forward",
     ]
-    assert lines[3].startswith("add chain ip flannel-ipv4 forward {")
+    assert lines[4].startswith("add chain ip flannel-ipv4 forward {")
 
 
 # --- helpers ----------------------------------------------------------------------------------
