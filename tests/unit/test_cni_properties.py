@@ -368,9 +368,7 @@ def test_concurrent_commands_never_tear_or_touch_foreign_state(
     if ours.exists():
         marker, _, body = ours.read_text().partition("\n")
         assert marker == "pyflannel-cni-state/1 cbr0 cid-1 eth0"
-        assert json.loads(body)["padding"] in {
-            c["delegate"]["padding"] for c in confs
-        }
+        assert json.loads(body)["padding"] in {c["delegate"]["padding"] for c in confs}
     assert {k: v for k, v in _snapshot(data).items() if k != ours.name} == foreign
     assert one("DEL", 0, False) == 0
     assert not ours.exists()
