@@ -89,6 +89,17 @@ def lease(
         ("loopback public ip", lease(public="127.0.0.1"), CTX, "not a usable unicast"),
         ("multicast public ip", lease(public="239.1.1.1"), CTX, "not a usable unicast"),
         ("broadcast public ip", lease(public="255.255.255.255"), CTX, "not a usable unicast"),
+        # Issue 14: link-local, reserved and in-Network tunnel endpoints were accepted.
+        ("link-local public ip", lease(public="169.254.1.1"), CTX, "not a usable unicast"),
+        ("reserved public ip", lease(public="240.0.0.1"), CTX, "not a usable unicast"),
+        ("reserved public ip top", lease(public="250.1.2.3"), CTX, "not a usable unicast"),
+        ("public ip in network", lease(public="10.5.99.9"), CTX, "inside the flannel Network"),
+        (
+            "v6 link-local public",
+            lease(v6="fd00:5:0:1::/64", public6="fe80::1", data6={"VtepMAC": "0a:1:1:1:1:1"}),
+            CTX6,
+            "not a usable unicast",
+        ),
         ("public ip in own subnet", lease(public="10.5.72.9"), CTX, "inside our own subnet"),
         ("public ip in its subnet", lease(public="10.5.34.9"), CTX, "inside the lease's own"),
         ("no backend data", lease(data="x"), CTX, "BackendData must be a JSON object"),
@@ -162,7 +173,6 @@ def test_own_lease_and_missing_family_are_benign() -> None:
         (lease(data={"VtepMAC": "zz", "VTEPMAC": "0a:11:22:33:44:66"}), CTX, "0a:11:22:33:44:66"),
         # A peer's VNI is ignored (flanneld programs its own device), whatever its value.
         (lease(data={"VNI": 4096, "VtepMAC": "0a:11:22:33:44:55"}), CTX, "0a:11:22:33:44:55"),
-        (lease(public="169.254.1.1"), CTX, "0a:11:22:33:44:55"),
         (lease(btype="host-gw", data="anything"), HOSTGW, None),
     ],
 )
