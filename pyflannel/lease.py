@@ -81,6 +81,8 @@ class Lease:
     expiration: float | None = None
     etcd_lease_id: int = 0
     mod_revision: int = field(default=0, compare=False)
+    # etcd's create revision of the key: the older of two leases claiming one VTEP MAC wins.
+    create_revision: int = field(default=0, compare=False)
 
     @property
     def is_reservation(self) -> bool:

@@ -631,6 +631,7 @@ class EtcdRegistry:
         lease_id: int,
         mod_revision: int,
         expiration: float | None,
+        create_revision: int = 0,
     ) -> Lease | None:
         """A lease from one key-value, or ``None`` (logged) when flanneld would skip it too."""
         try:
@@ -659,6 +660,7 @@ class EtcdRegistry:
             expiration=expiration,
             etcd_lease_id=lease_id,
             mod_revision=mod_revision,
+            create_revision=create_revision,
         )
 
     def _expirations(self, client: _Client, lease_ids: Iterable[int]) -> dict[int, float]:
@@ -805,9 +807,17 @@ class EtcdRegistry:
                             expiration=expiration,
                             etcd_lease_id=lease_id,
                             mod_revision=mod_revision,
+                            create_revision=known.create_revision,
                         )
                 else:
-                    lease = self._decode(kv.key, kv.value, lease_id, mod_revision, expiration)
+                    lease = self._decode(
+                        kv.key,
+                        kv.value,
+                        lease_id,
+                        mod_revision,
+                        expiration,
+                        int(kv.create_revision),
+                    )
                 if lease is not None:
                     leases.append(lease)
                     listed[(kv.key, mod_revision)] = lease
@@ -1088,7 +1098,12 @@ class EtcdRegistry:
                     events.append(Event(EventKind.REMOVED, lease))
                     continue
                 decoded = self._decode(
-                    ev.key, ev.value, int(ev.lease), int(ev.mod_revision), expiry.get(ev.lease)
+                    ev.key,
+                    ev.value,
+                    int(ev.lease),
+                    int(ev.mod_revision),
+                    expiry.get(ev.lease),
+                    int(ev.create_revision),
                 )
                 if decoded is not None:
                     events.append(Event(EventKind.ADDED, decoded))
