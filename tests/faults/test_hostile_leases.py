@@ -184,3 +184,37 @@ def test_lease_inside_a_peers_subnet_is_refused(lab: DaemonLab) -> None:
         lab.etcd.etcdctl("del", hijack.key)
     assert all(not any(r[0] == str(half) for r in rs) for rs in routes.values()), routes
     assert failures == [], failures
+
+
+def test_lease_reusing_a_peers_vtep_mac_is_refused_until_the_peer_goes(lab: DaemonLab) -> None:
+    """Issue 14 probe: a lease with n1's VtepMAC repointed n1's FDB entry on every peer."""
+    n1 = lab.node("n1")
+    victim = lab.lease_of(n1)
+    mac = victim.attrs["BackendData"]["VtepMAC"]
+    (free,) = free_octets(lab, 1)
+    thief = Hostile("reuses n1's VtepMAC", f"10.5.{free}.0-24", vxlan_value(mac=mac))
+    log_start = {n.name: len(log_text(lab, n)) for n in lab.nodes}
+    lab.etcd.etcdctl("put", thief.key, thief.value)
+    try:
+        with PingMesh(lab) as mesh:
+            for name in ("n2", "n3"):
+                wait_for(
+                    f"{name} warned about {thief.suffix}",
+                    lambda n=name: thief.suffix in log_text(lab, n)[log_start[n] :],  # type: ignore[misc]
+                    timeout=5,
+                )
+            time.sleep(1.0)  # let anything that would be programmed get programmed
+            fdb = {name: lab.vxlan_entries(name)["fdb"] for name in ("n2", "n3")}
+            failures = lab.ping_failures()
+        assert mesh.stop() and mesh.lost() == {}, mesh.lost()
+    finally:
+        lab.etcd.etcdctl("del", thief.key)
+    assert failures == [], failures
+    for name, entries in fdb.items():
+        # The victim's FDB entry still points at its own PublicIP, and only there.
+        assert {dst for m, dst, _ in entries if m == mac} == {str(n1.ip)}, (name, entries)
+    for node in lab.nodes:
+        log = log_text(lab, node)[log_start[node.name] :]
+        assert "Traceback" not in log
+        if node.name != "n1":
+            assert log.count(thief.suffix) >= 1
