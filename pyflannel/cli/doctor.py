@@ -53,6 +53,7 @@ __all__ = [
     "check_interfaces",
     "check_lease",
     "check_mtu",
+    "check_network_config",
     "check_tx_offload",
     "check_udp_port",
     "main",
@@ -124,6 +125,13 @@ def parse_ethtool_features(text: str) -> dict[str, str]:
 
 
 # --- pure: checks ----------------------------------------------------------------------------
+
+
+def check_network_config(cfg: NetworkConfig, subject: str) -> list[Finding]:
+    """A WARN per risky-but-accepted Network (the same sentences as ``config validate``)."""
+    from pyflannel.config import network_warnings
+
+    return [Finding("WARN", "config", subject, w) for w in network_warnings(cfg)]
 
 
 def check_br_netfilter(
@@ -606,6 +614,7 @@ async def collect(opts: Options) -> DoctorReport:
         add(cfg_findings)
         if cfg is not None:
             add([Finding("OK", "config", f"{opts.etcd_prefix}/config", _config_line(cfg))])
+            add(check_network_config(cfg, f"{opts.etcd_prefix}/config"))
     else:
         add([_skipped("config", "etcd did not answer")])
 
