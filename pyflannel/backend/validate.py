@@ -183,6 +183,20 @@ def _check_public_ip(subnet: IPNetwork, public: IPAddress, ctx: PlanContext) -> 
         return f"{name} {public} lies inside our own subnet {ctx.own_subnet}"
     if public in ctx.network:
         return f"{name} {public} lies inside the flannel Network {ctx.network}"
+    return _check_underlay(name, public, ctx.underlay)
+
+
+def _check_underlay(name: str, public: IPAddress, underlay: IPNetwork | None) -> str | None:
+    # Encapsulated packets to the underlay's network or broadcast address reach no single
+    # node (or every node). /31 and /32 (/127, /128) have no such addresses.
+    if underlay is None or underlay.version != public.version:
+        return None
+    if underlay.prefixlen >= underlay.max_prefixlen - 1:
+        return None
+    if public == underlay.network_address:
+        return f"{name} {public} is the network address of the underlay {underlay}"
+    if public.version == 4 and public == underlay.broadcast_address:
+        return f"{name} {public} is the broadcast address of the underlay {underlay}"
     return None
 
 

@@ -100,6 +100,24 @@ def lease(
             CTX6,
             "not a usable unicast",
         ),
+        (
+            "underlay network address",
+            lease(public="198.51.100.0"),
+            replace(CTX, underlay=N4("198.51.100.0/24")),
+            "network address of the underlay 198.51.100.0/24",
+        ),
+        (
+            "underlay broadcast address",
+            lease(public="198.51.100.255"),
+            replace(CTX, underlay=N4("198.51.100.0/24")),
+            "broadcast address of the underlay",
+        ),
+        (
+            "v6 underlay network address",
+            lease(v6="fd00:5:0:1::/64", public6="2001:db8::", data6={"VtepMAC": "0a:1:1:1:1:1"}),
+            replace(CTX6, underlay=N6("2001:db8::/64")),
+            "network address of the underlay",
+        ),
         ("public ip in own subnet", lease(public="10.5.72.9"), CTX, "inside our own subnet"),
         ("public ip in its subnet", lease(public="10.5.34.9"), CTX, "inside the lease's own"),
         ("no backend data", lease(data="x"), CTX, "BackendData must be a JSON object"),
@@ -212,3 +230,16 @@ def test_accepted_v6() -> None:
 )
 def test_normalize_mac(raw: object, out: str | None) -> None:
     assert normalize_mac(raw) == out
+
+
+@pytest.mark.parametrize(
+    ("underlay", "public"),
+    [
+        ("198.51.100.0/31", "198.51.100.0"),
+        ("198.51.100.0/24", "198.51.100.254"),
+        ("203.0.113.0/24", "198.51.100.0"),
+    ],
+)
+def test_underlay_edges_that_are_fine(underlay: str, public: str) -> None:
+    result = validate_peer(lease(public=public), replace(CTX, underlay=N4(underlay)))
+    assert isinstance(result, Peer), result
