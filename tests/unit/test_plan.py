@@ -14,6 +14,7 @@ from pyflannel.backend.base import PlanContext
 from pyflannel.backend.plan import (
     Entry,
     MacClaim,
+    Plan,
     ProgrammedState,
     entry_key,
     mac_losers,
@@ -539,13 +540,16 @@ clean_lease = st.builds(
 )
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.booleans(), clean_lease), max_size=20), st.integers(1, 5))
-def test_property_events_match_reconcile(steps: list[tuple[bool, Lease]], batch: int) -> None:
+def replay_and_reconcile(
+    events: list[Event], batch: int
+) -> tuple[ProgrammedState, dict[Any, Lease], Plan]:
+    """Apply ``events`` in batches; check a full reconcile of the live leases then agrees.
+
+    Returns the events path's state, the live leases and the reconcile plan.
+    """
     state = ProgrammedState()
     kernel: Kernel = {}
     current: dict[Any, Lease] = {}
-    events = [Event(EventKind.ADDED if add else EventKind.REMOVED, le) for add, le in steps]
     for i in range(0, len(events), batch):
         chunk = events[i : i + batch]
         plan = plan_events(chunk, state, CTX)
@@ -559,6 +563,14 @@ def test_property_events_match_reconcile(steps: list[tuple[bool, Lease]], batch:
     full = plan_reconcile(list(current.values()), *split(kernel), CTX)
     assert full.ops == []
     assert full.state.programmed_entries() == state.programmed_entries()
+    return state, current, full
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), clean_lease), max_size=20), st.integers(1, 5))
+def test_property_events_match_reconcile(steps: list[tuple[bool, Lease]], batch: int) -> None:
+    events = [Event(EventKind.ADDED if add else EventKind.REMOVED, le) for add, le in steps]
+    replay_and_reconcile(events, batch)
 
 
 # Leases that share VTEP MACs across nodes: whatever the order of events, the kernel's FDB entry
@@ -585,9 +597,6 @@ dup_lease = st.builds(
 def test_property_duplicate_mac_earliest_created_wins(
     steps: list[tuple[bool, Lease]], batch: int
 ) -> None:
-    state = ProgrammedState()
-    kernel: Kernel = {}
-    current: dict[Any, Lease] = {}
     events: list[Event] = []
     live: dict[Any, int] = {}  # subnet -> create revision while the key exists (as etcd does)
     for revision, (add, le) in enumerate(steps, 1):
@@ -597,19 +606,7 @@ def test_property_duplicate_mac_earliest_created_wins(
         else:
             live.pop(le.subnet, None)
             events.append(Event(EventKind.REMOVED, le))
-    for i in range(0, len(events), batch):
-        chunk = events[i : i + batch]
-        plan = plan_events(chunk, state, CTX)
-        state = plan.state
-        kernel = apply_ops(kernel, plan.ops)
-        for ev in chunk:
-            if ev.kind == EventKind.ADDED:
-                current[ev.lease.subnet] = ev.lease
-            else:
-                current.pop(ev.lease.subnet, None)
-    full = plan_reconcile(list(current.values()), *split(kernel), CTX)
-    assert full.ops == []
-    assert full.state.programmed_entries() == state.programmed_entries()
+    state, current, full = replay_and_reconcile(events, batch)
     assert set(full.state.held) == set(state.held)
     for le in current.values():
         mac = le.attrs.backend_data["VtepMAC"]  # type: ignore[index, call-overload]
