@@ -265,7 +265,10 @@ def find_saved(data_dir: str, network: str, container_id: str, ifname: str) -> "
             return Saved(path, None, "")
         return Saved(path, body, plugin_type)
     legacy = saved_path(data_dir, container_id)
-    data = _read_saved(legacy)
+    try:
+        data = _read_saved(legacy)
+    except CniError:
+        return None  # a directory or FIFO of that name is not flannel's file either
     plugin_type = None if data is None else _delegate_type(data, network)
     if data is None or plugin_type is None:
         return None

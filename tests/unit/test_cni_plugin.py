@@ -402,10 +402,12 @@ def test_del_reads_flannels_legacy_file_of_this_network(world: World) -> None:
     (world.data_dir / "cid-1").write_bytes(legacy)
     (world.data_dir / "cid-2").write_bytes(legacy.replace(b'"cbr0"', b'"other"'))
     (world.data_dir / "cid-3").write_bytes(b"{torn")
+    (world.data_dir / "cid-4").mkdir()
+    os.mkfifo(world.data_dir / "cid-5")
     assert world.run("DEL").code == 0
     assert world.delegate_stdin("DEL") == legacy
     assert not (world.data_dir / "cid-1").exists()
-    for cid in ("cid-2", "cid-3"):  # another network's, or not provably ours: left alone
+    for cid in ("cid-2", "cid-3", "cid-4", "cid-5"):  # not provably ours: left alone
         assert world.run("DEL", cid=cid).code == 0
         assert (world.data_dir / cid).exists()
     assert world.calls() == ["DEL"]
