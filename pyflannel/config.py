@@ -40,6 +40,7 @@ __all__ = [
     "VxlanOptions",
     "check_network_for_node",
     "network_warnings",
+    "node_network_conflict",
     "parse_network_config",
     "udp_options",
     "vxlan_options",
@@ -645,12 +646,12 @@ def network_warnings(cfg: NetworkConfig) -> list[str]:
     return warnings
 
 
-def check_network_for_node(
+def node_network_conflict(
     cfg: NetworkConfig,
     addresses: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address | None],
-) -> None:
-    """Refuse a Network containing one of this node's underlay ``addresses`` (``None`` is
-    skipped); log :func:`network_warnings`. Called once the external interface is known.
+) -> ConfigError | None:
+    """The error for a Network containing one of this node's underlay ``addresses`` (``None``
+    entries are skipped), or ``None``. Pure; see :func:`check_network_for_node`.
 
     Such a Network hands out this node's own address range as pod subnets: the overlay route
     for it would capture the node's traffic to the other nodes.
@@ -660,11 +661,25 @@ def check_network_for_node(
             continue
         for net in (cfg.network, cfg.ipv6_network):
             if net is not None and net.version == addr.version and addr in net:
-                raise ConfigError(
+                return ConfigError(
                     f"Network {net} contains this node's underlay address {addr}: the overlay"
                     " would take over the network the nodes use to reach each other",
                     hint=_PICK_PRIVATE_HINT,
                 )
+    return None
+
+
+def check_network_for_node(
+    cfg: NetworkConfig,
+    addresses: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address | None],
+) -> None:
+    """Raise :func:`node_network_conflict`'s error, if any; log :func:`network_warnings`.
+
+    Called by the daemon once the external interface is known.
+    """
+    error = node_network_conflict(cfg, addresses)
+    if error is not None:
+        raise error
     for warning in network_warnings(cfg):
         _log.warning("config.risky_network", warning=warning)
 
