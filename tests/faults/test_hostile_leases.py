@@ -5,7 +5,8 @@ lease below must be refused with a warning in the daemon log that names its key,
 on flannel.1 and no route outside the Network, and leave the daemon healthy with pods pinging.
 
 Some leases are hostile to every node (a default route, a subnet outside the Network, a
-broadcast VTEP MAC, garbage); two are hostile only to the node they impersonate ("we" = n1): a
+broadcast VTEP MAC, link-local/reserved/in-Network/underlay-broadcast PublicIPs, a key with host
+bits, garbage); two are hostile only to the node they impersonate ("we" = n1): a
 lease claiming a range that contains our subnet, and one carrying our PublicIP.
 """
 
@@ -107,6 +108,12 @@ def test_hostile_leases_are_refused_with_warnings_and_program_nothing(
         Hostile("invalid JSON", "10.5.245.0-24", '{"PublicIP": "198.51.100.230", '),
         Hostile("JSON that is not an object", "10.5.246.0-24", "[1, 2, 3]"),
         Hostile("1 MiB value", "10.5.247.0-24", vxlan_value(Pad="x" * (1 << 20))),
+        # Issue 14: these were programmed.
+        Hostile("link-local PublicIP", "10.5.248.0-24", vxlan_value(public_ip="169.254.1.1")),
+        Hostile("reserved PublicIP", "10.5.249.0-24", vxlan_value(public_ip="240.0.0.1")),
+        Hostile("PublicIP in the Network", "10.5.250.0-24", vxlan_value(public_ip="10.5.9.9")),
+        Hostile("underlay broadcast", "10.5.251.0-24", vxlan_value(public_ip="198.51.100.255")),
+        Hostile("key with host bits", "10.5.252.5-24", vxlan_value()),
     ]
     claim = claim_around(ours, {rec.subnet for rec in lab.leases().values()})
     against_n1 = [
