@@ -1,11 +1,17 @@
 """Running the delegate plugin, and keeping the config it was given for the later DEL.
 
-**Saved configs** live in ``<dataDir>/<containerID>`` (file 0600, directory 0700), holding the
-exact bytes handed to the delegate on ADD, so that DEL replays them even after subnet.env or the
-network config changed. Like flannel, the file is written in place and ``fsync``-ed: after a
-crash the runtime still calls DEL and needs the file to release the pod's IP (host-local's
-state is on disk too). A temp file + rename would not be durable without an extra directory
-``fsync``, and ADD/DEL never race for one container.
+**Saved state** lives in ``<dataDir>/<network>:<containerID>:<ifname>`` (file 0600, directory
+0700) — keyed like libcni's own cache, so two networks sharing a dataDir, or two interfaces of
+one container, never share a file (``:`` is allowed in none of the three names). The file is
+one marker line naming those three, then the exact bytes handed to the delegate on ADD, so
+that DEL replays them even after subnet.env or the network config changed, and GC removes
+only files that carry the marker of *its* network. It is written to a temp file, ``fsync``-ed
+and renamed over the old one (and the directory ``fsync``-ed): concurrent ADDs for one
+container cannot tear it, and after a crash the runtime's DEL still finds it.
+
+flannel's own layout, ``<dataDir>/<containerID>`` holding the bare delegate config, is still
+read by DEL (pods added before an upgrade), but only when its ``name`` is this network; GC
+never touches such files, as nothing in them says which network wrote them.
 
 **Delegates** are found as ``<dir>/<type>`` in each ``CNI_PATH`` directory (first regular file
 wins), run with the caller's environment where only ``CNI_COMMAND`` changes, and fed their
@@ -32,34 +38,96 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_DATA_DIR",
+    "MAX_SAVED_SIZE",
+    "FileRefused",
     "Outcome",
+    "Saved",
+    "collect_saved",
     "delegate_error",
     "exec_plugin",
     "find_plugin",
+    "find_saved",
     "list_saved",
-    "load_saved",
     "query_versions",
+    "read_limited",
     "remove_saved",
     "run_plugin",
     "save",
+    "saved_key",
     "saved_path",
+    "state_marker",
 ]
 
 # flannel's default for "dataDir"; here rather than in netconf so DEL need not import that.
 DEFAULT_DATA_DIR = "/var/lib/cni/flannel"
 
+# A saved delegate config is a few hundred bytes; anything this large was not written by ADD.
+MAX_SAVED_SIZE = 1 << 20
+
+_MARKER = "pyflannel-cni-state/1"
 _S_IFMT = 0o170000
 _S_IFREG = 0o100000
+_FILE_KINDS = {
+    0o010000: "a FIFO",
+    0o020000: "a character device",
+    0o040000: "a directory",
+    0o060000: "a block device",
+    0o140000: "a socket",
+}
 _ETXTBSY = 26
 _TXTBSY_RETRIES = 5
+
+# ----------------------------------------------------------------------------------------------
+# Bounded reads
+
+
+class FileRefused(ValueError):
+    """A file that is not a regular file, or larger than the caller's limit; never read whole."""
+
+
+def read_limited(path: str, limit: int) -> bytes:
+    """The content of regular file ``path``, at most ``limit`` bytes.
+
+    ``FileRefused`` for anything else (``/dev/zero`` would fill memory, a FIFO would block
+    forever: it is opened non-blocking and refused after ``fstat``); ``OSError`` as ``open``.
+    """
+    fd = posix.open(path, posix.O_RDONLY | posix.O_NONBLOCK | posix.O_CLOEXEC | posix.O_NOCTTY)
+    try:
+        kind = posix.fstat(fd).st_mode & _S_IFMT
+        if kind != _S_IFREG:
+            raise FileRefused(f"{path} is {_FILE_KINDS.get(kind, 'not a regular file')}")
+        chunks = []
+        size = 0
+        while size <= limit:
+            chunk = posix.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise FileRefused(f"{path} is larger than {limit} bytes")
+        return b"".join(chunks)
+    finally:
+        posix.close(fd)
+
 
 # ----------------------------------------------------------------------------------------------
 # Saved delegate configs
 
 
-def saved_path(data_dir: str, container_id: str) -> str:
-    """Where the delegate config of ``container_id`` lives."""
-    return f"{data_dir.rstrip('/')}/{container_id}"
+def saved_key(network: str, container_id: str, ifname: str) -> str:
+    """The file name of one attachment's saved state."""
+    return f"{network}:{container_id}:{ifname}"
+
+
+def state_marker(network: str, container_id: str, ifname: str) -> bytes:
+    """The first line of a saved-state file: who wrote it, for which attachment."""
+    return f"{_MARKER} {network} {container_id} {ifname}\n".encode("utf-8", "surrogateescape")
+
+
+def saved_path(data_dir: str, name: str) -> str:
+    """Where the file ``name`` (a :func:`saved_key` or a legacy container ID) lives."""
+    return f"{data_dir.rstrip('/')}/{name}"
 
 
 def _io_error(what: str, path: str, err: OSError) -> CniError:
@@ -84,44 +152,131 @@ def _makedirs(path: str) -> None:
             return
 
 
-def save(data_dir: str, container_id: str, data: bytes) -> str:
-    """Write ``data`` durably as the saved config of ``container_id``; return the path."""
-    path = saved_path(data_dir, container_id)
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[posix.write(fd, view) :]
+
+
+def _fsync_dir(path: str) -> None:
+    fd = posix.open(path, posix.O_RDONLY | posix.O_DIRECTORY | posix.O_CLOEXEC)
+    try:
+        posix.fsync(fd)
+    finally:
+        posix.close(fd)
+
+
+def save(data_dir: str, network: str, container_id: str, ifname: str, data: bytes) -> str:
+    """Save ``data`` (the delegate config) for one attachment, atomically and durably.
+
+    Returns the path. Readers see the old file or the new one, never a mix of two writers.
+    """
+    key = saved_key(network, container_id, ifname)
+    path = saved_path(data_dir, key)
     try:
         _makedirs(data_dir)
     except OSError as e:
         raise _io_error("create data directory", data_dir, e) from None
+    # A leading dot: no network name starts with one, so GC never mistakes it for state.
+    temp = saved_path(data_dir, f".{key}.{posix.getpid()}.{posix.urandom(4).hex()}.tmp")
     try:
         fd = posix.open(
-            path, posix.O_WRONLY | posix.O_CREAT | posix.O_TRUNC | posix.O_CLOEXEC, 0o600
+            temp,
+            posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW | posix.O_CLOEXEC,
+            0o600,
         )
         try:
-            view = memoryview(data)
-            while view:
-                view = view[posix.write(fd, view) :]
+            _write_all(fd, state_marker(network, container_id, ifname) + data)
             posix.fsync(fd)
         finally:
             posix.close(fd)
+        posix.rename(temp, path)
     except OSError as e:
+        try:  # noqa: SIM105 - contextlib.suppress would cost an import
+            posix.unlink(temp)
+        except OSError:
+            pass
         raise _io_error("save delegate config", path, e) from None
+    try:
+        _fsync_dir(data_dir)
+    except OSError as e:
+        raise _io_error("sync data directory", data_dir, e) from None
     return path
 
 
-def load_saved(data_dir: str, container_id: str) -> "bytes | None":
-    """The saved config of ``container_id``, or ``None`` when there is none."""
-    path = saved_path(data_dir, container_id)
+class Saved:
+    """A saved delegate config found for DEL.
+
+    ``config`` is ``None`` when the file is there but unusable (torn, truncated, no marker):
+    DEL then rebuilds the config as ADD would, runs the delegate and removes ``path``.
+    """
+
+    __slots__ = ("config", "path", "plugin_type")
+
+    def __init__(self, path: str, config: "bytes | None", plugin_type: str) -> None:
+        self.path = path
+        self.config = config
+        self.plugin_type = plugin_type
+
+
+def _delegate_type(data: bytes, network: "str | None") -> "str | None":
+    """The ``type`` of a delegate config (and its ``name`` must be ``network`` if given)."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        doc = loads(data)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    plugin_type = doc.get("type")
+    if not isinstance(plugin_type, str) or not plugin_type or "/" in plugin_type:
+        return None
+    if network is not None and doc.get("name") != network:
+        return None
+    return plugin_type
+
+
+def _read_saved(path: str) -> "bytes | None":
+    try:
+        return read_limited(path, MAX_SAVED_SIZE)
     except FileNotFoundError:
         return None
+    except FileRefused as e:
+        raise CniError(
+            ERR_IO, f"failed to read saved delegate config: {e}; remove it by hand"
+        ) from None
     except OSError as e:
         raise _io_error("read saved delegate config", path, e) from None
 
 
-def remove_saved(data_dir: str, container_id: str) -> None:
-    """Delete the saved config of ``container_id``; a missing file is fine."""
-    path = saved_path(data_dir, container_id)
+def find_saved(data_dir: str, network: str, container_id: str, ifname: str) -> "Saved | None":
+    """The saved state of one attachment, or ``None`` when there is none.
+
+    Falls back to flannel's ``<dataDir>/<containerID>`` when it holds a readable delegate
+    config of this network; such a file that is unreadable or names another network is not
+    provably ours and is left alone (``None``).
+    """
+    path = saved_path(data_dir, saved_key(network, container_id, ifname))
+    data = _read_saved(path)
+    if data is not None:
+        marker = state_marker(network, container_id, ifname)
+        body = data[len(marker) :]
+        plugin_type = _delegate_type(body, None) if data.startswith(marker) else None
+        if plugin_type is None:
+            return Saved(path, None, "")
+        return Saved(path, body, plugin_type)
+    legacy = saved_path(data_dir, container_id)
+    try:
+        data = _read_saved(legacy)
+    except CniError:
+        return None  # a directory or FIFO of that name is not flannel's file either
+    plugin_type = None if data is None else _delegate_type(data, network)
+    if data is None or plugin_type is None:
+        return None
+    return Saved(legacy, data, plugin_type)
+
+
+def remove_saved(path: str) -> None:
+    """Delete the saved-state file ``path``; a missing file is fine."""
     try:
         posix.unlink(path)
     except FileNotFoundError:
@@ -130,8 +285,28 @@ def remove_saved(data_dir: str, container_id: str) -> None:
         raise _io_error("remove saved delegate config", path, e) from None
 
 
-def list_saved(data_dir: str) -> "list[str]":
-    """Names of the regular files in ``data_dir`` (sorted); a missing directory is empty."""
+def collect_saved(data_dir: str, network: str, container_id: str, ifname: str) -> bool:
+    """GC of one attachment: remove its state file if it carries this network's marker.
+
+    ``False`` (file left alone) when it does not: it was not written by this plugin for
+    ``network``, so it is none of GC's business.
+    """
+    path = saved_path(data_dir, saved_key(network, container_id, ifname))
+    data = _read_saved(path)
+    if data is None:
+        return True
+    if not data.startswith(state_marker(network, container_id, ifname)):
+        return False
+    remove_saved(path)
+    return True
+
+
+def list_saved(data_dir: str, network: str) -> "list[tuple[str, str]]":
+    """``(containerID, ifname)`` of every state file named for ``network`` (sorted).
+
+    Only regular files with a well-formed name count; whether the content carries the marker
+    is for the caller to check before deleting. A missing directory is empty.
+    """
     try:
         names = posix.listdir(data_dir)
     except (FileNotFoundError, NotADirectoryError):
@@ -140,12 +315,15 @@ def list_saved(data_dir: str) -> "list[str]":
         raise _io_error("list", data_dir, e) from None
     found = []
     for name in sorted(names):
+        parts = name.split(":")
+        if len(parts) != 3 or parts[0] != network or not parts[1] or not parts[2]:
+            continue
         try:
             mode = posix.lstat(saved_path(data_dir, name)).st_mode
         except OSError:
             continue
         if mode & _S_IFMT == _S_IFREG:
-            found.append(name)
+            found.append((parts[1], parts[2]))
     return found
 
 

@@ -21,7 +21,7 @@ own parser.
 (object). Unknown keys are ignored; ``null`` counts as absent, as in Go's decoder.
 """
 
-from .delegation import DEFAULT_DATA_DIR
+from .delegation import DEFAULT_DATA_DIR, FileRefused, read_limited
 from .protocol import (
     ERR_INTERNAL,
     ERR_INVALID_NETWORK_CONFIG,
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_DATA_DIR",
     "DEFAULT_SUBNET_FILE",
+    "MAX_SUBNET_ENV_SIZE",
     "FlannelConf",
     "SubnetEnv",
     "build_delegate",
@@ -195,6 +196,8 @@ def network_of(text: str) -> tuple[int, str] | None:
 
 _SUFFIX = ". Check the flannel pod log for this node."
 _PREFIX = "failed to load flannel 'subnet.env' file: "
+# flanneld writes a few hundred bytes; upstream's line scanner gives up at 64 KiB too.
+MAX_SUBNET_ENV_SIZE = 64 * 1024
 
 
 class SubnetEnv:
@@ -294,11 +297,17 @@ def read_subnet_env(path: str) -> SubnetEnv:
     A missing file means flanneld has not (yet) written it: code 11, "try again later" — the
     runtime retries, which is right while flanneld starts. flannel itself reports 999 here.
     Unreadable, malformed or incomplete files are permanent problems: code 999 with flannel's
-    wording.
+    wording. Only a regular file of at most 64 KiB is read (unlike flannel, which would read
+    ``/dev/zero`` until memory runs out and block forever on a FIFO).
     """
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_limited(path, MAX_SUBNET_ENV_SIZE)
+    except FileRefused as e:
+        raise CniError(
+            ERR_INTERNAL,
+            f'{_PREFIX}{e}; "subnetFile" must name the subnet.env that flanneld writes'
+            " (a regular file of at most 64 KiB)",
+        ) from None
     except FileNotFoundError:
         raise CniError(
             ERR_TRY_AGAIN_LATER,

@@ -4,21 +4,26 @@ Contract (cni-spec.md; deliberate differences from flannel-io/cni-plugin are mar
 flannel"):
 
 * ADD: build the delegate config from flannel's config and subnet.env, look the delegate up on
-  ``CNI_PATH``, save the config to ``<dataDir>/<CNI_CONTAINERID>`` (0600, dir 0700), run the
+  ``CNI_PATH``, save the config to ``<dataDir>/<name>:<CNI_CONTAINERID>:<CNI_IFNAME>`` (0600,
+  dir 0700, temp file + rename; unlike flannel's ``<dataDir>/<CNI_CONTAINERID>``), run the
   delegate and hand its result over byte for byte (flannel re-encodes it; the JSON is equal).
   The installed plugin (:func:`run`) *execs* the delegate, so its stdout, stderr and exit code
   reach the runtime directly; in-process callers (:func:`main`, tests) spawn it and copy.
   Unlike flannel, the delegate is looked up *before* saving, and a delegate that cannot be
   started removes the file again: a failed ADD leaves nothing behind unless the delegate ran.
   If it ran and failed, the file stays: the runtime calls DEL next.
-* DEL: replay the saved config to the delegate, then remove the file. Missing file = success;
-  unparsable file = success with a note on stderr (file kept, as flannel). Unlike flannel, a
-  failed delegate DEL keeps the file so that a retried DEL finishes the job — unless the
-  delegate rejected the config itself (codes 1, 2, 3, 6, 7), which no retry can fix.
+* DEL: replay the saved config to the delegate, then remove the file. Missing file = success.
+  Unlike flannel (success, file kept, delegate never run: the pod's IP leaked), an unusable
+  saved file is replaced by the config ADD would build now, so the delegate DEL still frees
+  the IP; if even that cannot be built, success with a note and the file kept. Unlike
+  flannel, a failed delegate DEL keeps the file so that a retried DEL finishes the job —
+  unless the delegate rejected the config itself (codes 1, 2, 3, 6, 7), which no retry can fix.
 * CHECK: success without calling the delegate (the Debian bridge's CHECK fails on flannel's
   gateway-less routes, cni-spec §3.3); CNI < 0.4.0 gets code 1 as in the skel.
-* GC (CNI 1.1.0): drop saved configs of containers not in ``cni.dev/valid-attachments``; forward
-  GC to the delegate only if it speaks 1.1.0. Unlike flannel, which ignores GC.
+* GC (CNI 1.1.0): drop saved configs of this network's attachments not in
+  ``cni.dev/valid-attachments`` — only files carrying this network's marker, never another
+  network's or a foreign file; forward GC to the delegate only if it speaks 1.1.0. Unlike
+  flannel, which ignores GC.
 * STATUS (CNI 1.1.0): code 50 while subnet.env is missing/unreadable/incomplete or the delegate
   is not installed, else success (forwarded to a delegate that speaks 1.1.0).
 * Missing subnet.env on ADD: code 11 "try again later" (flannel: 999).
@@ -179,14 +184,14 @@ def cmd_add(args: "CmdArgs", raw: "dict[str, Any]", io: Io) -> int:
     plugin = find_plugin(delegate_type(conf), args.path)
     delegate = build_delegate(conf, read_subnet_env(conf.subnet_file))
     data = dumps(delegate).encode("utf-8", "replace")
-    save(conf.data_dir, args.container_id, data)
+    path = save(conf.data_dir, conf.name, args.container_id, args.ifname, data)
     try:
         if io.replace_process:
             exec_plugin(plugin, "ADD", data, io.environ)
         outcome = run_plugin(plugin, "ADD", data, io.environ)
     except CniError:
         # The delegate never ran, so there is nothing for a DEL to undo.
-        remove_saved(conf.data_dir, args.container_id)
+        remove_saved(path)
         raise
     if outcome.stderr:
         io.err(outcome.stderr)
@@ -196,33 +201,39 @@ def cmd_add(args: "CmdArgs", raw: "dict[str, Any]", io: Io) -> int:
     return 0
 
 
+def _rebuild_delegate(raw: "dict[str, Any]", where: str, io: Io) -> "tuple[bytes, str] | None":
+    """The delegate config ADD would build now, for a DEL whose saved copy is unusable."""
+    from .netconf import build_delegate, delegate_type, parse_flannel_conf, read_subnet_env
+    from .protocol import dumps
+
+    try:
+        conf = parse_flannel_conf(raw)
+        delegate = build_delegate(conf, read_subnet_env(conf.subnet_file))
+    except CniError as e:
+        # As flannel: the bridge port may stay until reboot, but DEL must not fail forever.
+        io.note(f"{where} is unusable and the config cannot be rebuilt ({e.msg}); left it")
+        return None
+    io.note(f"{where} is unusable (torn or not ours); running DEL with the current config")
+    return dumps(delegate).encode("utf-8", "replace"), delegate_type(conf)
+
+
 def cmd_del(args: "CmdArgs", raw: "dict[str, Any]", io: Io) -> int:
     """DEL: replay the saved delegate config; forget it once the delegate succeeded."""
-    from .delegation import (
-        delegate_error,
-        find_plugin,
-        load_saved,
-        remove_saved,
-        run_plugin,
-        saved_path,
-    )
+    from .delegation import delegate_error, find_plugin, find_saved, remove_saved, run_plugin
 
     data_dir = _data_dir(raw)
-    saved = load_saved(data_dir, args.container_id)
+    saved = find_saved(data_dir, raw["name"], args.container_id, args.ifname)
     if saved is None:
         return 0
-    where = saved_path(data_dir, args.container_id)
-    try:
-        saved_conf = loads(saved)
-    except ValueError as e:
-        # As flannel: the bridge port may stay until reboot, but DEL must not fail forever.
-        io.note(f"failed to parse netconf: {e}; left {where} in place")
-        return 0
-    plugin_type = saved_conf.get("type") if isinstance(saved_conf, dict) else None
-    if not isinstance(plugin_type, str) or not plugin_type:
-        io.note(f"failed to parse netconf: no delegate type in {where}; left it in place")
-        return 0
-    outcome = run_plugin(find_plugin(plugin_type, args.path), "DEL", saved, io.environ)
+    where = saved.path
+    if saved.config is not None:
+        config, plugin_type = saved.config, saved.plugin_type
+    else:
+        rebuilt = _rebuild_delegate(raw, where, io)
+        if rebuilt is None:
+            return 0
+        config, plugin_type = rebuilt
+    outcome = run_plugin(find_plugin(plugin_type, args.path), "DEL", config, io.environ)
     if outcome.stderr:
         io.err(outcome.stderr)
     if outcome.exit_code != 0:
@@ -230,16 +241,17 @@ def cmd_del(args: "CmdArgs", raw: "dict[str, Any]", io: Io) -> int:
         if error.code in _CONFIG_REJECTED:
             # The delegate refuses the saved config itself; replaying it can never succeed,
             # and a DEL that fails forever would leave the pod stuck. Forget it, as flannel.
-            remove_saved(data_dir, args.container_id)
+            remove_saved(where)
             io.note(f"removed {where}: the delegate rejected it (code {error.code})")
         else:
             io.note(f"kept {where} so that the next DEL can finish the clean-up")
         raise error
-    remove_saved(data_dir, args.container_id)
+    remove_saved(where)
     return 0
 
 
-def _valid_attachments(raw: "dict[str, Any]") -> "set[str]":
+def _valid_attachments(raw: "dict[str, Any]") -> "set[tuple[str, str | None]]":
+    """``(containerID, ifname)`` pairs to keep; ifname ``None`` keeps all of a container's."""
     attachments = raw.get("cni.dev/valid-attachments")
     if attachments is None:
         attachments = raw.get("cni.dev/attachments")  # libcni's older, misspelt key
@@ -249,26 +261,18 @@ def _valid_attachments(raw: "dict[str, Any]") -> "set[str]":
             'GC needs "cni.dev/valid-attachments" (a list of {"containerID", "ifname"});'
             " the runtime sent none, so nothing was collected",
         )
-    keep = set()
+    keep: set[tuple[str, str | None]] = set()
     for item in attachments:
         cid = item.get("containerID") if isinstance(item, dict) else None
-        if not isinstance(cid, str):
+        ifname = item.get("ifname") if isinstance(item, dict) else None
+        if not isinstance(cid, str) or not isinstance(ifname, (str, type(None))):
             raise CniError(
                 ERR_INVALID_NETWORK_CONFIG,
-                'every "cni.dev/valid-attachments" entry needs a string "containerID";'
-                " nothing was collected",
+                'every "cni.dev/valid-attachments" entry needs a string "containerID" (and'
+                ' "ifname", if any, a string); nothing was collected',
             )
-        keep.add(cid)
+        keep.add((cid, ifname))
     return keep
-
-
-def _is_saved_config(data: bytes) -> bool:
-    """Only files that look like our own saved delegate configs are ever deleted by GC."""
-    try:
-        doc = loads(data)
-    except ValueError:
-        return False
-    return isinstance(doc, dict) and isinstance(doc.get("type"), str) and "name" in doc
 
 
 def _delegate_speaks(plugin: str, version: str, command: str, io: Io) -> bool:
@@ -293,12 +297,12 @@ def cmd_gc(args: "CmdArgs", raw: "dict[str, Any]", io: Io) -> int:
     Keeps going past failures and reports the first one at the end, as the spec asks.
     """
     from .delegation import (
+        collect_saved,
         delegate_error,
         find_plugin,
         list_saved,
-        load_saved,
-        remove_saved,
         run_plugin,
+        saved_key,
     )
     from .netconf import build_delegate, delegate_type, parse_flannel_conf, read_subnet_env
     from .protocol import dumps
@@ -306,17 +310,18 @@ def cmd_gc(args: "CmdArgs", raw: "dict[str, Any]", io: Io) -> int:
     conf = parse_flannel_conf(raw)
     keep = _valid_attachments(raw)
     errors: list[CniError] = []
-    for cid in list_saved(conf.data_dir):
-        if cid in keep or not valid_container_id(cid):
+    try:
+        found = list_saved(conf.data_dir, conf.name)
+    except CniError as e:
+        errors.append(e)
+        found = []
+    for cid, ifname in found:
+        if (cid, ifname) in keep or (cid, None) in keep:
             continue
         try:
-            data = load_saved(conf.data_dir, cid)
-            if data is None:
-                continue
-            if not _is_saved_config(data):
-                io.note(f"GC: left {conf.data_dir}/{cid} alone, it is not a saved delegate config")
-                continue
-            remove_saved(conf.data_dir, cid)
+            if not collect_saved(conf.data_dir, conf.name, cid, ifname):
+                key = saved_key(conf.name, cid, ifname)
+                io.note(f"GC: left {conf.data_dir}/{key} alone, this plugin did not write it")
         except CniError as e:
             errors.append(e)
     try:

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
+import structlog
 from pydantic import BaseModel, ConfigDict
 
 from pyflannel.errors import ConfigError
@@ -37,10 +38,15 @@ __all__ = [
     "NetworkConfig",
     "UdpOptions",
     "VxlanOptions",
+    "check_network_for_node",
+    "network_warnings",
+    "node_network_conflict",
     "parse_network_config",
     "udp_options",
     "vxlan_options",
 ]
+
+_log = structlog.get_logger("pyflannel.config")
 
 DEFAULT_BACKEND_TYPE: Final = "vxlan"
 SUPPORTED_BACKENDS: Final = ("vxlan", "host-gw", "udp")
@@ -502,6 +508,14 @@ def _fail(message: str, hint: str) -> ConfigError:
     return ConfigError(message, hint=hint)
 
 
+_LOOPBACK4: Final = ipaddress.IPv4Network("127.0.0.0/8")
+_LINK_LOCAL4: Final = ipaddress.IPv4Network("169.254.0.0/16")
+_LINK_LOCAL6: Final = ipaddress.IPv6Network("fe80::/10")
+_PICK_PRIVATE_HINT: Final = (
+    "pick a private range that no node uses for anything else, such as 10.5.0.0/16"
+)
+
+
 def _check_ipv4(raw: _RawConfig) -> None:
     net = raw.network
     if net is None or (int(net.network_address) == 0 and net.prefixlen == 0):
@@ -509,6 +523,10 @@ def _check_ipv4(raw: _RawConfig) -> None:
             "please define a correct Network parameter in the flannel config",
             hint='add an IPv4 CIDR such as "Network": "10.5.0.0/16", or set "EnableIPv4": false',
         )
+    if net.overlaps(_LOOPBACK4):
+        # Routes into 127/8 never leave the host: pods would be unreachable from other nodes
+        # and a pod could be given the node's own loopback address.
+        raise _fail(f"Network {net} overlaps the loopback range 127.0.0.0/8", _PICK_PRIVATE_HINT)
     plen = net.prefixlen
     if raw.subnet_len > 0:
         # Each host needs room for a tunnel and a bridge address.
@@ -545,6 +563,11 @@ def _check_ipv6(raw: _RawConfig) -> None:
             "please define a correct IPv6Network parameter in the flannel config",
             hint='add an IPv6 CIDR such as "IPv6Network": "2001:db8:42::/56", '
             'or set "EnableIPv6": false',
+        )
+    if ipaddress.IPv6Address(1) in net:
+        raise _fail(
+            f"IPv6Network {net} contains the loopback address ::1",
+            "pick a unique-local or global range that no node uses otherwise, such as fd00:5::/56",
         )
     plen = net.prefixlen
     if raw.ipv6_subnet_len > 0:
@@ -608,6 +631,57 @@ def _subnet_range(
                 hint=f"use the start of a /{subnet_len} subnet, e.g. {addr_type(int(addr) & mask)}",
             )
     return lo, hi
+
+
+def network_warnings(cfg: NetworkConfig) -> list[str]:
+    """Risky but accepted Networks, one sentence each: link-local ranges (169.254/16 holds
+    cloud metadata services and is never routed between nodes; fe80::/10 the same for IPv6)."""
+    warnings = []
+    for net, link_local in ((cfg.network, _LINK_LOCAL4), (cfg.ipv6_network, _LINK_LOCAL6)):
+        if net is not None and net.version == link_local.version and net.overlaps(link_local):
+            warnings.append(
+                f"Network {net} overlaps the link-local range {link_local}, which hosts use for"
+                f" metadata services and never route between nodes; {_PICK_PRIVATE_HINT}"
+            )
+    return warnings
+
+
+def node_network_conflict(
+    cfg: NetworkConfig,
+    addresses: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address | None],
+) -> ConfigError | None:
+    """The error for a Network containing one of this node's underlay ``addresses`` (``None``
+    entries are skipped), or ``None``. Pure; see :func:`check_network_for_node`.
+
+    Such a Network hands out this node's own address range as pod subnets: the overlay route
+    for it would capture the node's traffic to the other nodes.
+    """
+    for addr in addresses:
+        if addr is None:
+            continue
+        for net in (cfg.network, cfg.ipv6_network):
+            if net is not None and net.version == addr.version and addr in net:
+                return ConfigError(
+                    f"Network {net} contains this node's underlay address {addr}: the overlay"
+                    " would take over the network the nodes use to reach each other",
+                    hint=_PICK_PRIVATE_HINT,
+                )
+    return None
+
+
+def check_network_for_node(
+    cfg: NetworkConfig,
+    addresses: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address | None],
+) -> None:
+    """Raise :func:`node_network_conflict`'s error, if any; log :func:`network_warnings`.
+
+    Called by the daemon once the external interface is known.
+    """
+    error = node_network_conflict(cfg, addresses)
+    if error is not None:
+        raise error
+    for warning in network_warnings(cfg):
+        _log.warning("config.risky_network", warning=warning)
 
 
 def parse_network_config(raw: str | bytes) -> NetworkConfig:

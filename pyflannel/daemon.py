@@ -89,6 +89,7 @@ class Daemon:
         previous: SubnetEnv | None,
     ) -> None:
         from pyflannel.backend.registry import make_backend
+        from pyflannel.config import check_network_for_node
         from pyflannel.iface import select_interface
 
         opts = self.opts
@@ -111,6 +112,9 @@ class Daemon:
             address=str(ext.ipv4_addr or ext.ipv6_addr),
             public_ip=str(ext.public_ip or ext.public_ipv6),
             mtu=ext.mtu,
+        )
+        check_network_for_node(
+            config, (ext.ipv4_addr, ext.ipv6_addr, ext.public_ip, ext.public_ipv6)
         )
         backend = make_backend(config.backend_type)
         attrs = await backend.prepare(config, ext, self.state_dir)

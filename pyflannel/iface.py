@@ -26,7 +26,7 @@ import socket
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 from pyflannel.errors import ConfigError, InterfaceError
 
@@ -73,6 +73,10 @@ class ExternalInterface:
     public_ip: ipaddress.IPv4Address | None
     public_ipv6: ipaddress.IPv6Address | None
     mtu: int
+    # The networks of ipv4_addr/ipv6_addr on the interface (None when not known): a peer
+    # PublicIP equal to their network or broadcast address is refused.
+    ipv4_network: ipaddress.IPv4Network | None = None
+    ipv6_network: ipaddress.IPv6Network | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +85,7 @@ class Addr:
 
     ip: IPAddress
     flags: int = _IFA_F_PERMANENT
+    prefixlen: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +185,7 @@ def _dump_addrs(sock: NetlinkSocket) -> dict[int, list[Addr]]:
     for buf, start, end, mtype in items:
         if mtype != c.RTM_NEWADDR:
             continue
-        _fam, _plen, hdr_flags, _scope, index = _IFADDRMSG.unpack_from(buf, start)
+        _fam, plen, hdr_flags, _scope, index = _IFADDRMSG.unpack_from(buf, start)
         attrs = parse_attrs(buf, start + _IFADDRMSG.size, end)
         raw = attrs.get(c.IFA_LOCAL) or attrs.get(c.IFA_ADDRESS)
         if raw is None or len(raw) not in (4, 16):
@@ -188,7 +193,7 @@ def _dump_addrs(sock: NetlinkSocket) -> dict[int, list[Addr]]:
         # IFA_FLAGS (32 bit) supersedes the 8-bit header field when present.
         raw_flags = attrs.get(_IFA_FLAGS)
         flags = _U32.unpack(raw_flags[:4])[0] if raw_flags else hdr_flags
-        out.setdefault(index, []).append(Addr(ipaddress.ip_address(raw), flags))
+        out.setdefault(index, []).append(Addr(ipaddress.ip_address(raw), flags, plen))
     return out
 
 
@@ -538,7 +543,21 @@ def select_interface_from(
         public_ip=ext4 if isinstance(ext4, ipaddress.IPv4Address) else None,
         public_ipv6=ext6 if isinstance(ext6, ipaddress.IPv6Address) else None,
         mtu=link.mtu,
+        ipv4_network=_network_of(link, addr4, ipaddress.IPv4Network),
+        ipv6_network=_network_of(link, addr6, ipaddress.IPv6Network),
     )
+
+
+_NetT = TypeVar("_NetT", ipaddress.IPv4Network, ipaddress.IPv6Network)
+
+
+def _network_of(link: Link, addr: IPAddress | None, cls: type[_NetT]) -> _NetT | None:
+    """The network of ``addr`` as configured on ``link`` (None if unknown)."""
+    for a in link.addrs:
+        if a.ip == addr and a.prefixlen is not None:
+            net = ipaddress.ip_network((a.ip, a.prefixlen), strict=False)
+            return net if isinstance(net, cls) else None
+    return None
 
 
 def select_interface(

@@ -81,6 +81,8 @@ class Lease:
     expiration: float | None = None
     etcd_lease_id: int = 0
     mod_revision: int = field(default=0, compare=False)
+    # etcd's create revision of the key: the older of two leases claiming one VTEP MAC wins.
+    create_revision: int = field(default=0, compare=False)
 
     @property
     def is_reservation(self) -> bool:
@@ -138,6 +140,18 @@ def parse_subnet_key(
             v6 = ipaddress.IPv6Network(f"{m.group(3)}/{int(m.group(4))}", strict=False)
     except ValueError as exc:
         raise LeaseDecodeError(f"lease key {key!r} holds an invalid subnet: {exc}") from exc
+    # flanneld parses "10.5.100.5-24" as 10.5.100.0/24: a second key for another node's subnet
+    # (its Removed event would unprogram that node). Every writer uses the network address.
+    for net, text in ((v4, m.group(1)), (v6, m.group(3))):
+        if (
+            net is not None
+            and text is not None
+            and ipaddress.ip_address(text) != net.network_address
+        ):
+            raise LeaseDecodeError(
+                f"lease key {key!r} has host bits set (the subnet is {net}); lease keys hold"
+                " network addresses only: delete this key"
+            )
     subnet = None if (v4.prefixlen == 0 and v6 is not None) else v4
     return subnet, v6
 

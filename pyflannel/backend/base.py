@@ -61,6 +61,9 @@ class PlanContext:
     ext_index: int
     own_mac: str | None = None
     direct_routes: Mapping[IPAddress, int] = field(default_factory=dict)
+    # The external interface's network (None if unknown): its network and broadcast addresses
+    # are no node's PublicIP.
+    underlay: IPNetwork | None = None
 
     @property
     def is_vxlan(self) -> bool:

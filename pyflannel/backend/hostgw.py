@@ -114,6 +114,7 @@ class HostGwBackend:
                     own_public_ip=public,
                     dev_index=ext.index,
                     ext_index=ext.index,
+                    underlay=ext.ipv4_network if family == 4 else ext.ipv6_network,
                 )
             )
         programmer = PeerProgrammer(

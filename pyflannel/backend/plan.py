@@ -25,6 +25,13 @@ per key, every owner in write order: the newest writer's entry is programmed, an
 deleted only when its last owner goes away (flanneld deletes the shared FDB entry and cuts the
 node off until its next renewal).
 
+Two *nodes* must never share a VTEP MAC: the FDB entry ``<MAC> dst <PublicIP>`` would follow the
+newest writer and take the other node's traffic (anyone who can write a lease could hijack a
+peer that way). When leases with different PublicIPs claim one MAC, the one whose key etcd
+created first keeps it; the others are refused (one warning each) and *held* in the state, and
+programmed as soon as the conflict goes away (:func:`mac_losers`). Same MAC and same PublicIP
+is one node's old and new lease, and is fine.
+
 Only entries that belong to us are ever deleted during reconciliation: gateway routes into the
 Network on the vxlan device, the external interface or a DirectRouting interface (never routes
 overlapping our own subnet, never connected routes), and neighbour/FDB entries on the vxlan
@@ -33,8 +40,9 @@ device (never the all-zero, multicast or our own MAC).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
 from typing import NamedTuple
 
 from pyflannel.backend.base import PlanContext
@@ -44,6 +52,7 @@ from pyflannel.netlink.ops import (
     FdbDel,
     FdbEntry,
     FdbReplace,
+    IPAddress,
     IPNetwork,
     NeighDel,
     NeighEntry,
@@ -56,10 +65,12 @@ from pyflannel.netlink.ops import (
 
 __all__ = [
     "Entry",
+    "MacClaim",
     "Plan",
     "ProgrammedPeer",
     "ProgrammedState",
     "entry_key",
+    "mac_losers",
     "peer_entries",
     "peer_id",
     "plan_events",
@@ -94,6 +105,8 @@ class ProgrammedState:
 
     peers: Mapping[IPNetwork, ProgrammedPeer] = field(default_factory=dict)
     owners: Mapping[EntryKey, dict[PeerId, Entry]] = field(default_factory=dict)
+    # Valid leases refused because an earlier-created lease of another node has their VTEP MAC.
+    held: Mapping[IPNetwork, Lease] = field(default_factory=dict)
 
     def programmed_entries(self) -> dict[EntryKey, Entry]:
         """Key → the entry that should be in the kernel now."""
@@ -106,6 +119,52 @@ class Plan(NamedTuple):
     ops: list[Op]
     state: ProgrammedState
     rejected: list[tuple[Lease, Rejection]]
+
+
+@dataclass(frozen=True, slots=True)
+class MacClaim:
+    """One lease's claim on a VTEP MAC."""
+
+    subnet: IPNetwork
+    public_ip: IPAddress
+    create_revision: int
+
+
+def _claim_order(c: MacClaim) -> tuple[int, int, int, int]:
+    # etcd create revisions are unique per key; the subnet only breaks ties of unknown (0) ones.
+    return (c.create_revision, c.subnet.version, int(c.subnet.network_address), c.subnet.prefixlen)
+
+
+def mac_losers(claims: Iterable[MacClaim]) -> dict[IPNetwork, MacClaim]:
+    """Claims on one MAC → {subnet of each refused claim: the claim that keeps the MAC}.
+
+    The earliest-created claim wins; claims with the winner's PublicIP (the same node) are not
+    refused. Depends only on the set of claims, not their order.
+    """
+    claims = list(claims)
+    if len(claims) < 2:
+        return {}
+    winner = min(claims, key=_claim_order)
+    return {c.subnet: winner for c in claims if c.public_ip != winner.public_ip}
+
+
+def _fdb_mac(peer: Peer, ctx: PlanContext) -> str | None:
+    """The MAC of the FDB entry this peer needs (none for host-gw and DirectRouting peers)."""
+    if peer.vtep_mac is None or peer.public_ip in ctx.direct_routes:
+        return None
+    return peer.vtep_mac
+
+
+def _claim(peer: Peer) -> MacClaim:
+    return MacClaim(peer.subnet, peer.public_ip, peer.lease.create_revision)
+
+
+def _refusal(peer: Peer, winner: MacClaim) -> Rejection:
+    return Rejection(
+        f"lease {peer.lease.key_suffix}: VtepMAC {peer.vtep_mac} is already used by the"
+        f" lease of {winner.subnet} (PublicIP {winner.public_ip}), created earlier; refusing"
+        " this one until that lease goes away — give each node its own VTEP MAC"
+    )
 
 
 def entry_key(entry: Entry) -> EntryKey:
@@ -174,20 +233,70 @@ def plan_events(
     """
     w = _Writer(state, in_place=in_place)
     rejected: list[tuple[Lease, Rejection]] = []
+    held_before = dict(state.held)  # small: only leases refused for a duplicate MAC
+    touched: set[str] = set()  # VTEP MACs whose claims changed in this batch
+    pending: dict[IPNetwork, tuple[str, Lease]] = {}  # vxlan peers, decided per MAC below
     for ev in events:
         subnet = _family_subnet(ev.lease, ctx)
         if ev.kind == EventKind.REMOVED:
             if subnet is not None:
-                w.remove_peer(subnet)
+                pending.pop(subnet, None)
+                touched.update(w.forget(subnet, ctx))
             continue
         peer = validate_peer(ev.lease, ctx)
         if isinstance(peer, Rejection):
             rejected.append((ev.lease, peer))
             if subnet is not None:  # a programmed peer whose lease turned bad: unprogram it
-                w.remove_peer(subnet)
+                pending.pop(subnet, None)
+                touched.update(w.forget(subnet, ctx))
+            continue
+        mac = _fdb_mac(peer, ctx)
+        if mac is not None:
+            touched.update(w.programmed_macs(peer.subnet))  # the MAC may have changed
+            touched.add(mac)
+            pending[peer.subnet] = (mac, ev.lease)
             continue
         w.set_peer(peer.subnet, ProgrammedPeer(ev.lease, peer_entries(peer, ctx)))
+    by_mac: dict[str, list[IPNetwork]] = {}
+    for subnet, (mac, _) in pending.items():
+        by_mac.setdefault(mac, []).append(subnet)
+    for mac in sorted(touched):
+        new = {s: pending[s][1] for s in by_mac.get(mac, ())}
+        _settle_mac(w, mac, new, pending.keys(), ctx, held_before, rejected)
     return Plan(w.ops(), w.state(), rejected)
+
+
+def _settle_mac(
+    w: _Writer,
+    mac: str,
+    new: Mapping[IPNetwork, Lease],
+    replaced: Collection[IPNetwork],
+    ctx: PlanContext,
+    held_before: Mapping[IPNetwork, Lease],
+    rejected: list[tuple[Lease, Rejection]],
+) -> None:
+    """Program the claims on ``mac`` (programmed, held, ``new``) that win; hold the others.
+
+    ``replaced``: subnets with a new lease in this batch (whatever its MAC); their older
+    programmed or held lease no longer claims anything.
+    """
+    peers: list[Peer] = []
+    for lease in w.claims(mac, new, replaced, ctx):
+        peer = validate_peer(lease, ctx)
+        if isinstance(peer, Peer) and _fdb_mac(peer, ctx) == mac:
+            peers.append(peer)
+    losers = mac_losers(_claim(p) for p in peers)
+    for peer in peers:
+        winner = losers.get(peer.subnet)
+        if winner is None:
+            w.release_hold(peer.subnet)
+            w.set_peer(peer.subnet, ProgrammedPeer(peer.lease, peer_entries(peer, ctx)))
+            continue
+        w.remove_peer(peer.subnet)
+        refused_before = held_before.get(peer.subnet)
+        w.hold(peer.subnet, peer.lease)
+        if refused_before is None or refused_before.attrs != peer.lease.attrs:
+            rejected.append((peer.lease, _refusal(peer, winner)))  # once, not every renewal
 
 
 def plan_reconcile(
@@ -206,15 +315,29 @@ def plan_reconcile(
     expiration (reservations first), then subnet, and the last one wins.
     """
     rejected: list[tuple[Lease, Rejection]] = []
-    peers: list[tuple[Peer, tuple[Entry, ...]]] = []
+    valid: list[Peer] = []
+    by_mac: dict[str, list[Peer]] = {}
     for lease in wanted_leases:
         peer = validate_peer(lease, ctx)
         if isinstance(peer, Rejection):
             rejected.append((lease, peer))
+            continue
+        valid.append(peer)
+        mac = _fdb_mac(peer, ctx)
+        if mac is not None:
+            by_mac.setdefault(mac, []).append(peer)
+    w = _Writer(ProgrammedState())
+    peers: list[tuple[Peer, tuple[Entry, ...]]] = []
+    for peer in valid:
+        mac = _fdb_mac(peer, ctx)
+        group = by_mac.get(mac) if mac is not None else None
+        winner = mac_losers(map(_claim, group)).get(peer.subnet) if group else None
+        if winner is not None:
+            rejected.append((peer.lease, _refusal(peer, winner)))
+            w.hold(peer.subnet, peer.lease)
         else:
             peers.append((peer, peer_entries(peer, ctx)))
     peers.sort(key=lambda pe: _precedence(pe[0]))
-    w = _Writer(ProgrammedState())
     for peer, entries in peers:
         w.set_peer(peer.subnet, ProgrammedPeer(peer.lease, entries), emit=False)
     state = w.state()
@@ -258,6 +381,17 @@ def plan_reprogram(state: ProgrammedState) -> list[Op]:
 
 
 # --- internals -------------------------------------------------------------------------------
+
+
+def _subnet_of(pid: PeerId) -> IPNetwork:
+    version, address, prefixlen = pid
+    cls = IPv4Network if version == 4 else IPv6Network
+    return cls((address, prefixlen))
+
+
+def _held_mac(lease: Lease, ctx: PlanContext) -> str | None:
+    peer = validate_peer(lease, ctx)
+    return _fdb_mac(peer, ctx) if isinstance(peer, Peer) else None
 
 
 def _family_subnet(lease: Lease, ctx: PlanContext) -> IPNetwork | None:
@@ -345,16 +479,66 @@ class _Writer:
     def __init__(self, state: ProgrammedState, *, in_place: bool = False) -> None:
         self._peers: dict[IPNetwork, ProgrammedPeer]
         self._owners: dict[EntryKey, dict[PeerId, Entry]]
-        if in_place and isinstance(state.peers, dict) and isinstance(state.owners, dict):
-            self._peers, self._owners = state.peers, state.owners
+        self._held: dict[IPNetwork, Lease]
+        if (
+            in_place
+            and isinstance(state.peers, dict)
+            and isinstance(state.owners, dict)
+            and isinstance(state.held, dict)
+        ):
+            self._peers, self._owners, self._held = state.peers, state.owners, state.held
         else:
             self._peers, self._owners = dict(state.peers), dict(state.owners)
+            self._held = dict(state.held)
         # Pending kernel writes, one per key, the latest last (dicts keep insertion order).
         self._adds: dict[EntryKey, Entry] = {}
         self._dels: dict[EntryKey, Entry] = {}
 
     def state(self) -> ProgrammedState:
-        return ProgrammedState(self._peers, self._owners)
+        return ProgrammedState(self._peers, self._owners, self._held)
+
+    def hold(self, subnet: IPNetwork, lease: Lease) -> None:
+        self._held[subnet] = lease
+
+    def release_hold(self, subnet: IPNetwork) -> None:
+        self._held.pop(subnet, None)
+
+    def programmed_macs(self, subnet: IPNetwork) -> set[str]:
+        """The VTEP MACs of ``subnet``'s programmed FDB entries."""
+        old = self._peers.get(subnet)
+        return set() if old is None else {e.mac for e in old.entries if isinstance(e, FdbEntry)}
+
+    def forget(self, subnet: IPNetwork, ctx: PlanContext) -> set[str]:
+        """Unprogram and unhold ``subnet``; the VTEP MACs it claimed (to settle again)."""
+        macs = self.programmed_macs(subnet)
+        self.remove_peer(subnet)
+        held = self._held.pop(subnet, None)
+        if held is not None:
+            peer = validate_peer(held, ctx)
+            mac = _fdb_mac(peer, ctx) if isinstance(peer, Peer) else None
+            if mac is not None:
+                macs.add(mac)
+        return macs
+
+    def claims(
+        self,
+        mac: str,
+        new: Mapping[IPNetwork, Lease],
+        replaced: Collection[IPNetwork],
+        ctx: PlanContext,
+    ) -> list[Lease]:
+        """Leases claiming ``mac``: the programmed owners of its FDB entry and the held ones,
+        unless ``replaced``, and the ``new`` ones (which claim ``mac``)."""
+        leases: dict[IPNetwork, Lease] = dict(new)
+        for pid in self._owners.get((2, 0, mac, ctx.dev_index), {}):
+            subnet = _subnet_of(pid)
+            programmed = self._peers.get(subnet)
+            if programmed is not None and subnet not in replaced:
+                leases[subnet] = programmed.lease
+        for subnet, lease in self._held.items():
+            if subnet not in replaced and _held_mac(lease, ctx) == mac:
+                leases[subnet] = lease
+        return list(leases.values())
 
     def ops(self) -> list[Op]:
         # Every replace (neighbour, FDB, route), then every delete (route, FDB, neighbour). A

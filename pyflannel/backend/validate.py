@@ -153,20 +153,26 @@ def _check_subnet(subnet: IPNetwork, public: IPAddress, ctx: PlanContext) -> str
 
 
 def _unusable_v4(ip: int) -> bool:
-    # 0.0.0.0, 127/8 loopback, 224/4 multicast, 255.255.255.255 broadcast
-    return ip == 0 or ip >> 24 == 127 or ip >> 28 == 0xE or ip == 0xFFFFFFFF
+    # 0.0.0.0, 127/8 loopback, 169.254/16 link-local (not routable between nodes), 224/4
+    # multicast, 240/4 reserved (incl. 255.255.255.255 broadcast): no tunnel endpoint.
+    return ip == 0 or ip >> 24 == 127 or ip >> 16 == 0xA9FE or ip >> 28 >= 0xE
+
+
+def _unusable_v6(ip: IPAddress) -> bool:
+    # ::, ::1, ff00::/8 multicast, fe80::/10 link-local (needs a zone; not one node's address)
+    return ip.is_unspecified or ip.is_multicast or ip.is_loopback or ip.is_link_local
 
 
 def _check_public_ip(subnet: IPNetwork, public: IPAddress, ctx: PlanContext) -> str | None:
     name = "PublicIP" if ctx.family == 4 else "PublicIPv6"
     if public.version != ctx.family:
         return f"{name} {public} is not an IPv{ctx.family} address"
-    if public.version == 4:
-        unusable = _unusable_v4(int(public))
-    else:
-        unusable = public.is_unspecified or public.is_multicast or public.is_loopback
+    unusable = _unusable_v4(int(public)) if public.version == 4 else _unusable_v6(public)
     if unusable:
-        return f"{name} {public} is not a usable unicast address"
+        return (
+            f"{name} {public} is not a usable unicast address"
+            " (loopback, link-local, multicast or reserved)"
+        )
     if public == ctx.own_public_ip:
         return f"{name} {public} is our own public IP"
     # A tunnel endpoint inside its own subnet or ours would route the encapsulated packets
@@ -175,6 +181,22 @@ def _check_public_ip(subnet: IPNetwork, public: IPAddress, ctx: PlanContext) -> 
         return f"{name} {public} lies inside the lease's own subnet {subnet}"
     if public in ctx.own_subnet:
         return f"{name} {public} lies inside our own subnet {ctx.own_subnet}"
+    if public in ctx.network:
+        return f"{name} {public} lies inside the flannel Network {ctx.network}"
+    return _check_underlay(name, public, ctx.underlay)
+
+
+def _check_underlay(name: str, public: IPAddress, underlay: IPNetwork | None) -> str | None:
+    # Encapsulated packets to the underlay's network or broadcast address reach no single
+    # node (or every node). /31 and /32 (/127, /128) have no such addresses.
+    if underlay is None or underlay.version != public.version:
+        return None
+    if underlay.prefixlen >= underlay.max_prefixlen - 1:
+        return None
+    if public == underlay.network_address:
+        return f"{name} {public} is the network address of the underlay {underlay}"
+    if public.version == 4 and public == underlay.broadcast_address:
+        return f"{name} {public} is the broadcast address of the underlay {underlay}"
     return None
 
 

@@ -260,6 +260,7 @@ class VxlanBackend:
             dev_index=dev.ifindex,
             ext_index=dev.spec.vtep_ifindex,
             own_mac=dev.mac,
+            underlay=self._ext.ipv4_network if dev.family == 4 else self._ext.ipv6_network,
         )
 
 

@@ -269,9 +269,13 @@ def _read_source(source: str) -> str:
 
 
 def _say_valid(source: str, cfg: NetworkConfig) -> None:
+    from pyflannel.config import network_warnings
+
     print(f"{source}: valid flannel network config")
     for line in describe_config(cfg):
         print(f"  {line}")
+    for warning in network_warnings(cfg):
+        print(f"  warning: {warning}")
 
 
 async def _cmd_get(opts: Options) -> int:

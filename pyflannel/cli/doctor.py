@@ -53,6 +53,7 @@ __all__ = [
     "check_interfaces",
     "check_lease",
     "check_mtu",
+    "check_network_config",
     "check_tx_offload",
     "check_udp_port",
     "main",
@@ -124,6 +125,22 @@ def parse_ethtool_features(text: str) -> dict[str, str]:
 
 
 # --- pure: checks ----------------------------------------------------------------------------
+
+
+def check_network_config(
+    cfg: NetworkConfig, subject: str, chosen: ExternalInterface | None = None
+) -> list[Finding]:
+    """A WARN per risky-but-accepted Network (the sentences of ``config validate``), and a
+    FAIL when the Network contains the chosen interface's addresses (the daemon refuses it)."""
+    from pyflannel.config import network_warnings, node_network_conflict
+
+    findings = [Finding("WARN", "config", subject, w) for w in network_warnings(cfg)]
+    if chosen is not None:
+        addrs = (chosen.ipv4_addr, chosen.ipv6_addr, chosen.public_ip, chosen.public_ipv6)
+        error = node_network_conflict(cfg, addrs)
+        if error is not None:
+            findings.append(Finding("FAIL", "config", subject, str(error)))
+    return findings
 
 
 def check_br_netfilter(
@@ -614,6 +631,8 @@ async def collect(opts: Options) -> DoctorReport:
     network = cfg.network if cfg is not None else None
     candidates = other_candidates(host, chosen.name if chosen else None, network) if host else []
     add(check_interfaces(chosen, iface_error, candidates, explicit=explicit))
+    if cfg is not None:
+        add(check_network_config(cfg, f"{opts.etcd_prefix}/config", chosen))
 
     env, env_error = read_env(opts.subnet_file)
     node = read_node()

@@ -5,14 +5,22 @@ writes (as run by ``/bin/sh`` = dash, or bash in POSIX mode) for the same inputs
 
 - ``-f FILE`` flannel env (default ``/run/flannel/subnet.env``), ``-d FILE`` output (default
   ``/run/docker_opts.env``), ``-i`` individual ``DOCKER_OPT_*`` vars, ``-c`` the combined var,
-  ``-k KEY`` its name (default ``DOCKER_OPTS``), ``-m`` no ``--ip-masq``, ``-h``/``-?`` usage
-  (stderr, exit 1). Neither ``-i`` nor ``-c`` means both.
+  ``-k KEY`` its name (default ``DOCKER_OPTS``), ``-m`` no ``--ip-masq``, ``-?`` usage
+  (stderr, exit 1). Neither ``-i`` nor ``-c`` means both. Unlike the script, ``-h`` and
+  ``--help`` print the usage on stdout and exit 0.
 - ``FLANNEL_SUBNET`` → ``--bip``, ``FLANNEL_MTU`` → ``--mtu``, ``FLANNEL_IPMASQ`` inverted into
   ``--ip-masq`` (anything but true/false: "Invalid value of FLANNEL_IPMASQ", exit 1).
 - Variables are listed in ``set`` order (sorted), so ``DOCKER_OPT_*`` variables already in the
   environment are included; a pre-set ``KEY`` variable is prepended to the combined value.
 - Finally, if ``ip route show`` has a line matching the lease subnet (as a ``grep`` pattern)
   and containing ``via``, that is reported and the exit status is 1 (the file is written).
+
+Every value is checked before anything is written (unlike the script, which copied shell code
+from ``FLANNEL_SUBNET`` into a file that is later sourced): ``FLANNEL_SUBNET`` an IPv4
+address/prefix, ``FLANNEL_MTU`` an integer MTU, ``FLANNEL_IPMASQ`` true/false (when used), the
+``-k`` key a shell name, and ``DOCKER_OPT_*``/key values free of ``"``, ``$``, backquote and
+backslash. Bad input: nothing is written, one line naming the key, exit 1. Valid input gives
+the script's bytes.
 
 Differences: subnet.env is *parsed* (``KEY=VALUE``, quotes, comments, ``export``), never
 sourced, so shell code in it is not run and a malformed file is an error (exit 1); values are
@@ -33,7 +41,7 @@ from dataclasses import dataclass
 from typing import Final, TextIO
 
 from pyflannel.errors import ConfigError
-from pyflannel.subnet.subnet_env import read_subnet_env_vars
+from pyflannel.subnet.subnet_env import expected_value, read_subnet_env_vars
 
 __all__ = ["ip_route_show", "main", "run"]
 
@@ -66,7 +74,12 @@ class _Args:
 
 
 class _Usage(Exception):
-    """getopts hit -h, -? or a bad option; ``str()`` is the message printed before usage."""
+    """getopts hit -?, a bad option, or (``requested``) -h/--help; ``str()`` is the message
+    printed before usage."""
+
+    def __init__(self, message: str, *, requested: bool = False) -> None:
+        super().__init__(message)
+        self.requested = requested
 
 
 def _getopts(argv: Sequence[str]) -> _Args:
@@ -77,6 +90,8 @@ def _getopts(argv: Sequence[str]) -> _Args:
         word = argv[i]
         if word == "--":
             break
+        if word == "--help":
+            raise _Usage("", requested=True)
         if len(word) < 2 or word[0] != "-":
             break
         i += 1
@@ -104,7 +119,9 @@ def _getopts(argv: Sequence[str]) -> _Args:
                 args.combined = True
             elif opt == "m":
                 args.ipmasq = False
-            elif opt in "?h":
+            elif opt == "h":
+                raise _Usage("", requested=True)
+            elif opt == "?":
                 raise _Usage("")
             else:
                 raise _Usage(f"Illegal option -{opt}\n")
@@ -168,6 +185,32 @@ def _grep_pattern(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out))
 
 
+# Characters that keep their meaning inside a double-quoted shell word: a value holding one
+# would run code when docker_opts.env is sourced.
+_SHELL_ACTIVE: Final = frozenset('"$`\\')
+
+
+def _invalid_input(variables: Mapping[str, str], args: _Args) -> str | None:
+    """The one-line complaint about the first value that must not be written, if any."""
+    for key in ("FLANNEL_SUBNET", "FLANNEL_MTU"):
+        value = variables.get(key, "")
+        expected = expected_value(key, value) if value else None
+        if expected is not None:
+            return f"{key}={value[:80]!r} is not {expected}"
+    if not _SHELL_NAME_RE.fullmatch(args.combined_key):
+        return f"-k {args.combined_key[:80]!r} is not a shell variable name"
+    for name in [*sorted(_docker_opt_names(variables)), args.combined_key]:
+        value = variables.get(name, "")
+        if _SHELL_ACTIVE.intersection(value):
+            return f'{name}={value[:80]!r} contains one of " $ ` \\'
+    return None
+
+
+def _docker_opt_names(variables: Mapping[str, str]) -> list[str]:
+    """What ``set | grep DOCKER_OPT_`` lists: shell variables whose name contains it."""
+    return [n for n in variables if "DOCKER_OPT_" in n and _SHELL_NAME_RE.fullmatch(n)]
+
+
 def ip_route_show() -> str:
     """Text of ``ip route show`` in the current network namespace ('' if it cannot run)."""
     try:
@@ -183,6 +226,7 @@ def run(
     *,
     route_table: Callable[[], str] = ip_route_show,
     stderr: TextIO | None = None,
+    stdout: TextIO | None = None,
     prog: str = PROG,
 ) -> int:
     """The tool with its inputs made explicit (for tests); returns the exit status."""
@@ -190,6 +234,9 @@ def run(
     try:
         args = _getopts(argv)
     except _Usage as usage:
+        if usage.requested:
+            (sys.stdout if stdout is None else stdout).write(_USAGE.format(prog=prog))
+            return 0
         err.write(str(usage) + _USAGE.format(prog=prog))
         return 1
 
@@ -201,6 +248,11 @@ def run(
         except ConfigError as exc:
             err.write(f"{prog}: {exc}\n")
             return 1
+
+    complaint = _invalid_input(variables, args)
+    if complaint is not None:
+        err.write(f"{prog}: {complaint}; nothing was written\n")
+        return 1
 
     subnet = variables.get("FLANNEL_SUBNET", "")
     mtu = variables.get("FLANNEL_MTU", "")
@@ -223,7 +275,7 @@ def run(
         docker_opts += " "
     lines = []
     # `set | grep DOCKER_OPT_` lists every such variable, sorted as `set` prints them.
-    for name in sorted((n for n in variables if "DOCKER_OPT_" in n), key=lambda n: n + "="):
+    for name in sorted(_docker_opt_names(variables), key=lambda n: n + "="):
         value = _echo_unquoted(variables[name])
         if args.indiv:
             lines.append(f'{name}="{value}"\n')

@@ -696,15 +696,20 @@ class EtcdRegistry:
         lease_id: int,
         mod_revision: int,
         expiration: float | None,
+        create_revision: int = 0,
     ) -> Lease | None:
         """A lease from one key-value, or ``None`` (logged) when flanneld would skip it too."""
-        parsed = self._parse((key, value, int(lease_id), int(mod_revision)), expiration)
+        parsed = self._parse(
+            (key, value, int(lease_id), int(mod_revision)), expiration, create_revision
+        )
         if isinstance(parsed, Lease):
             return parsed
         log.warning("ignoring bad lease", key=parsed.key, error=parsed.error)
         return None
 
-    def _parse(self, kv: _KeyValue, expiration: float | None) -> Lease | Unreadable:
+    def _parse(
+        self, kv: _KeyValue, expiration: float | None, create_revision: int = 0
+    ) -> Lease | Unreadable:
         """A lease from one key-value, or what makes it :class:`Unreadable` (not logged)."""
         key, value, lease_id, mod_revision = kv
         try:
@@ -730,6 +735,7 @@ class EtcdRegistry:
             expiration=expiration,
             etcd_lease_id=lease_id,
             mod_revision=mod_revision,
+            create_revision=create_revision,
         )
 
     def _expirations(self, client: _Client, lease_ids: Iterable[int]) -> dict[int, float]:
@@ -877,9 +883,17 @@ class EtcdRegistry:
                             expiration=expiration,
                             etcd_lease_id=lease_id,
                             mod_revision=mod_revision,
+                            create_revision=known.create_revision,
                         )
                 else:
-                    lease = self._decode(kv.key, kv.value, lease_id, mod_revision, expiration)
+                    lease = self._decode(
+                        kv.key,
+                        kv.value,
+                        lease_id,
+                        mod_revision,
+                        expiration,
+                        int(kv.create_revision),
+                    )
                     if lease is None:
                         unreadable.append(kv.key.decode("utf-8", errors="replace"))
                 if lease is not None:
@@ -1359,7 +1373,12 @@ class EtcdRegistry:
                     events.append(Event(EventKind.REMOVED, lease))
                     continue
                 decoded = self._decode(
-                    ev.key, ev.value, int(ev.lease), int(ev.mod_revision), expiry.get(ev.lease)
+                    ev.key,
+                    ev.value,
+                    int(ev.lease),
+                    int(ev.mod_revision),
+                    expiry.get(ev.lease),
+                    int(ev.create_revision),
                 )
                 if decoded is not None:
                     events.append(Event(EventKind.ADDED, decoded))

@@ -25,6 +25,7 @@ from pyflannel.errors import ConfigError
 __all__ = [
     "DEFAULT_SUBNET_FILE",
     "SubnetEnv",
+    "expected_value",
     "lease_ipv6_subnet_from_env",
     "lease_subnet_from_env",
     "parse_subnet_env",
@@ -274,6 +275,25 @@ def _bool(value: str) -> bool | None:
     return {"true": True, "false": False}.get(value)
 
 
+_EXPECTED: Final = {
+    "FLANNEL_NETWORK": (_v4_network, "an IPv4 CIDR"),
+    "FLANNEL_SUBNET": (_v4_interface, "an IPv4 address/prefix"),
+    "FLANNEL_IPV6_NETWORK": (_v6_network, "an IPv6 CIDR"),
+    "FLANNEL_IPV6_SUBNET": (_v6_interface, "an IPv6 address/prefix"),
+    "FLANNEL_MTU": (_mtu, "an MTU between 1 and 65535"),
+    "FLANNEL_IPMASQ": (_bool, "true or false"),
+}
+
+
+def expected_value(key: str, value: str) -> str | None:
+    """``None`` if ``value`` is valid for subnet.env key ``key`` (or the key is not one of
+    flannel's), else what it should be, e.g. ``"an IPv4 address/prefix"``."""
+    check = _EXPECTED.get(key)
+    if check is None or check[0](value) is not None:
+        return None
+    return check[1]
+
+
 def parse_subnet_env(text: str, source: str = "subnet.env") -> SubnetEnv:
     """Parse subnet.env text into a :class:`SubnetEnv`; unknown keys are ignored.
 
@@ -282,22 +302,22 @@ def parse_subnet_env(text: str, source: str = "subnet.env") -> SubnetEnv:
     """
     lines = _parse_lines(text, source)
 
-    def field(key: str, parse: Callable[[str], _T | None], expected: str) -> _T | None:
+    def field(key: str, parse: Callable[[str], _T | None]) -> _T | None:
         lineno, value = lines.get(key, (0, ""))
         if value == "":
             return None
         result = parse(value)
         if result is None:
-            raise _bad_value(source, lineno, key, value, expected)
+            raise _bad_value(source, lineno, key, value, _EXPECTED[key][1])
         return result
 
     return SubnetEnv(
-        network=field("FLANNEL_NETWORK", _v4_network, "an IPv4 CIDR"),
-        subnet=field("FLANNEL_SUBNET", _v4_interface, "an IPv4 address/prefix"),
-        ipv6_network=field("FLANNEL_IPV6_NETWORK", _v6_network, "an IPv6 CIDR"),
-        ipv6_subnet=field("FLANNEL_IPV6_SUBNET", _v6_interface, "an IPv6 address/prefix"),
-        mtu=field("FLANNEL_MTU", _mtu, "an MTU between 1 and 65535"),
-        ipmasq=field("FLANNEL_IPMASQ", _bool, "true or false"),
+        network=field("FLANNEL_NETWORK", _v4_network),
+        subnet=field("FLANNEL_SUBNET", _v4_interface),
+        ipv6_network=field("FLANNEL_IPV6_NETWORK", _v6_network),
+        ipv6_subnet=field("FLANNEL_IPV6_SUBNET", _v6_interface),
+        mtu=field("FLANNEL_MTU", _mtu),
+        ipmasq=field("FLANNEL_IPMASQ", _bool),
     )
 
 

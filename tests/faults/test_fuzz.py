@@ -445,7 +445,8 @@ cni_stdin = st.one_of(
             "type": st.just("flannel"),
         },
         optional={
-            "subnetFile": st.sampled_from(["good", "garbage", "missing", ""]),
+            # "/dev/zero" stays absolute when joined to the world's path (issue 14).
+            "subnetFile": st.sampled_from(["good", "garbage", "missing", "", "/dev/zero", "fifo"]),
             "delegate": st.one_of(
                 st.fixed_dictionaries({"type": st.sampled_from(["bridge", "nope", ""])}),
                 json_scalar,
@@ -465,6 +466,7 @@ def cni_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "FLANNEL_IPMASQ=true\n"
     )
     (root / "garbage").write_bytes(b"FLANNEL_SUBNET=$(reboot)\nFLANNEL_MTU=-1\n\xff")
+    os.mkfifo(root / "fifo")  # nobody ever writes: reading it must not block
     return root
 
 

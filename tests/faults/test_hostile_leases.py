@@ -5,7 +5,8 @@ lease below must be refused with a warning in the daemon log that names its key,
 on flannel.1 and no route outside the Network, and leave the daemon healthy with pods pinging.
 
 Some leases are hostile to every node (a default route, a subnet outside the Network, a
-broadcast VTEP MAC, garbage); two are hostile only to the node they impersonate ("we" = n1): a
+broadcast VTEP MAC, link-local/reserved/in-Network/underlay-broadcast PublicIPs, a key with host
+bits, garbage); two are hostile only to the node they impersonate ("we" = n1): a
 lease claiming a range that contains our subnet, and one carrying our PublicIP.
 """
 
@@ -107,6 +108,12 @@ def test_hostile_leases_are_refused_with_warnings_and_program_nothing(
         Hostile("invalid JSON", "10.5.245.0-24", '{"PublicIP": "198.51.100.230", '),
         Hostile("JSON that is not an object", "10.5.246.0-24", "[1, 2, 3]"),
         Hostile("1 MiB value", "10.5.247.0-24", vxlan_value(Pad="x" * (1 << 20))),
+        # Issue 14: these were programmed.
+        Hostile("link-local PublicIP", "10.5.248.0-24", vxlan_value(public_ip="169.254.1.1")),
+        Hostile("reserved PublicIP", "10.5.249.0-24", vxlan_value(public_ip="240.0.0.1")),
+        Hostile("PublicIP in the Network", "10.5.250.0-24", vxlan_value(public_ip="10.5.9.9")),
+        Hostile("underlay broadcast", "10.5.251.0-24", vxlan_value(public_ip="198.51.100.255")),
+        Hostile("key with host bits", "10.5.252.5-24", vxlan_value()),
     ]
     claim = claim_around(ours, {rec.subnet for rec in lab.leases().values()})
     against_n1 = [
@@ -184,3 +191,37 @@ def test_lease_inside_a_peers_subnet_is_refused(lab: DaemonLab) -> None:
         lab.etcd.etcdctl("del", hijack.key)
     assert all(not any(r[0] == str(half) for r in rs) for rs in routes.values()), routes
     assert failures == [], failures
+
+
+def test_lease_reusing_a_peers_vtep_mac_is_refused_until_the_peer_goes(lab: DaemonLab) -> None:
+    """Issue 14 probe: a lease with n1's VtepMAC repointed n1's FDB entry on every peer."""
+    n1 = lab.node("n1")
+    victim = lab.lease_of(n1)
+    mac = victim.attrs["BackendData"]["VtepMAC"]
+    (free,) = free_octets(lab, 1)
+    thief = Hostile("reuses n1's VtepMAC", f"10.5.{free}.0-24", vxlan_value(mac=mac))
+    log_start = {n.name: len(log_text(lab, n)) for n in lab.nodes}
+    lab.etcd.etcdctl("put", thief.key, thief.value)
+    try:
+        with PingMesh(lab) as mesh:
+            for name in ("n2", "n3"):
+                wait_for(
+                    f"{name} warned about {thief.suffix}",
+                    lambda n=name: thief.suffix in log_text(lab, n)[log_start[n] :],  # type: ignore[misc]
+                    timeout=5,
+                )
+            time.sleep(1.0)  # let anything that would be programmed get programmed
+            fdb = {name: lab.vxlan_entries(name)["fdb"] for name in ("n2", "n3")}
+            failures = lab.ping_failures()
+        assert mesh.stop() and mesh.lost() == {}, mesh.lost()
+    finally:
+        lab.etcd.etcdctl("del", thief.key)
+    assert failures == [], failures
+    for name, entries in fdb.items():
+        # The victim's FDB entry still points at its own PublicIP, and only there.
+        assert {dst for m, dst, _ in entries if m == mac} == {str(n1.ip)}, (name, entries)
+    for node in lab.nodes:
+        log = log_text(lab, node)[log_start[node.name] :]
+        assert "Traceback" not in log
+        if node.name != "n1":
+            assert log.count(thief.suffix) >= 1

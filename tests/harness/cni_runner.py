@@ -97,6 +97,16 @@ class CniSandbox:
         """The flannel plugin's dataDir (saved delegate configs)."""
         return self.root / "flannel-data"
 
+    def saved(self, container_id: str, network: str = "cbr0", ifname: str = "eth0") -> Path:
+        """The plugin's saved-state file of one attachment."""
+        return self.data_dir / f"{network}:{container_id}:{ifname}"
+
+    def saved_config(self, container_id: str, network: str = "cbr0", ifname: str = "eth0") -> str:
+        """The delegate config saved for one attachment (the file without its marker line)."""
+        marker, _, config = self.saved(container_id, network, ifname).read_text().partition("\n")
+        assert marker == f"pyflannel-cni-state/1 {network} {container_id} {ifname}", marker
+        return config
+
     @property
     def ipam_dir(self) -> Path:
         """host-local's dataDir."""

@@ -13,6 +13,7 @@ import json
 import os
 import stat
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +109,8 @@ def test_add_check_del_with_the_debian_bridge(sandbox: CniSandbox) -> None:
     assert ip_json(sandbox.node, "link", "show", "dev", "cni0")[0]["mtu"] == 1450
     assert ping(pod, "10.244.1.1")
     # The saved delegate config: exact bytes, modes.
-    saved = sandbox.data_dir / "cid-1"
-    assert saved.read_text() == (
+    saved = sandbox.saved("cid-1")
+    assert sandbox.saved_config("cid-1") == (
         '{"cniVersion":"1.0.0","hairpinMode":true,"ipMasq":false,"ipam":{"dataDir":'
         f'"{sandbox.ipam_dir}","ranges":[[{{"subnet":"10.244.1.0/24"}}]],"routes":'
         '[{"dst":"10.244.0.0/16"}],"type":"host-local"},"isDefaultGateway":true,'
@@ -171,7 +172,7 @@ def test_dual_stack_gives_both_addresses(sandbox: CniSandbox) -> None:
     ips = [ipaddress.ip_interface(i["address"]) for i in result["ips"]]
     assert [ip.version for ip in ips] == [4, 6]
     assert ips[1].network == ipaddress.ip_network("fd00:10:244:1::/64")
-    saved = json.loads((sandbox.data_dir / "cid-ds").read_text())
+    saved = json.loads(sandbox.saved_config("cid-ds"))
     assert saved["ipam"]["ranges"] == [
         [{"subnet": "10.244.1.0/24"}],
         [{"subnet": "fd00:10:244:1::/64"}],
@@ -221,7 +222,7 @@ def test_chained_portmap_with_the_shipped_conflist(sandbox: CniSandbox) -> None:
     assert "CNI-HOSTPORT-DNAT" in nat
     assert f"--to-destination {pod_ip}:80" in nat
     # flannel's own config got no runtimeConfig: it declares no capabilities.
-    assert "runtimeConfig" not in json.loads((sandbox.data_dir / "cid-pm").read_text())
+    assert "runtimeConfig" not in json.loads(sandbox.saved_config("cid-pm"))
 
     # CHECK of flannel alone: the Debian portmap's own CHECK fails here (cni-spec §3.7).
     flannel_only = {**conflist, "plugins": conflist["plugins"][:1]}
@@ -244,7 +245,7 @@ def test_chained_portmap_with_the_shipped_conflist(sandbox: CniSandbox) -> None:
     ]
     nat = netns_exec(sandbox.node, "iptables-save", "-t", "nat").stdout
     assert f"--to-destination {pod_ip}:80" not in nat
-    assert not (sandbox.data_dir / "cid-pm").exists()
+    assert not sandbox.saved("cid-pm").exists()
     assert not link_exists(pod, "eth0")
 
 
@@ -269,12 +270,12 @@ def test_delegate_error_is_passed_through_and_del_recovers(sandbox: CniSandbox) 
     assert failed.returncode == 1
     assert failed.json["code"] == 1
     assert failed.json["msg"] == "incompatible CNI versions"
-    assert (sandbox.data_dir / "cid-1").exists()  # kept for the runtime's DEL
+    assert sandbox.saved("cid-1").exists()  # kept for the runtime's DEL
     # The bridge rejects the saved config on DEL too: reported, and forgotten so that the
     # pod is not stuck forever.
     first = sandbox.flannel("DEL", conf, "cid-1", pod)
     assert first.returncode == 1 and first.json["code"] == 1
-    assert not (sandbox.data_dir / "cid-1").exists()
+    assert not sandbox.saved("cid-1").exists()
     sandbox.flannel("DEL", conf, "cid-1", pod).ok()
 
 
@@ -290,11 +291,11 @@ def test_failed_delegate_del_keeps_the_config_for_a_retry(sandbox: CniSandbox) -
     failed = sandbox.flannel("DEL", conf, "cid-1", pod, cni_path=f"{sandbox.bindir}:{only_bridge}")
     assert failed.returncode == 1
     assert 'failed to find plugin "host-local"' in failed.json["msg"]
-    assert (sandbox.data_dir / "cid-1").exists()
+    assert sandbox.saved("cid-1").exists()
     assert ipam_reservations(sandbox) == [result["ips"][0]["address"].split("/")[0]]
     # The retry with a complete CNI_PATH finishes the job: the IP is released.
     sandbox.flannel("DEL", conf, "cid-1", pod).ok()
-    assert not (sandbox.data_dir / "cid-1").exists()
+    assert not sandbox.saved("cid-1").exists()
     assert ipam_reservations(sandbox) == []
 
 
@@ -311,13 +312,82 @@ def test_missing_delegate_leaves_nothing(sandbox: CniSandbox) -> None:
     assert not sandbox.data_dir.exists()
 
 
-def test_corrupt_saved_config_does_not_block_del(sandbox: CniSandbox) -> None:
-    sandbox.data_dir.mkdir(mode=0o700)
-    (sandbox.data_dir / "cid-x").write_text('{"truncated": ')
+def test_torn_saved_config_still_frees_the_ip(sandbox: CniSandbox) -> None:
+    """Issue 14 probe: a torn saved file made DEL succeed without the delegate (IP leaked)."""
     pod = sandbox.add_pod()
-    deleted = sandbox.flannel("DEL", sandbox.flannel_conf(), "cid-x", pod).ok()
-    assert b"failed to parse netconf" in deleted.stderr
-    assert (sandbox.data_dir / "cid-x").exists()
+    conf = sandbox.flannel_conf()
+    sandbox.flannel("ADD", conf, "cid-x", pod).ok()
+    assert len(ipam_reservations(sandbox)) == 1
+    full = sandbox.saved("cid-x").read_text()
+    sandbox.saved("cid-x").write_text(full[: len(full) // 2] + '"tail":1}')
+    deleted = sandbox.flannel("DEL", conf, "cid-x", pod).ok()
+    assert b"running DEL with the current config" in deleted.stderr
+    assert not sandbox.saved("cid-x").exists()
+    assert ipam_reservations(sandbox) == []
+    assert not link_exists(pod, "eth0")
+
+
+def test_concurrent_adds_never_tear_the_saved_config(sandbox: CniSandbox) -> None:
+    """Issue 14 probe: parallel ADDs of one container left a short config + a longer tail."""
+    pod = sandbox.add_pod()
+    confs = [
+        sandbox.flannel_conf(delegate={"hairpinMode": True, "padding": "x" * (400 * k)})
+        for k in range(4)
+    ]
+    wanted = {json.dumps({**c["delegate"]}, sort_keys=True) for c in confs}
+    for _ in range(4):
+        with ThreadPoolExecutor(len(confs)) as pool:
+            list(pool.map(lambda c: sandbox.flannel("ADD", c, "cid-r", pod), confs))
+        saved = json.loads(sandbox.saved_config("cid-r"))  # complete JSON, never torn
+        picked = {k: saved[k] for k in ("hairpinMode", "padding")}
+        assert json.dumps(picked, sort_keys=True) in wanted
+        assert [p.name for p in sandbox.data_dir.iterdir()] == ["cbr0:cid-r:eth0"]
+    sandbox.flannel("DEL", confs[0], "cid-r", pod).ok()
+    assert ipam_reservations(sandbox) == []
+    assert not link_exists(pod, "eth0")
+
+
+def test_gc_spares_another_network_sharing_the_data_dir(sandbox: CniSandbox) -> None:
+    """Issue 14 probe: GC of cbr0 deleted netb's saved state (and net.d-like files)."""
+    other_env = sandbox.root / "netb.env"
+    other_env.write_text(V4_ENV.replace("10.244.1.1/24", "10.244.2.1/24"))
+    conf = sandbox.flannel_conf()
+    conf_b = sandbox.flannel_conf(
+        name="netb", subnetFile=str(other_env), delegate={"bridge": "cni1"}
+    )
+    pod_a, pod_b = sandbox.add_pod(), sandbox.add_pod()
+    sandbox.flannel("ADD", conf, "cid-a", pod_a).ok()
+    sandbox.flannel("ADD", conf_b, "cid-b", pod_b).ok()
+    netd = '{"cniVersion":"1.0.0","name":"mynet","type":"bridge"}'
+    (sandbox.data_dir / "10-mynet.conf").write_text(netd)
+    gc = {**conf, "cniVersion": "1.1.0", "cni.dev/valid-attachments": []}
+    sandbox.flannel("GC", gc).ok()
+    assert not sandbox.saved("cid-a").exists()
+    assert sandbox.saved("cid-b", network="netb").exists()
+    assert (sandbox.data_dir / "10-mynet.conf").read_text() == netd
+    # netb's pod is still torn down properly: its veth and its IP are gone.
+    assert (sandbox.ipam_dir / "netb").is_dir()
+    sandbox.flannel("DEL", conf_b, "cid-b", pod_b).ok()
+    assert not link_exists(pod_b, "eth0")
+    assert not any(p.name[0].isdigit() for p in (sandbox.ipam_dir / "netb").iterdir())
+
+
+@pytest.mark.parametrize("kind", ["/dev/zero", "fifo", "huge"])
+def test_subnet_file_must_be_a_small_regular_file(sandbox: CniSandbox, kind: str) -> None:
+    """Issue 14 probe: subnetFile=/dev/zero grew the plugin to 15 GB; a FIFO blocked it."""
+    path = sandbox.root / "odd.env"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "huge":
+        path.write_text(V4_ENV + "#" * (64 * 1024))
+    else:
+        path = Path(kind)
+    pod = sandbox.add_pod()
+    failed = sandbox.flannel("ADD", sandbox.flannel_conf(subnetFile=str(path)), "cid-1", pod)
+    assert failed.returncode == 1
+    assert failed.json["code"] == 999
+    assert str(path) in failed.json["msg"] and "subnetFile" in failed.json["msg"]
+    assert not sandbox.data_dir.exists()
 
 
 def test_gc_drops_configs_of_unknown_attachments(sandbox: CniSandbox) -> None:
@@ -334,7 +404,7 @@ def test_gc_drops_configs_of_unknown_attachments(sandbox: CniSandbox) -> None:
     assert collected.stdout == b""
     # Debian's bridge does not speak 1.1.0, so GC is not forwarded — and we say so.
     assert b"not forwarding GC to" in collected.stderr
-    assert sorted(p.name for p in sandbox.data_dir.iterdir()) == ["cid-0"]
+    assert sorted(p.name for p in sandbox.data_dir.iterdir()) == ["cbr0:cid-0:eth0"]
     old = sandbox.flannel("GC", conf)
     assert old.returncode == 1
     assert old.json == {"code": 1, "msg": "config version does not allow GC"}

@@ -212,8 +212,8 @@ def test_installed_add_hands_over_to_the_delegate(
         out.encode(),
         b"bridge says hi\n",
     )
-    saved = (tmp_path / "data" / "cid-1").read_bytes()
-    assert (tmp_path / "stdin").read_bytes() == saved
+    saved = (tmp_path / "data" / "cbr0:cid-1:eth0").read_bytes()
+    assert saved == b"pyflannel-cni-state/1 cbr0 cid-1 eth0\n" + (tmp_path / "stdin").read_bytes()
     assert (tmp_path / "command").read_text() == "ADD\n"
     # A delegate that cannot be started: a clean error, and nothing saved for it.
     (fake_bin / "bridge").chmod(0o644)
@@ -224,4 +224,4 @@ def test_installed_add_hands_over_to_the_delegate(
         "code": 999,
         "msg": f"fork/exec {fake_bin / 'bridge'}: permission denied",
     }
-    assert not (tmp_path / "data" / "cid-2").exists()
+    assert not (tmp_path / "data" / "cbr0:cid-2:eth0").exists()

@@ -116,6 +116,9 @@ INVALID = [
     '{"EnableIPv4": false}',
     '{"Network": 5}',
     "not json",
+    '{"Network": "127.0.0.0/8"}',  # issue 14: loopback was accepted
+    '{"Network": "126.0.0.0/7"}',
+    '{"EnableIPv6": true, "IPv6Network": "::/120", "Network": "10.5.0.0/16"}',
 ]
 
 
@@ -413,3 +416,19 @@ def test_set_asks_on_a_terminal(etcd: EtcdServer, tmp_path: Path) -> None:
     assert etcd.get(f"{prefix}/config") is None
     assert _set_on_terminal(etcd, prefix, path, b"y\n") == 0
     assert etcd.get(f"{prefix}/config") == CONFIG
+
+
+def test_validate_warns_for_a_link_local_network(tmp_path: Path) -> None:
+    """Issue 14: 169.254.0.0/16 was accepted silently; doctor says the same sentence."""
+    from pyflannel.cli.doctor import check_network_config
+    from pyflannel.config import network_warnings
+
+    path = tmp_path / "net.json"
+    path.write_text('{"Network": "169.254.0.0/16"}')
+    res = tool_process("validate", str(path))
+    assert res.returncode == 0, res.stderr
+    [warning] = network_warnings(parse_network_config(path.read_text()))
+    assert f"  warning: {warning}" in res.stdout.splitlines()
+    assert "link-local" in warning
+    [finding] = check_network_config(parse_network_config(path.read_text()), "/p/config")
+    assert (finding.level, finding.message) == ("WARN", warning)

@@ -117,6 +117,9 @@ def test_dual_stack_default_route(host: Host) -> None:
     assert ext.ipv4_addr == V4A
     assert ext.ipv6_addr == IPv6Address("2001:db8:a::10")  # global before link-local fe80::
     assert ext.public_ipv6 == IPv6Address("2001:db8:a::10")
+    # The underlay networks (issue 14: their network/broadcast addresses are no PublicIP).
+    assert str(ext.ipv4_network) == "198.51.100.0/24"
+    assert str(ext.ipv6_network) == "2001:db8:a::/64"
 
 
 @pytest.mark.root

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -244,12 +246,40 @@ def test_read_subnet_env_incomplete_and_malformed(tmp_path: Any) -> None:
 
 
 def test_read_subnet_env_unreadable(tmp_path: Any) -> None:
+    path = tmp_path / "subnet.env"
+    path.write_text("FLANNEL_MTU=1\n")
+    path.chmod(0)
+    if os.access(path, os.R_OK):
+        pytest.skip("root reads any file")
     with pytest.raises(CniError) as excinfo:
-        read_subnet_env(str(tmp_path))  # a directory
+        read_subnet_env(str(path))
     assert excinfo.value.code == 999
-    assert excinfo.value.msg.startswith(
-        f"failed to load flannel 'subnet.env' file: open {tmp_path}:"
-    )
+    assert excinfo.value.msg.startswith(f"failed to load flannel 'subnet.env' file: open {path}:")
+
+
+@pytest.mark.parametrize(
+    ("kind", "what"),
+    [
+        ("dir", "is a directory"),
+        ("/dev/zero", "is a character device"),
+        ("fifo", "is a FIFO"),
+        ("huge", "is larger than 65536 bytes"),
+    ],
+)
+def test_read_subnet_env_only_reads_a_small_regular_file(
+    tmp_path: Any, kind: str, what: str
+) -> None:
+    """Issue 14: /dev/zero filled memory, a FIFO blocked the plugin forever."""
+    path = {"dir": str(tmp_path), "/dev/zero": "/dev/zero"}.get(kind, str(tmp_path / "x.env"))
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "huge":
+        Path(path).write_text("FLANNEL_MTU=1450\n" * 5000)
+    with pytest.raises(CniError) as excinfo:
+        read_subnet_env(path)
+    assert excinfo.value.code == 999
+    assert excinfo.value.msg.startswith(f"failed to load flannel 'subnet.env' file: {path} {what};")
+    assert '"subnetFile" must name the subnet.env' in excinfo.value.msg
 
 
 def test_reads_what_pyflanneld_writes() -> None:

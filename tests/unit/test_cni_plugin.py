@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from cni_plugin.delegation import state_marker
 from cni_plugin.netconf import build_delegate, parse_flannel_conf, parse_subnet_env
 from cni_plugin.plugin import main
 from cni_plugin.protocol import dumps
@@ -122,8 +123,15 @@ class World:
         code = main(environ, io.BytesIO(data), out, err)
         return Run(code, out.getvalue(), err.getvalue())
 
-    def saved(self, cid: str = "cid-1") -> Path:
-        return self.data_dir / cid
+    def saved(self, cid: str = "cid-1", network: str = "cbr0", ifname: str = "eth0") -> Path:
+        return self.data_dir / f"{network}:{cid}:{ifname}"
+
+    def saved_config(self, cid: str = "cid-1") -> bytes:
+        """The delegate config in the saved state, without its marker line."""
+        data = self.saved(cid).read_bytes()
+        marker = state_marker("cbr0", cid, "eth0")
+        assert data.startswith(marker)
+        return data[len(marker) :]
 
     def calls(self) -> list[str]:
         path = self.fake_dir / "calls"
@@ -228,7 +236,7 @@ def test_add_saves_config_runs_delegate_prints_result(world: World) -> None:
     assert run.stdout == FAKE_RESULT.encode()
     assert b"fake ADD done" in run.stderr  # the delegate's stderr is passed on
     expected = expected_delegate_bytes(world)
-    assert world.saved().read_bytes() == expected
+    assert world.saved_config() == expected
     assert world.delegate_stdin("ADD") == expected
     assert stat.S_IMODE(world.saved().stat().st_mode) == 0o600
     assert stat.S_IMODE(world.data_dir.stat().st_mode) == 0o700
@@ -298,7 +306,7 @@ def test_add_twice_overwrites_the_saved_config(world: World) -> None:
     assert world.run("ADD").code == 0
     world.saved().write_bytes(b"x" * 5000)
     assert world.run("ADD").code == 0
-    assert world.saved().read_bytes() == expected_delegate_bytes(world)
+    assert world.saved_config() == expected_delegate_bytes(world)
 
 
 # ------------------------------------------------------------------------------------ DEL
@@ -306,7 +314,7 @@ def test_add_twice_overwrites_the_saved_config(world: World) -> None:
 
 def test_del_replays_the_saved_config(world: World) -> None:
     assert world.run("ADD").code == 0
-    saved = world.saved().read_bytes()
+    saved = world.saved_config()
     world.subnet_env.unlink()  # DEL never needs subnet.env
     changed = world.conf(ipam={"routes": [{"dst": "10.99.0.0/16"}]})
     run = world.run("DEL", changed)
@@ -361,23 +369,60 @@ def test_del_missing_delegate_keeps_the_file(world: World) -> None:
     assert world.saved().exists()
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"", b'{"name": "cbr0"}', b"[1]"])
-def test_del_corrupt_saved_config_succeeds_and_keeps_it(world: World, content: bytes) -> None:
+@pytest.mark.parametrize(
+    "content", [b"{not json", b"", b'{"name": "cbr0"}', b"[1]", b'{"type": "bridge"}']
+)
+def test_del_torn_saved_state_runs_delegate_with_rebuilt_config(
+    world: World, content: bytes
+) -> None:
+    """Issue 14: a torn or marker-less saved file no longer skips the delegate (IP leak)."""
     world.data_dir.mkdir()
     world.saved().write_bytes(content)
     run = world.run("DEL")
-    assert (run.code, run.stdout) == (0, b"")
-    assert b"failed to parse netconf" in run.stderr
-    assert world.saved().read_bytes() == content
-    assert world.calls() == []
+    assert (run.code, run.stdout) == (0, b""), run
+    assert b"running DEL with the current config" in run.stderr
+    assert world.delegate_stdin("DEL") == expected_delegate_bytes(world)
+    assert world.calls() == ["DEL"]
+    assert not world.saved().exists()
 
 
-def test_del_unreadable_saved_config_is_an_io_error(world: World) -> None:
+def test_del_torn_saved_state_without_subnet_env_keeps_it(world: World) -> None:
     world.data_dir.mkdir()
-    world.saved().mkdir()  # a directory where the file should be
+    world.saved().write_bytes(b"{torn")
+    world.subnet_env.unlink()
+    run = world.run("DEL")
+    assert (run.code, run.stdout, world.calls()) == (0, b"", [])
+    assert b"cannot be rebuilt" in run.stderr
+    assert world.saved().read_bytes() == b"{torn"
+
+
+def test_del_reads_flannels_legacy_file_of_this_network(world: World) -> None:
+    world.data_dir.mkdir()
+    legacy = expected_delegate_bytes(world)
+    (world.data_dir / "cid-1").write_bytes(legacy)
+    (world.data_dir / "cid-2").write_bytes(legacy.replace(b'"cbr0"', b'"other"'))
+    (world.data_dir / "cid-3").write_bytes(b"{torn")
+    (world.data_dir / "cid-4").mkdir()
+    os.mkfifo(world.data_dir / "cid-5")
+    assert world.run("DEL").code == 0
+    assert world.delegate_stdin("DEL") == legacy
+    assert not (world.data_dir / "cid-1").exists()
+    for cid in ("cid-2", "cid-3", "cid-4", "cid-5"):  # not provably ours: left alone
+        assert world.run("DEL", cid=cid).code == 0
+        assert (world.data_dir / cid).exists()
+    assert world.calls() == ["DEL"]
+
+
+@pytest.mark.parametrize("kind", ["dir", "fifo"])
+def test_del_saved_state_that_is_no_file_is_an_io_error(world: World, kind: str) -> None:
+    world.data_dir.mkdir()
+    if kind == "dir":
+        world.saved().mkdir()  # a directory where the file should be
+    else:
+        os.mkfifo(world.saved())  # must not block
     err = world.run("DEL").error
     assert err["code"] == 5
-    assert err["msg"].startswith(f"failed to read saved delegate config {world.saved()}:")
+    assert err["msg"].startswith(f"failed to read saved delegate config: {world.saved()} is a ")
 
 
 # ---------------------------------------------------------------------------------- CHECK
@@ -416,9 +461,50 @@ def test_gc_drops_stale_configs_and_skips_an_old_delegate(world: World) -> None:
     (world.data_dir / "subdir").mkdir()
     run = world.run("GC", gc_conf(world, ["keep-1", "unknown"]), cid="")
     assert (run.code, run.stdout) == (0, b""), run
-    assert sorted(p.name for p in world.data_dir.iterdir()) == ["keep-1", "not-ours", "subdir"]
+    assert sorted(p.name for p in world.data_dir.iterdir()) == [
+        "cbr0:keep-1:eth0",
+        "not-ours",
+        "subdir",
+    ]
     assert b"not forwarding GC to" in run.stderr and b"needs 1.1.0" in run.stderr
     assert world.calls()[-1] == "VERSION"
+
+
+def test_gc_spares_other_networks_and_foreign_files(world: World) -> None:
+    """Issue 14: GC of network A removed network B's saved state and net.d-like files."""
+    assert world.run("ADD", cid="pod-a").code == 0
+    assert world.run("ADD", world.conf(name="netb"), cid="pod-b").code == 0
+    assert world.run("ADD", cid="pod-a", CNI_IFNAME="net1").code == 0
+    foreign = {
+        "10-mynet.conf": '{"cniVersion":"1.0.0","name":"mynet","type":"bridge"}',
+        "pod-x": '{"name":"cbr0","type":"bridge"}',  # flannel's layout: whose is it?
+        "cbr0:pod-y:eth0": '{"name":"cbr0","type":"bridge"}',  # our name, not our marker
+    }
+    for name, text in foreign.items():
+        (world.data_dir / name).write_text(text)
+    (world.data_dir / "cbr0:pod-z:eth0").symlink_to(world.data_dir / "10-mynet.conf")
+    run = world.run("GC", gc_conf(world, ["pod-a"]), cid="")
+    assert (run.code, run.stdout) == (0, b""), run
+    left = sorted(p.name for p in world.data_dir.iterdir())
+    # pod-a's eth0 is valid; its net1 is not; netb's pod-b belongs to another network.
+    assert left == sorted(["cbr0:pod-a:eth0", "netb:pod-b:eth0", "cbr0:pod-z:eth0", *foreign])
+    assert b"cbr0:pod-y:eth0 alone, this plugin did not write it" in run.stderr
+    # netb's pod is still deleted properly later.
+    assert world.run("DEL", world.conf(name="netb"), cid="pod-b").code == 0
+    assert not world.saved("pod-b", network="netb").exists()
+    assert world.calls().count("DEL") == 1
+
+
+def test_gc_entry_without_ifname_keeps_all_interfaces(world: World) -> None:
+    assert world.run("ADD", cid="p").code == 0
+    assert world.run("ADD", cid="p", CNI_IFNAME="net1").code == 0
+    conf = world.conf(cniVersion="1.1.0", **{"cni.dev/valid-attachments": [{"containerID": "p"}]})
+    assert world.run("GC", conf, cid="").code == 0
+    assert world.saved("p").exists() and world.saved("p", ifname="net1").exists()
+    bad = world.conf(
+        cniVersion="1.1.0", **{"cni.dev/valid-attachments": [{"containerID": "p", "ifname": 1}]}
+    )
+    assert world.run("GC", bad, cid="").error["code"] == 7
 
 
 def test_gc_accepts_the_old_attachments_key(world: World) -> None:

@@ -7,13 +7,20 @@ failure must print one valid CNI error object on stdout; nothing may be left in 
 
 Configs that parse as JSON objects always get a temporary ``dataDir``/``subnetFile`` (or a
 non-string that the plugin rejects), so no example can touch the real /var/lib/cni.
+
+Issue 14 dimensions: the ``subnetFile`` may be ``/dev/zero``, a FIFO or larger than 64 KiB
+(each must fail fast with an error); the ``dataDir`` may be shared with another network and
+hold net.d-like files (nothing there may change); and :func:`test_concurrent_commands_*` runs
+ADD/DEL/GC of one container at the same time with a delegate that succeeds.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -132,9 +139,21 @@ ifnames = mostly(
     st.just("eth0"), st.sampled_from(["", ".", "x" * 16, "a b", "a:b"]) | st.text(max_size=17)
 )
 subnet_files = mostly(
-    st.just("good"), st.sampled_from(["missing", "incomplete", "garbage", "not-a-string"])
+    st.just("good"),
+    st.sampled_from(
+        ["missing", "incomplete", "garbage", "not-a-string", "dev-zero", "fifo", "huge"]
+    ),
 )
-data_dirs = mostly(st.just("dir"), st.sampled_from(["not-a-string", "a-file"]))
+data_dirs = mostly(st.sampled_from(["dir", "shared"]), st.sampled_from(["not-a-string", "a-file"]))
+
+# What another network, an operator or an older flannel left in a shared dataDir.
+FOREIGN_FILES = {
+    "10-mynet.conf": '{"cniVersion":"1.0.0","name":"mynet","type":"bridge"}',
+    "cid-1": '{"name":"other","type":"bridge"}',
+    "other:cid-1:eth0": "pyflannel-cni-state/1 other cid-1 eth0\n{}",
+    "cbr0:cid-1:eth0": '{"truncated":',
+    "cbr0:c2:eth0": '{"name":"cbr0","type":"bridge"}',
+}
 
 
 def _place(conf: dict[str, Any], root: Path, subnet_file: str, data_dir: str) -> dict[str, Any]:
@@ -144,8 +163,16 @@ def _place(conf: dict[str, Any], root: Path, subnet_file: str, data_dir: str) ->
         "incomplete": str(root / "incomplete.env"),
         "garbage": str(root / "garbage.env"),
         "not-a-string": 7,
+        "dev-zero": "/dev/zero",
+        "fifo": str(root / "fifo.env"),
+        "huge": str(root / "huge.env"),
     }
-    dirs = {"dir": str(root / "data"), "not-a-string": ["x"], "a-file": str(root / "good.env")}
+    dirs = {
+        "dir": str(root / "data"),
+        "shared": str(root / "data"),
+        "not-a-string": ["x"],
+        "a-file": str(root / "good.env"),
+    }
     return {**conf, "subnetFile": files[subnet_file], "dataDir": dirs[data_dir]}
 
 
@@ -159,7 +186,20 @@ def _prepare(root: Path) -> Path:
     )
     (root / "incomplete.env").write_text("FLANNEL_NETWORK=10.1.0.0/16\n")
     (root / "garbage.env").write_bytes(b"FLANNEL_SUBNET=\xff\nFLANNEL_MTU=-3\n")
+    (root / "huge.env").write_text((root / "good.env").read_text() + "#" * 70000)
+    os.mkfifo(root / "fifo.env")
     return root
+
+
+def _share(data: Path) -> dict[str, bytes]:
+    data.mkdir()
+    for name, text in FOREIGN_FILES.items():
+        (data / name).write_text(text)
+    return _snapshot(data)
+
+
+def _snapshot(data: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in _files_under(data)}
 
 
 def _files_under(path: Path) -> list[Path]:
@@ -206,6 +246,7 @@ def test_never_crashes_and_leaves_nothing_behind(
     cni_args: str,
 ) -> None:
     root = _prepare(tmp_path / "world")
+    before = _share(root / "data") if data_dir == "shared" else {}
     if isinstance(stdin, bytes):
         try:
             decoded = json.loads(stdin)
@@ -251,4 +292,84 @@ def test_never_crashes_and_leaves_nothing_behind(
         assert isinstance(doc["msg"], str) and doc["msg"]
         assert set(doc) <= {"code", "msg", "details"}
         assert isinstance(doc.get("details", ""), str)
-    assert _files_under(root / "data") == []
+    # No delegate can run, so nothing is saved; and nothing that was there may change.
+    assert _snapshot(root / "data") == before
+
+
+# ---------------------------------------------------------------------------------------------
+# Concurrency: ADD/DEL/GC of one container at once, with a delegate that always succeeds
+
+OK_DELEGATE = """#!/bin/sh
+cat > /dev/null
+[ "$CNI_COMMAND" = ADD ] && printf '{"cniVersion":"1.0.0"}'
+exit 0
+"""
+
+ops = st.tuples(
+    st.sampled_from(["ADD", "ADD", "DEL", "GC"]),
+    st.integers(0, 3),  # which padding (config length) an ADD uses
+    st.booleans(),  # GC: is the container still a valid attachment?
+)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(batch=st.lists(ops, min_size=2, max_size=6))
+def test_concurrent_commands_never_tear_or_touch_foreign_state(
+    tmp_path: Path, batch: list[tuple[str, int, bool]]
+) -> None:
+    root = _prepare(tmp_path / "world")
+    (root / "bin").mkdir()
+    (root / "bin" / "bridge").write_text(OK_DELEGATE)
+    (root / "bin" / "bridge").chmod(0o755)
+    data = root / "data"
+    foreign = {k: v for k, v in _share(data).items() if not k.startswith("cbr0:cid-1:")}
+    (data / "cbr0:cid-1:eth0").unlink()
+    confs = [
+        {
+            "cniVersion": "1.1.0",
+            "name": "cbr0",
+            "type": "flannel",
+            "subnetFile": str(root / "good.env"),
+            "dataDir": str(data),
+            "delegate": {"padding": "x" * (300 * k)},
+        }
+        for k in range(4)
+    ]
+
+    def one(command: str, k: int, valid: bool) -> int:
+        conf: dict[str, Any] = dict(confs[k])
+        if command == "GC":
+            kept = [{"containerID": "cid-1", "ifname": "eth0"}] if valid else []
+            conf["cni.dev/valid-attachments"] = kept
+        environ = {
+            "PATH": "/usr/bin:/bin",
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": "cid-1",
+            "CNI_NETNS": "/run/netns/x",
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": str(root / "bin"),
+        }
+        out, err = io.BytesIO(), io.BytesIO()
+        return main(environ, io.BytesIO(json.dumps(conf).encode()), out, err)
+
+    codes: list[int] = []
+    threads = [threading.Thread(target=lambda o=o: codes.append(one(*o))) for o in batch]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert codes == [0] * len(batch)
+    ours = data / "cbr0:cid-1:eth0"
+    if ours.exists():
+        marker, _, body = ours.read_text().partition("\n")
+        assert marker == "pyflannel-cni-state/1 cbr0 cid-1 eth0"
+        assert json.loads(body)["padding"] in {c["delegate"]["padding"] for c in confs}
+    assert {k: v for k, v in _snapshot(data).items() if k != ours.name} == foreign
+    assert one("DEL", 0, False) == 0
+    assert not ours.exists()
+    assert not [p for p in data.iterdir() if p.name.startswith(".")]  # no temp files left

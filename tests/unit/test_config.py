@@ -15,6 +15,8 @@ from pyflannel.config import (
     NetworkConfig,
     UdpOptions,
     VxlanOptions,
+    check_network_for_node,
+    network_warnings,
     parse_network_config,
     udp_options,
     vxlan_options,
@@ -445,3 +447,43 @@ def test_arbitrary_bytes_only_raise_config_error(raw: str | bytes) -> None:
 def test_deep_nesting_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
         parse_network_config("[" * 100_000 + "]" * 100_000)
+
+
+# --- issue 14: risky Networks ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("net", ["127.0.0.0/8", "127.5.0.0/16", "64.0.0.0/2", "0.0.0.0/1"])
+def test_network_overlapping_loopback_is_refused_with_a_hint(net: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        parse_network_config(json.dumps({"Network": net}))
+    assert "loopback" in str(excinfo.value) and excinfo.value.hint
+
+
+def test_ipv6_network_containing_loopback_is_refused() -> None:
+    doc = {"Network": "10.5.0.0/16", "EnableIPv6": True, "IPv6Network": "::/112"}
+    with pytest.raises(ConfigError, match="loopback"):
+        parse_network_config(json.dumps(doc))
+
+
+@pytest.mark.parametrize(
+    ("doc", "count"),
+    [
+        ({"Network": "169.254.0.0/16"}, 1),
+        ({"Network": "169.254.128.0/20"}, 1),
+        ({"Network": "10.5.0.0/16"}, 0),
+        ({"Network": "10.5.0.0/16", "EnableIPv6": True, "IPv6Network": "fe80::/56"}, 1),
+    ],
+)
+def test_link_local_network_is_a_warning(doc: dict[str, Any], count: int) -> None:
+    warnings = network_warnings(parse_network_config(json.dumps(doc)))
+    assert len(warnings) == count
+    assert all("link-local" in w and "10.5.0.0/16" in w for w in warnings)
+
+
+def test_network_containing_the_node_underlay_address_is_refused() -> None:
+    """Issue 14 probe: Network 203.0.113.0/24 gave the node 203.0.113.224/28."""
+    cfg = parse_network_config('{"Network": "203.0.113.0/24", "SubnetLen": 28}')
+    with pytest.raises(ConfigError) as excinfo:
+        check_network_for_node(cfg, [IPv4Address("203.0.113.7"), None])
+    assert "underlay address 203.0.113.7" in str(excinfo.value) and excinfo.value.hint
+    check_network_for_node(cfg, [IPv4Address("198.51.100.7"), IPv6Address("2001:db8::7")])

@@ -354,3 +354,28 @@ def test_etcdctl_command() -> None:
         "--cert=/etc/c.pem --key=/etc/k.pem --user=flannel"
     )
     assert "secret" not in cmd
+
+
+def test_network_config_findings_say_what_the_daemon_and_validate_say() -> None:
+    """Issue 14: doctor refuses a Network holding the node's underlay address, warns for
+    link-local, with the same sentences as the daemon and ``config validate``."""
+    from pyflannel.cli.doctor import check_network_config
+    from pyflannel.config import (
+        check_network_for_node,
+        network_warnings,
+        parse_network_config,
+    )
+
+    ip = IPv4Address("203.0.113.7")
+    chosen = ExternalInterface("eth0", 2, ip, None, ip, None, 1500)
+    cfg = parse_network_config('{"Network": "203.0.113.0/24", "SubnetLen": 28}')
+    [finding] = check_network_config(cfg, "/p/config", chosen)
+    with pytest.raises(ConfigError) as excinfo:
+        check_network_for_node(cfg, [ip])
+    assert (finding.level, finding.message) == ("FAIL", str(excinfo.value))
+    assert (
+        check_network_config(parse_network_config('{"Network": "10.5.0.0/16"}'), "/p", chosen) == []
+    )
+    link_local = parse_network_config('{"Network": "169.254.0.0/16"}')
+    [warn] = check_network_config(link_local, "/p/config", chosen)
+    assert (warn.level, [warn.message]) == ("WARN", network_warnings(link_local))

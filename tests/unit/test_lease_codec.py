@@ -133,8 +133,6 @@ def test_keys_single_and_dual_stack() -> None:
         ("/coreos.com/network/subnets/junk10.5.1.0-24", V4("10.5.1.0/24")),
         ("/x/subnets/a/b/10.5.1.0-24", V4("10.5.1.0/24")),
         ("10.5.1.0-24", V4("10.5.1.0/24")),
-        # Host bits are masked, like Go's ParseCIDR-based ip.IP4Net.
-        ("/p/subnets/10.5.1.7-24", V4("10.5.1.0/24")),
     ],
 )
 def test_key_regex_quirks_accepted(key: str, expected: V4) -> None:
@@ -152,6 +150,9 @@ def test_key_regex_quirks_accepted(key: str, expected: V4) -> None:
         "/p/subnets/10.5.1.0-24&2001:CAFE::-64",  # upper-case hex is not in the regex
         "/p/subnets/config",
         "",
+        # Issue 14: flanneld masks host bits, so this was a second key for 10.5.100.0/24.
+        "/p/subnets/10.5.100.5-24",
+        "/p/subnets/10.5.1.0-24&2001:cafe::1-64",
     ],
 )
 def test_key_regex_rejects(key: str) -> None:
@@ -205,3 +206,9 @@ def test_registry_skips_bad_leases_with_a_warning(
 def test_value_size_limit_is_generous() -> None:
     # Real values are ~150 bytes; wireguard/extension values stay far below the limit.
     assert MAX_LEASE_VALUE_BYTES >= 16 * 1024
+
+
+def test_host_bits_message_names_the_key() -> None:
+    with pytest.raises(LeaseDecodeError) as excinfo:
+        parse_subnet_key("/p/subnets/10.5.100.5-24")
+    assert "'/p/subnets/10.5.100.5-24' has host bits set" in str(excinfo.value)

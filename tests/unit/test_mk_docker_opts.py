@@ -19,6 +19,9 @@ from pyflannel.cli.mk_docker_opts import PROG, main, run
 DATA = Path(__file__).parent / "data" / "mk_docker_opts"
 CASES = sorted(p.name for p in DATA.iterdir() if (p / "case.json").is_file())
 VETH = "eth7"
+# Deliberate differences from the recorded script (issue 14): -h prints the usage on stdout
+# and exits 0.
+HELP_REQUESTED = {"help_h", "help_after_flags"}
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -43,14 +46,18 @@ def test_matches_upstream_script(name: str, tmp_path: Path) -> None:
     out = tmp_path / "docker_opts.env"
     if case["preexisting_output"] is not None:
         out.write_text(case["preexisting_output"])
-    err = io.StringIO()
+    err, std = io.StringIO(), io.StringIO()
     rc = run(
         [_fill(a, tmp_path) for a in case["args"]],
         {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **case["env"]},
         route_table=lambda: _fill(case["ip_route_show"], tmp_path),
         stderr=err,
+        stdout=std,
         prog="{prog}",
     )
+    if name in HELP_REQUESTED:
+        assert (rc, std.getvalue(), err.getvalue()) == (0, case["stderr"], "")
+        return
     assert rc == case["rc"]
     assert err.getvalue() == _fill(case["stderr"], tmp_path)
     assert out.exists() == case["output_created"]
@@ -84,10 +91,53 @@ def test_unwritable_output(tmp_path: Path) -> None:
     assert "cannot write" in err.getvalue()
 
 
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_help_prints_usage_and_exits_0(flag: str) -> None:
+    """Issue 14: --help said "Illegal option --" and exited 1."""
+    out, err = io.StringIO(), io.StringIO()
+    assert run([flag], {}, stderr=err, stdout=out) == 0
+    assert out.getvalue().startswith(f"{PROG} [-f FLANNEL-ENV-FILE]")
+    assert err.getvalue() == ""
+
+
 def test_usage_names_the_tool() -> None:
     err = io.StringIO()
-    assert run(["-h"], {}, stderr=err) == 1
+    assert run(["-?"], {}, stderr=err) == 1
     assert err.getvalue().startswith(f"{PROG} [-f FLANNEL-ENV-FILE]")
+
+
+GOOD = {"FLANNEL_SUBNET": "10.1.74.1/24", "FLANNEL_MTU": "1450", "FLANNEL_IPMASQ": "true"}
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "names"),
+    [
+        ({"FLANNEL_SUBNET": '10.5.1.1/24" ; touch X ; "'}, [], "FLANNEL_SUBNET="),
+        ({"FLANNEL_SUBNET": "10.5.1.300/24"}, [], "FLANNEL_SUBNET="),
+        ({"FLANNEL_SUBNET": "$(touch X)"}, [], "FLANNEL_SUBNET="),
+        ({"FLANNEL_SUBNET": "2001:db8::1/64"}, [], "FLANNEL_SUBNET="),
+        ({"FLANNEL_MTU": "1450; touch X"}, [], "FLANNEL_MTU="),
+        ({"FLANNEL_MTU": "-1"}, [], "FLANNEL_MTU="),
+        ({"FLANNEL_MTU": "9" * 5000}, [], "FLANNEL_MTU="),
+        ({"FLANNEL_IPMASQ": "yes"}, [], "FLANNEL_IPMASQ"),
+        ({}, ["-k", "X=1;touch"], "-k "),
+        ({"DOCKER_OPTS": '" ; touch X ; "'}, [], "DOCKER_OPTS="),
+        ({"DOCKER_OPT_EXTRA": "`touch X`"}, [], "DOCKER_OPT_EXTRA="),
+    ],
+)
+def test_bad_values_write_nothing_and_name_the_key(
+    tmp_path: Path, env: dict[str, str], args: list[str], names: str
+) -> None:
+    """Issue 14: FLANNEL_SUBNET with shell code was copied into docker_opts.env."""
+    out = tmp_path / "docker_opts.env"
+    err = io.StringIO()
+    argv = ["-f", str(tmp_path / "none.env"), "-d", str(out), *args]  # values from the env
+    rc = run(argv, {**GOOD, **env}, route_table=str, stderr=err)
+    assert rc == 1
+    assert not out.exists()
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 1 and names in lines[0], lines
+    assert not (tmp_path / "X").exists()
 
 
 # --- against the kernel's routing table, in a private network namespace -------------------
@@ -139,3 +189,13 @@ def test_main_reads_os_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     out = tmp_path / "o.env"
     assert main(["-f", str(env), "-d", str(out), "-c"]) == 0
     assert out.read_text() == 'DOCKER_OPTS="--debug  --mtu=1450"\n'
+
+
+def test_the_issue_probe_through_subnet_env(tmp_path: Path) -> None:
+    path = tmp_path / "subnet.env"
+    path.write_text("FLANNEL_SUBNET='10.5.1.1/24\" ; touch X ; \"'\nFLANNEL_MTU=1450\n")
+    out = tmp_path / "docker_opts.env"
+    err = io.StringIO()
+    assert run(["-f", str(path), "-d", str(out)], {}, route_table=str, stderr=err) == 1
+    assert not out.exists() and not (tmp_path / "X").exists()
+    assert err.getvalue().count("\n") == 1 and "FLANNEL_SUBNET" in err.getvalue()

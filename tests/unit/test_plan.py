@@ -13,8 +13,11 @@ from hypothesis import strategies as st
 from pyflannel.backend.base import PlanContext
 from pyflannel.backend.plan import (
     Entry,
+    MacClaim,
+    Plan,
     ProgrammedState,
     entry_key,
+    mac_losers,
     plan_events,
     plan_peer_add,
     plan_peer_remove,
@@ -211,17 +214,51 @@ def test_events_node_with_new_subnet_keeps_shared_fdb_when_old_lease_expires() -
     assert p3.ops == [RouteDel(route("10.5.34.0/24")), NeighDel(neigh("10.5.34.0/24", MAC_A))]
 
 
-def test_events_mac_conflict_last_writer_wins_and_removal_restores() -> None:
-    a = vx("10.5.34.0/24", "198.51.100.2", MAC_A)
-    clone = vx("10.5.36.0/24", "198.51.100.7", MAC_A)  # a cloned VM with the same MAC
-    p1 = plan_events(added(a, clone), ProgrammedState(), CTX)
-    assert FdbReplace(fdb(MAC_A, "198.51.100.7")) in p1.ops
-    p2 = plan_events(removed(clone), p1.state, CTX)
-    assert p2.ops == [
-        FdbReplace(fdb(MAC_A, "198.51.100.2")),
-        RouteDel(route("10.5.36.0/24")),
-        NeighDel(neigh("10.5.36.0/24", MAC_A)),
-    ]
+def with_rev(lease: Lease, rev: int) -> Lease:
+    return replace(lease, create_revision=rev)
+
+
+def test_events_mac_conflict_earlier_lease_keeps_mac_and_removal_lifts_refusal() -> None:
+    """Issue 14: a lease reusing a live peer's VtepMAC took that peer's FDB entry."""
+    a = with_rev(vx("10.5.34.0/24", "198.51.100.2", MAC_A), 5)
+    clone = with_rev(vx("10.5.36.0/24", "198.51.100.7", MAC_A), 9)  # later, another node
+    p1 = plan_events(added(a), ProgrammedState(), CTX)
+    p2 = plan_events(added(clone), p1.state, CTX)
+    assert p2.ops == []  # the victim's FDB entry still points at its own PublicIP
+    [(lease, rej)] = p2.rejected
+    assert lease is clone and "10.5.36.0-24" in rej.reason and "VtepMAC" in rej.reason
+    # Renewals of the refused lease are refused quietly (one warning, not one per renewal).
+    p3 = plan_events(added(clone), p2.state, CTX)
+    assert (p3.ops, p3.rejected) == ([], [])
+    # The conflict goes away: the clone is programmed.
+    p4 = plan_events(removed(a), p3.state, CTX)
+    assert FdbReplace(fdb(MAC_A, "198.51.100.7")) in p4.ops
+    assert RouteReplace(route("10.5.36.0/24")) in p4.ops
+    assert RouteDel(route("10.5.34.0/24")) in p4.ops
+    assert p4.state.held == {}
+
+
+def test_events_earlier_lease_arriving_later_evicts_the_usurper() -> None:
+    a = with_rev(vx("10.5.34.0/24", "198.51.100.2", MAC_A), 5)
+    clone = with_rev(vx("10.5.36.0/24", "198.51.100.7", MAC_A), 9)
+    p1 = plan_events(added(clone), ProgrammedState(), CTX)
+    p2 = plan_events(added(a), p1.state, CTX)
+    assert FdbReplace(fdb(MAC_A, "198.51.100.2")) in p2.ops
+    assert RouteDel(route("10.5.36.0/24")) in p2.ops
+    assert [le for le, _ in p2.rejected] == [clone]
+    assert set(p2.state.peers) == {a.subnet} and set(p2.state.held) == {clone.subnet}
+
+
+def test_reconcile_refuses_the_later_duplicate_mac() -> None:
+    a = with_rev(vx("10.5.34.0/24", "198.51.100.2", MAC_A), 5)
+    clone = with_rev(vx("10.5.36.0/24", "198.51.100.7", MAC_A), 9)
+    plan = plan_reconcile([clone, a], [], [], [], CTX)
+    assert FdbReplace(fdb(MAC_A, "198.51.100.2")) in plan.ops
+    assert not any(op.entry == route("10.5.36.0/24") for op in plan.ops)
+    assert [le for le, _ in plan.rejected] == [clone]
+    # Then the earlier one goes: the events path lifts the refusal.
+    after = plan_events(removed(a), plan.state, CTX)
+    assert FdbReplace(fdb(MAC_A, "198.51.100.7")) in after.ops
 
 
 def test_events_remove_then_readd_in_one_batch_keeps_entries() -> None:
@@ -319,13 +356,22 @@ def test_reconcile_rejects_hostile_and_reports_them() -> None:
     assert reasons["10.5.72.0-24"].benign
 
 
-def test_reconcile_conflict_prefers_fresher_lease() -> None:
-    older = vx("10.5.34.0/24", "198.51.100.2", MAC_A, exp=100.0)
-    newer = vx("10.5.36.0/24", "198.51.100.7", MAC_A, exp=200.0)
+def test_reconcile_conflict_prefers_earlier_created_lease_not_fresher() -> None:
+    # Issue 14: the fresher (later-expiring) lease used to win, so a newcomer took the MAC.
+    older = with_rev(vx("10.5.36.0/24", "198.51.100.2", MAC_A, exp=100.0), 3)
+    newer = with_rev(vx("10.5.34.0/24", "198.51.100.7", MAC_A, exp=200.0), 8)
     for order in ([older, newer], [newer, older]):
         plan = plan_reconcile(order, [], [], [], CTX)
         fdbs = [op for op in plan.ops if isinstance(op, FdbReplace)]
-        assert fdbs == [FdbReplace(fdb(MAC_A, "198.51.100.7"))]
+        assert fdbs == [FdbReplace(fdb(MAC_A, "198.51.100.2"))]
+        assert [le for le, _ in plan.rejected] == [newer]
+
+
+def test_same_node_old_and_new_lease_share_the_mac() -> None:
+    old = with_rev(vx("10.5.34.0/24", "198.51.100.2", MAC_A), 3)
+    new = with_rev(vx("10.5.40.0/24", "198.51.100.2", MAC_A), 8)
+    plan = plan_reconcile([old, new], [], [], [], CTX)
+    assert plan.rejected == [] and set(plan.state.peers) == {old.subnet, new.subnet}
 
 
 # --- properties ------------------------------------------------------------------------------
@@ -494,13 +540,16 @@ clean_lease = st.builds(
 )
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.booleans(), clean_lease), max_size=20), st.integers(1, 5))
-def test_property_events_match_reconcile(steps: list[tuple[bool, Lease]], batch: int) -> None:
+def replay_and_reconcile(
+    events: list[Event], batch: int
+) -> tuple[ProgrammedState, dict[Any, Lease], Plan]:
+    """Apply ``events`` in batches; check a full reconcile of the live leases then agrees.
+
+    Returns the events path's state, the live leases and the reconcile plan.
+    """
     state = ProgrammedState()
     kernel: Kernel = {}
     current: dict[Any, Lease] = {}
-    events = [Event(EventKind.ADDED if add else EventKind.REMOVED, le) for add, le in steps]
     for i in range(0, len(events), batch):
         chunk = events[i : i + batch]
         plan = plan_events(chunk, state, CTX)
@@ -514,3 +563,82 @@ def test_property_events_match_reconcile(steps: list[tuple[bool, Lease]], batch:
     full = plan_reconcile(list(current.values()), *split(kernel), CTX)
     assert full.ops == []
     assert full.state.programmed_entries() == state.programmed_entries()
+    return state, current, full
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), clean_lease), max_size=20), st.integers(1, 5))
+def test_property_events_match_reconcile(steps: list[tuple[bool, Lease]], batch: int) -> None:
+    events = [Event(EventKind.ADDED if add else EventKind.REMOVED, le) for add, le in steps]
+    replay_and_reconcile(events, batch)
+
+
+# Leases that share VTEP MACs across nodes: whatever the order of events, the kernel's FDB entry
+# for a MAC points at the PublicIP of the earliest-created live lease that claims it, and the
+# events path agrees with a full reconcile.
+dup_lease = st.builds(
+    lambda c, p, m: Lease(
+        subnet=N4(f"10.5.{c}.0/24"),
+        attrs=LeaseAttrs(
+            public_ip=V4(f"198.51.100.{p}"),
+            backend_type="vxlan",
+            backend_data={"VNI": 1, "VtepMAC": f"0a:00:00:00:02:0{m}"},
+        ),
+        expiration=1.0,
+    ),
+    st.integers(0, 6),
+    st.integers(2, 5),
+    st.integers(0, 2),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), dup_lease), max_size=20), st.integers(1, 4))
+def test_property_duplicate_mac_earliest_created_wins(
+    steps: list[tuple[bool, Lease]], batch: int
+) -> None:
+    events: list[Event] = []
+    live: dict[Any, int] = {}  # subnet -> create revision while the key exists (as etcd does)
+    for revision, (add, le) in enumerate(steps, 1):
+        if add:
+            rev = live.setdefault(le.subnet, revision)
+            events.append(Event(EventKind.ADDED, replace(le, create_revision=rev)))
+        else:
+            live.pop(le.subnet, None)
+            events.append(Event(EventKind.REMOVED, le))
+    state, current, full = replay_and_reconcile(events, batch)
+    assert set(full.state.held) == set(state.held)
+    for le in current.values():
+        mac = le.attrs.backend_data["VtepMAC"]  # type: ignore[index, call-overload]
+        claims = [c for c in current.values() if c.attrs.backend_data["VtepMAC"] == mac]  # type: ignore[index, call-overload]
+        first = min(claims, key=lambda c: c.create_revision)
+        fdbs = [e for e in state.programmed_entries().values() if isinstance(e, FdbEntry)]
+        assert [e.dst for e in fdbs if e.mac == mac] == [first.attrs.public_ip]
+        programmed = le.subnet in state.peers
+        assert programmed == (le.attrs.public_ip == first.attrs.public_ip)
+
+
+claims = st.lists(
+    st.builds(
+        MacClaim,
+        subnet=st.integers(0, 9).map(lambda c: N4(f"10.5.{c}.0/24")),
+        public_ip=st.integers(2, 4).map(lambda p: V4(f"198.51.100.{p}")),
+        create_revision=st.integers(0, 50),
+    ),
+    max_size=8,
+    unique_by=lambda c: c.subnet,
+)
+
+
+@given(claims, st.randoms())
+def test_property_mac_losers_order_independent_and_one_node_keeps_it(
+    cs: list[MacClaim], rnd: Any
+) -> None:
+    losers = mac_losers(cs)
+    shuffled = list(cs)
+    rnd.shuffle(shuffled)
+    assert mac_losers(shuffled) == losers
+    keepers = {c.public_ip for c in cs if c.subnet not in losers}
+    assert len(keepers) <= 1  # never two nodes on one MAC
+    if cs:
+        assert len(keepers) == 1

@@ -89,6 +89,35 @@ def lease(
         ("loopback public ip", lease(public="127.0.0.1"), CTX, "not a usable unicast"),
         ("multicast public ip", lease(public="239.1.1.1"), CTX, "not a usable unicast"),
         ("broadcast public ip", lease(public="255.255.255.255"), CTX, "not a usable unicast"),
+        # Issue 14: link-local, reserved and in-Network tunnel endpoints were accepted.
+        ("link-local public ip", lease(public="169.254.1.1"), CTX, "not a usable unicast"),
+        ("reserved public ip", lease(public="240.0.0.1"), CTX, "not a usable unicast"),
+        ("reserved public ip top", lease(public="250.1.2.3"), CTX, "not a usable unicast"),
+        ("public ip in network", lease(public="10.5.99.9"), CTX, "inside the flannel Network"),
+        (
+            "v6 link-local public",
+            lease(v6="fd00:5:0:1::/64", public6="fe80::1", data6={"VtepMAC": "0a:1:1:1:1:1"}),
+            CTX6,
+            "not a usable unicast",
+        ),
+        (
+            "underlay network address",
+            lease(public="198.51.100.0"),
+            replace(CTX, underlay=N4("198.51.100.0/24")),
+            "network address of the underlay 198.51.100.0/24",
+        ),
+        (
+            "underlay broadcast address",
+            lease(public="198.51.100.255"),
+            replace(CTX, underlay=N4("198.51.100.0/24")),
+            "broadcast address of the underlay",
+        ),
+        (
+            "v6 underlay network address",
+            lease(v6="fd00:5:0:1::/64", public6="2001:db8::", data6={"VtepMAC": "0a:1:1:1:1:1"}),
+            replace(CTX6, underlay=N6("2001:db8::/64")),
+            "network address of the underlay",
+        ),
         ("public ip in own subnet", lease(public="10.5.72.9"), CTX, "inside our own subnet"),
         ("public ip in its subnet", lease(public="10.5.34.9"), CTX, "inside the lease's own"),
         ("no backend data", lease(data="x"), CTX, "BackendData must be a JSON object"),
@@ -162,7 +191,6 @@ def test_own_lease_and_missing_family_are_benign() -> None:
         (lease(data={"VtepMAC": "zz", "VTEPMAC": "0a:11:22:33:44:66"}), CTX, "0a:11:22:33:44:66"),
         # A peer's VNI is ignored (flanneld programs its own device), whatever its value.
         (lease(data={"VNI": 4096, "VtepMAC": "0a:11:22:33:44:55"}), CTX, "0a:11:22:33:44:55"),
-        (lease(public="169.254.1.1"), CTX, "0a:11:22:33:44:55"),
         (lease(btype="host-gw", data="anything"), HOSTGW, None),
     ],
 )
@@ -202,3 +230,16 @@ def test_accepted_v6() -> None:
 )
 def test_normalize_mac(raw: object, out: str | None) -> None:
     assert normalize_mac(raw) == out
+
+
+@pytest.mark.parametrize(
+    ("underlay", "public"),
+    [
+        ("198.51.100.0/31", "198.51.100.0"),
+        ("198.51.100.0/24", "198.51.100.254"),
+        ("203.0.113.0/24", "198.51.100.0"),
+    ],
+)
+def test_underlay_edges_that_are_fine(underlay: str, public: str) -> None:
+    result = validate_peer(lease(public=public), replace(CTX, underlay=N4(underlay)))
+    assert isinstance(result, Peer), result
