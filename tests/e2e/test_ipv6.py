@@ -372,8 +372,12 @@ def flannel_rules(rules: list[str], chain: str) -> list[str]:
 
 
 def delegate_config(lab: StackLab, pod: StackPod) -> bytes:
-    """The delegate config the flannel plugin saved for DEL (``<dataDir>/<container id>``)."""
-    return (lab.node(pod.node).cni_dir / "flannel" / pod.container_id).read_bytes()
+    """The delegate config the flannel plugin saved for DEL
+    (``<dataDir>/<network>:<container id>:<ifname>``, after its marker line)."""
+    (path,) = (lab.node(pod.node).cni_dir / "flannel").glob(f"*:{pod.container_id}:*")
+    marker, _, config = path.read_bytes().partition(b"\n")
+    assert marker.startswith(b"pyflannel-cni-state/1 "), marker
+    return config
 
 
 def go_json(value: Any) -> bytes:
