@@ -377,6 +377,10 @@ class EtcdRegistry:
         self._client: _Client | None = None
         self._client_lock = threading.Lock()
         self._auth_lock = threading.Lock()
+        # pyetcd creates its watcher (a gRPC stream and stub) lazily on the first watch; two
+        # threads creating watches at once (own-key and peer watch at start-up) crashed the
+        # interpreter inside grpc. Watch creation is rare, so it is simply serialised.
+        self._watch_lock = threading.Lock()
         self._closed = False
         # gRPC connects from the calling thread: keep every call in the namespace we were made in.
         self._netns = NetnsPin()
@@ -1322,14 +1326,15 @@ class EtcdRegistry:
             # progress_notify: etcd sends an empty response now and then (every 10 min by
             # default), which moves an idle watch's resume revision forward, so a later
             # reconnect does not land on a compacted revision and force a full re-list.
-            if is_prefix:
-                wid = client.add_watch_prefix_callback(
-                    key, on_response, start_revision=start_revision, progress_notify=True
-                )
-            else:
-                wid = client.add_watch_callback(
-                    key, on_response, start_revision=start_revision, progress_notify=True
-                )
+            with self._watch_lock:
+                if is_prefix:
+                    wid = client.add_watch_prefix_callback(
+                        key, on_response, start_revision=start_revision, progress_notify=True
+                    )
+                else:
+                    wid = client.add_watch_callback(
+                        key, on_response, start_revision=start_revision, progress_notify=True
+                    )
             return int(wid)
 
         watch_id = await self._call(op, create)
