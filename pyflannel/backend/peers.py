@@ -193,7 +193,7 @@ class PeerProgrammer:
         """Replace a family's context (the device got a new ifindex); lifts every quarantine."""
         self._fams[ctx.family].ctx = ctx
         self.peers.release_all()
-        self.peers.generation += 1
+        self.peers.touch()
 
     async def apply(self, msg: PeerMessage) -> None:
         """Apply one message from the peer watch. Never raises for kernel failures: those are
@@ -256,7 +256,7 @@ class PeerProgrammer:
                 out = await self._settle(fam, plan, failures, "events")
                 if plan.ops or plan.rejected:
                     # (A renewal re-emits Added with the same entries: nothing to re-check.)
-                    self.peers.generation += 1
+                    self.peers.touch()
                 if out.transient:
                     self._mark_dirty()
 
@@ -293,7 +293,7 @@ class PeerProgrammer:
             return out.ops
         replay = [Event(EventKind.ADDED, le) for le in self.peers.programmable()]
         total = 0
-        self.peers.generation += 1
+        self.peers.touch()
         for fam in self._fams.values():
             fam.state = ProgrammedState()
             plan, failures = await self._worker.run(self._events_job, fam, replay)

@@ -138,6 +138,11 @@ class WantedPeers:
             self._notify()
         return released
 
+    def touch(self) -> None:
+        """Note that what the kernel should hold may have changed without a lease changing
+        (a new device context, entries planned or refused): a periodic resync may not skip."""
+        self.generation += 1
+
     def _notify(self) -> None:
         if self.on_failing_change is not None:
             self.on_failing_change(dict(self._failing))
