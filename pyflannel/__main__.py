@@ -42,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("json" if opts.log_format == "json" else "console", opts.verbosity)
     log = structlog.get_logger("pyflannel")
     log_notices(opts)
+    # The netlink worker thread plans and encodes whole snapshots in Python. With the default
+    # 5 ms GIL switch interval every trio scheduler tick (each epoll wait releases the GIL) waited
+    # up to 5 ms to get it back, so one /healthz answer took ~50 ms during a 10k-peer snapshot.
+    # The switch only happens when the loop asks for the GIL, so an idle loop costs nothing.
+    sys.setswitchinterval(0.001)
     try:
         trio.run(run_daemon, opts)
     except FlannelError as exc:
