@@ -346,6 +346,14 @@ class PeerProgrammer:
                 if unchanged and not (repairing or requested) and skipped + 1 < _FULL_RESYNC_EVERY:
                     skipped += 1
                     continue
+                log.debug(
+                    "backend.resync_started",
+                    kernel_changed=changes.relevant,
+                    wanted_changed=self._clean_generation != self.peers.generation,
+                    repairing=repairing,
+                    requested=requested,
+                    skipped=skipped,
+                )
                 skipped = 0
                 generation = self.peers.generation
                 self._dirty = False

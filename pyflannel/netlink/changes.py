@@ -46,10 +46,12 @@ _RTM_NEWLINK, _RTM_DELLINK = 16, 17
 _RTM_NEWADDR, _RTM_DELADDR = 20, 21
 _RTM_NEWROUTE, _RTM_DELROUTE = 24, 25
 _RTM_NEWNEIGH, _RTM_DELNEIGH = 28, 29
+_NUD_NOARP = 0x40
 _RT_TABLE_COMPAT = 252
 _RT_TABLE_MAIN = 254
 _RTA_TABLE = 15
 _I32 = struct.Struct("=i")
+_U16 = struct.Struct("=H")
 _U32 = struct.Struct("=I")
 _RTA = struct.Struct("=HH")
 
@@ -135,5 +137,10 @@ class ChangeMonitor:
                     continue
                 if mtype in (_RTM_NEWROUTE, _RTM_DELROUTE):
                     relevant = _route_table(buf, start, end) == _RT_TABLE_MAIN
-                elif mtype in (_RTM_NEWNEIGH, _RTM_DELNEIGH) and end - start >= 8:
-                    relevant = _I32.unpack_from(buf, start + 4)[0] in neigh_ifindexes
+                elif mtype in (_RTM_NEWNEIGH, _RTM_DELNEIGH) and end - start >= 10:
+                    # The kernel's own NOARP entries (IPv6 multicast groups of the device's
+                    # link-local address) come and go with neighbour GC, about a minute after
+                    # start: never ours (we program PERMANENT entries), so no full reconcile.
+                    relevant = _I32.unpack_from(buf, start + 4)[0] in neigh_ifindexes and (
+                        _U16.unpack_from(buf, start + 8)[0] != _NUD_NOARP
+                    )

@@ -65,6 +65,15 @@ def test_change_monitor_sees_what_matters(netns) -> None:  # type: ignore[no-unt
         ip("-n", ns, "neigh", "replace", "198.51.100.8", "lladdr", "02:00:00:00:00:08",
            "dev", "d0", "nud", "permanent")  # fmt: skip
         assert _settled(monitor, {d0}), "a neighbour on a watched device counts"
+        ip("-n", ns, "neigh", "replace", "198.51.100.10", "lladdr", "02:00:00:00:00:0a",
+           "dev", "d0", "nud", "noarp")  # fmt: skip
+        # (Neighbour GC deletes the kernel's own NOARP multicast entries a minute after start;
+        # that delete carries NOARP too. A delete by hand goes through FAILED: it counts.)
+        assert not _settled(monitor, {d0}), "NOARP entries are the kernel's, never ours"
+        ip("-n", ns, "neigh", "del", "198.51.100.10", "dev", "d0")
+        _settled(monitor, {d0})
+        ip("-n", ns, "neigh", "del", "198.51.100.8", "dev", "d0")
+        assert _settled(monitor, {d0}), "our permanent neighbour deleted behind our back counts"
 
         ip("-n", ns, "route", "add", "10.9.0.0/24", "dev", "d0", "table", "100")
         assert not _settled(monitor, {d0}), "routes of other tables are not ours"
