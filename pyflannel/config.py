@@ -280,9 +280,9 @@ def _decode_field(value: Any, struct: str, field: str, gotype: str) -> Any:
     # int / uint: Go decides by the literal, so 24.0 does not fit either
     if isinstance(value, bool) or not isinstance(value, int | float | _JSONNumber):
         raise _JSONError(_type_error(_kind(value), None, struct, field, gotype))
-    lo, hi = (0, _UINT64_MAX) if gotype == "uint" else (_INT64_MIN, _INT64_MAX)
     if isinstance(value, float):
         raise _JSONError(_type_error("number", repr(value), struct, field, gotype))
+    lo, hi = (0, _UINT64_MAX) if gotype == "uint" else (_INT64_MIN, _INT64_MAX)
     if isinstance(value, _JSONNumber) or not lo <= value <= hi:
         raise _JSONError(_type_error("number", _literal(value), struct, field, gotype))
     return value
