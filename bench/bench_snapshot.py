@@ -174,7 +174,7 @@ def run_daemon(lab: PeerLab, n: int) -> tuple[float, float, float, float, float,
     if got != (n, n, n):
         raise RuntimeError(f"daemon programmed {got} (route, neigh, fdb), want {n} each")
     ready = lab.log_event(node, "wrote subnet file")
-    listed = lab.log_event(node, "listed peer leases")
+    listed = lab.log_event(node, "lease.peers_listed")
     assert ready is not None and listed is not None
     lab.stop_daemon(node)
     p99, count = probe.p99_between(log_time(listed), log_time(done))

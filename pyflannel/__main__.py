@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         trio.run(run_daemon, opts)
     except FlannelError as exc:
         log.error(
-            "pyflanneld stopped", error=exc.message, hint=exc.hint, kind=type(exc).__name__,
+            "daemon.stopped", error=exc.message, hint=exc.hint, kind=type(exc).__name__,
             exc_info=opts.verbosity > 0,
         )  # fmt: skip
         return exc.exit_code
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         # Anything that is not a FlannelError is a bug; still one line (the traceback with
         # -v), so that a start-up failure never floods the journal with a stack.
         log.error(
-            "pyflanneld crashed", error=str(exc) or repr(exc), kind=type(exc).__name__,
+            "daemon.crashed", error=str(exc) or repr(exc), kind=type(exc).__name__,
             hint="this is a bug: rerun with -v for the traceback and report it",
             exc_info=opts.verbosity > 0,
         )  # fmt: skip

@@ -25,7 +25,7 @@ import ipaddress
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import structlog
 from pydantic import BaseModel, ConfigDict
@@ -236,18 +236,21 @@ def _fold(name: str) -> str:
     return name.casefold()
 
 
-def _match_fields(obj: _Obj, fields: dict[str, str]) -> list[tuple[str, Any]]:
-    """Map each (key, value) of ``obj`` to a Go field name, in source order.
+def _match_fields(
+    pairs: Iterable[tuple[str, Any]], fields: dict[str, str]
+) -> list[tuple[str, str, Any]]:
+    """Map each (key, value) of a JSON object to (Go field, key, value), in source order.
 
-    ``fields`` maps JSON key (Go tag or field name) to the field name used in messages. A key
-    equal to a tag wins over a case-insensitive match, as in Go; unmatched keys are dropped.
+    ``pairs`` is a decoded object (:class:`_Obj`) or a plain dict's ``items()``; ``fields`` maps
+    JSON key (Go tag or field name) to the field's Go type. A key equal to a tag wins over a
+    case-insensitive match, as in Go; unmatched keys are dropped.
     """
     folded = {_fold(tag): tag for tag in fields}
-    out: list[tuple[str, Any]] = []
-    for key, value in obj:
+    out: list[tuple[str, str, Any]] = []
+    for key, value in pairs:
         tag = key if key in fields else folded.get(_fold(key))
         if tag is not None:
-            out.append((tag, value))
+            out.append((tag, key, value))
     return out
 
 
@@ -256,29 +259,33 @@ def _type_error(kind: str, literal: str | None, struct: str, field: str, gotype:
     return f"json: cannot unmarshal {what} into Go struct field {struct}.{field} of type {gotype}"
 
 
-def _decode_bool(value: Any, struct: str, field: str) -> bool | None:
-    """Go bool field: ``None`` means JSON null (leave the default)."""
-    if value is None or isinstance(value, bool):
-        return value
-    raise _JSONError(_type_error(_kind(value), None, struct, field, "bool"))
+def _decode_field(value: Any, struct: str, field: str, gotype: str) -> Any:
+    """Go ``encoding/json`` for one ``bool``, ``int`` (int64), ``uint`` (uint64) or ``string``
+    field of ``struct``; ``None`` means JSON null (leave the default).
 
-
-def _decode_int(value: Any, struct: str, field: str, gotype: str) -> int | None:
-    """Go int (int64) or uint (uint64) field; ``None`` means JSON null."""
+    Takes both the marked tree of :func:`_load_json_objects` (fractions as :class:`_JSONNumber`)
+    and plain ``json.loads`` values (the backend options, fractions as ``float``). Raises
+    :class:`_JSONError` with Go's message on a type mismatch.
+    """
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | _JSONNumber):
+    if gotype == "bool":
+        if isinstance(value, bool):
+            return value
         raise _JSONError(_type_error(_kind(value), None, struct, field, gotype))
+    if gotype == "string":
+        if isinstance(value, str) and not isinstance(value, _JSONNumber):
+            return value
+        raise _JSONError(_type_error(_kind(value), None, struct, field, gotype))
+    # int / uint: Go decides by the literal, so 24.0 does not fit either
+    if isinstance(value, bool) or not isinstance(value, int | float | _JSONNumber):
+        raise _JSONError(_type_error(_kind(value), None, struct, field, gotype))
+    if isinstance(value, float):
+        raise _JSONError(_type_error("number", repr(value), struct, field, gotype))
     lo, hi = (0, _UINT64_MAX) if gotype == "uint" else (_INT64_MIN, _INT64_MAX)
     if isinstance(value, _JSONNumber) or not lo <= value <= hi:
         raise _JSONError(_type_error("number", _literal(value), struct, field, gotype))
     return value
-
-
-def _decode_string(value: Any, struct: str, field: str) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    raise _JSONError(_type_error(_kind(value), None, struct, field, "string"))
 
 
 def _unmarshaler_text(value: Any) -> str:
@@ -429,17 +436,13 @@ def _decode_config(doc: Any) -> _RawConfig:
     # Go keeps decoding after a type mismatch and reports the first one at the end; errors
     # from UnmarshalJSON methods abort at once.
     first_type_error: _JSONError | None = None
-    for field, value in _match_fields(doc, dict.fromkeys(_CONFIG_FIELDS, "")):
+    for field, _key, value in _match_fields(doc, _CONFIG_FIELDS):
         gotype = _CONFIG_FIELDS[field]
         try:
-            if gotype == "bool":
-                b = _decode_bool(value, "Config", field)
-                if b is not None:
-                    setattr(cfg, _ATTR[field], b)
-            elif gotype == "uint":
-                n = _decode_int(value, "Config", field, "uint")
-                if n is not None:
-                    setattr(cfg, _ATTR[field], n)
+            if gotype in ("bool", "uint"):
+                decoded = _decode_field(value, "Config", field, gotype)
+                if decoded is not None:
+                    setattr(cfg, _ATTR[field], decoded)
             elif gotype == "raw":
                 cfg.backend = value
                 cfg.backend_present = True
@@ -470,9 +473,9 @@ def _backend_type(backend: Any) -> str:
             hint='"Backend" must be an object such as {"Type": "vxlan"}',
         )
     bt = ""
-    for _, value in _match_fields(backend, {"Type": ""}):
+    for _tag, _key, value in _match_fields(backend, {"Type": "string"}):
         try:
-            decoded = _decode_string(value, "", "Type")
+            decoded = _decode_field(value, "", "Type", "string")
         except _JSONError as err:
             raise ConfigError(
                 f"error decoding Backend property of config: {err}",
@@ -516,92 +519,115 @@ _PICK_PRIVATE_HINT: Final = (
 )
 
 
-def _check_ipv4(raw: _RawConfig) -> None:
-    net = raw.network
+@dataclass(frozen=True, slots=True)
+class _Stack:
+    """What differs between flanneld's IPv4 and IPv6 checks: field names, limits, wording."""
+
+    prefix: str
+    """"" or "IPv6", as in the field names (``{prefix}SubnetMin``)."""
+    net_field: str
+    len_field: str
+    max_subnet_len: int
+    """Longest SubnetLen: each host needs room for a tunnel and a bridge address."""
+    smallest_net: int
+    """Longest Network prefix accepted without an explicit SubnetLen."""
+    default_subnet_len: int
+    too_small_subject: str
+    """flanneld's message starts with "network" for IPv4 and "IPv6Network" for IPv6."""
+    missing_hint: str
+    loopback: ipaddress.IPv4Network | ipaddress.IPv6Network
+    loopback_words: str
+    loopback_hint: str
+
+
+_IPV4_STACK: Final = _Stack(
+    prefix="",
+    net_field="Network",
+    len_field="SubnetLen",
+    max_subnet_len=30,
+    smallest_net=28,
+    default_subnet_len=24,
+    too_small_subject="network",
+    missing_hint='add an IPv4 CIDR such as "Network": "10.5.0.0/16", or set "EnableIPv4": false',
+    # Routes into 127/8 never leave the host: pods would be unreachable from other nodes and a
+    # pod could be given the node's own loopback address.
+    loopback=_LOOPBACK4,
+    loopback_words="overlaps the loopback range 127.0.0.0/8",
+    loopback_hint=_PICK_PRIVATE_HINT,
+)
+_IPV6_STACK: Final = _Stack(
+    prefix="IPv6",
+    net_field="IPv6Network",
+    len_field="IPv6SubnetLen",
+    max_subnet_len=126,
+    smallest_net=124,
+    default_subnet_len=64,
+    too_small_subject="IPv6Network",
+    missing_hint='add an IPv6 CIDR such as "IPv6Network": "2001:db8:42::/56", '
+    'or set "EnableIPv6": false',
+    loopback=ipaddress.IPv6Network("::1/128"),
+    loopback_words="contains the loopback address ::1",
+    loopback_hint="pick a unique-local or global range that no node uses otherwise, "
+    "such as fd00:5::/56",
+)
+
+
+def _check_stack(
+    stack: _Stack,
+    net: ipaddress.IPv4Network | ipaddress.IPv6Network | None,
+    subnet_len: int,
+    lo: Any,
+    hi: Any,
+) -> tuple[int, Any, Any]:
+    """flanneld's ``CheckNetworkConfig`` for one address family.
+
+    Returns the effective (SubnetLen, SubnetMin, SubnetMax) with defaults filled in; raises
+    ConfigError with flanneld's message for a missing, loopback or too small network or a
+    SubnetLen that leaves fewer than four subnets.
+    """
     if net is None or (int(net.network_address) == 0 and net.prefixlen == 0):
         raise _fail(
-            "please define a correct Network parameter in the flannel config",
-            hint='add an IPv4 CIDR such as "Network": "10.5.0.0/16", or set "EnableIPv4": false',
+            f"please define a correct {stack.net_field} parameter in the flannel config",
+            hint=stack.missing_hint,
         )
-    if net.overlaps(_LOOPBACK4):
-        # Routes into 127/8 never leave the host: pods would be unreachable from other nodes
-        # and a pod could be given the node's own loopback address.
-        raise _fail(f"Network {net} overlaps the loopback range 127.0.0.0/8", _PICK_PRIVATE_HINT)
+    if net.overlaps(stack.loopback):
+        raise _fail(f"{stack.net_field} {net} {stack.loopback_words}", stack.loopback_hint)
     plen = net.prefixlen
-    if raw.subnet_len > 0:
-        # Each host needs room for a tunnel and a bridge address.
-        if raw.subnet_len > 30:
+    if subnet_len > 0:
+        if subnet_len > stack.max_subnet_len:
             raise _fail(
-                "SubnetLen must be less than /31",
-                hint=f"set SubnetLen between {plen + 2} and 30, or leave it out for the default",
+                f"SubnetLen must be less than /{stack.max_subnet_len + 1}",
+                hint=f"set {stack.len_field} between {plen + 2} and {stack.max_subnet_len}, "
+                "or leave it out for the default",
             )
         # The first subnet is never used, so fewer than four subnets leave too few hosts.
-        if raw.subnet_len < plen + 2:
+        if subnet_len < plen + 2:
             raise _fail(
                 "network must be able to accommodate at least four subnets",
-                hint=f"set SubnetLen to at least {plen + 2} for Network {net}, or enlarge Network",
+                hint=f"set {stack.len_field} to at least {plen + 2} for {stack.net_field} {net},"
+                f" or enlarge {stack.net_field}",
             )
-    elif plen > 28:
+    elif plen > stack.smallest_net:
+        article = "an" if stack.prefix else "a"
         raise _fail(
-            "network is too small. Minimum useful network prefix is /28",
-            hint=f"use a Network with a prefix of /28 or shorter instead of {net}",
+            f"{stack.too_small_subject} is too small. Minimum useful network prefix is "
+            f"/{stack.smallest_net}",
+            hint=f"use {article} {stack.net_field} with a prefix of /{stack.smallest_net} or "
+            f"shorter instead of {net}",
         )
-    elif plen <= 22:
-        raw.subnet_len = 24
     else:
-        raw.subnet_len = plen + 2
-
-    raw.subnet_min, raw.subnet_max = _subnet_range(
-        net, raw.subnet_len, raw.subnet_min, raw.subnet_max, "", "Network"
-    )
-
-
-def _check_ipv6(raw: _RawConfig) -> None:
-    net = raw.ipv6_network
-    if net is None or (int(net.network_address) == 0 and net.prefixlen == 0):
-        raise _fail(
-            "please define a correct IPv6Network parameter in the flannel config",
-            hint='add an IPv6 CIDR such as "IPv6Network": "2001:db8:42::/56", '
-            'or set "EnableIPv6": false',
-        )
-    if ipaddress.IPv6Address(1) in net:
-        raise _fail(
-            f"IPv6Network {net} contains the loopback address ::1",
-            "pick a unique-local or global range that no node uses otherwise, such as fd00:5::/56",
-        )
-    plen = net.prefixlen
-    if raw.ipv6_subnet_len > 0:
-        if raw.ipv6_subnet_len > 126:
-            raise _fail(
-                "SubnetLen must be less than /127",
-                hint=f"set IPv6SubnetLen between {plen + 2} and 126, or leave it out",
-            )
-        if raw.ipv6_subnet_len < plen + 2:
-            raise _fail(
-                "network must be able to accommodate at least four subnets",
-                hint=f"set IPv6SubnetLen to at least {plen + 2} for IPv6Network {net}, "
-                "or enlarge IPv6Network",
-            )
-    elif plen > 124:
-        raise _fail(
-            "IPv6Network is too small. Minimum useful network prefix is /124",
-            hint=f"use an IPv6Network with a prefix of /124 or shorter instead of {net}",
-        )
-    elif plen <= 62:
-        raw.ipv6_subnet_len = 64
-    else:
-        raw.ipv6_subnet_len = plen + 2
-
-    raw.ipv6_subnet_min, raw.ipv6_subnet_max = _subnet_range(
-        net, raw.ipv6_subnet_len, raw.ipv6_subnet_min, raw.ipv6_subnet_max, "IPv6", "IPv6Network"
-    )
-
-
-_Net = TypeVar("_Net", ipaddress.IPv4Network, ipaddress.IPv6Network)
+        subnet_len = max(stack.default_subnet_len, plen + 2)
+    lo, hi = _subnet_range(net, subnet_len, lo, hi, stack.prefix, stack.net_field)
+    return subnet_len, lo, hi
 
 
 def _subnet_range(
-    net: _Net, subnet_len: int, lo: Any, hi: Any, prefix: str, net_name: str
+    net: ipaddress.IPv4Network | ipaddress.IPv6Network,
+    subnet_len: int,
+    lo: Any,
+    hi: Any,
+    prefix: str,
+    net_name: str,
 ) -> tuple[Any, Any]:
     """flanneld's SubnetMin/SubnetMax rules for one family: unset (or zero) means the second
     and the last subnet; a given one must lie in the network and start a subnet. ``prefix`` is
@@ -706,9 +732,17 @@ def parse_network_config(raw: str | bytes) -> NetworkConfig:
         backend_type = _backend_type(decoded.backend)
 
     if decoded.enable_ipv4:
-        _check_ipv4(decoded)
+        decoded.subnet_len, decoded.subnet_min, decoded.subnet_max = _check_stack(
+            _IPV4_STACK, decoded.network, decoded.subnet_len, decoded.subnet_min, decoded.subnet_max
+        )
     if decoded.enable_ipv6:
-        _check_ipv6(decoded)
+        decoded.ipv6_subnet_len, decoded.ipv6_subnet_min, decoded.ipv6_subnet_max = _check_stack(
+            _IPV6_STACK,
+            decoded.ipv6_network,
+            decoded.ipv6_subnet_len,
+            decoded.ipv6_subnet_min,
+            decoded.ipv6_subnet_max,
+        )
     if not decoded.enable_ipv4 and not decoded.enable_ipv6:
         raise ConfigError(
             "none defined stack",
@@ -768,29 +802,18 @@ def _decode_backend_fields(
     Returns tag -> value for the keys present (null ones dropped). A type mismatch raises
     ConfigError with ``error decoding <label> backend config: json: cannot unmarshal ...``.
     """
-    folded = {_fold(tag): tag for tag in fields}
     out: dict[str, Any] = {}
-    for key, value in backend.items():
-        tag = key if key in fields else folded.get(_fold(key))
-        if tag is None or value is None:
-            continue
-        gotype = fields[tag]
-        if gotype == "bool":
-            ok = isinstance(value, bool)
-            literal = None
-        else:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-            literal = repr(value) if isinstance(value, float) else None
-            if ok and not _INT64_MIN <= value <= _INT64_MAX:
-                ok, literal = False, str(value)
-        if not ok:
-            msg = _type_error(_kind(value), literal, struct, tag, gotype)
-            wanted = "true or false" if gotype == "bool" else "a whole number"
+    for tag, key, value in _match_fields(backend.items(), fields):
+        try:
+            decoded = _decode_field(value, struct, tag, fields[tag])
+        except _JSONError as err:
+            wanted = "true or false" if fields[tag] == "bool" else "a whole number"
             raise ConfigError(
-                f"error decoding {label} backend config: {msg}",
+                f"error decoding {label} backend config: {err}",
                 hint=f'set "Backend.{key}" to {wanted}',
-            )
-        out[tag] = value
+            ) from None
+        if decoded is not None:
+            out[tag] = decoded
     return out
 
 

@@ -163,7 +163,7 @@ async def serve_health(
             "--healthz-port or --healthz-ip",
         ) from None
     bound = listeners[0].socket.getsockname()[1]
-    log.info("health server listening", host=host, port=bound)
+    log.info("health.listening", host=host, port=bound)
     task_status.started(bound)
 
     async def handler(stream: trio.SocketStream) -> None:

@@ -133,7 +133,8 @@ def read_host_network(sock: NetlinkSocket | None = None) -> HostNetwork:
     private one is opened and closed. The returned snapshot's ``route_get`` opens its own
     socket when called.
     """
-    # pyflannel's own netlink code (stdlib only): pyroute2 cost ~0.4 s of start-up to import.
+    # pyflannel's own netlink code (stdlib only): importing pyroute2 and opening an IPRoute
+    # costs ~0.2-0.3 s and ~22 MiB of start-up (docs/decisions.md).
     from pyflannel.netlink.nlsocket import NetlinkSocket
 
     handle = NetlinkSocket() if sock is None else sock
@@ -573,7 +574,8 @@ def select_interface(
     """Choose the external interface in the current network namespace, like flanneld.
 
     Parameters mirror the flags (``Options.iface`` etc.) and the config's stacks. Reads the
-    kernel through pyroute2; see :func:`select_interface_from` for the rules and errors.
+    kernel through pyflannel's own netlink code (:func:`read_host_network`); see
+    :func:`select_interface_from` for the rules and errors.
     """
     return select_interface_from(
         read_host_network(),

@@ -107,7 +107,7 @@ def cleanup_prefix(prefix: str) -> list[str]:
     removed = delete_prefixed(prefix)
     shutil.rmtree(default_state_root(prefix), ignore_errors=True)
     if removed:
-        log.info("lab_cleanup", prefix=prefix, namespaces=len(removed))
+        log.info("lab.cleanup", prefix=prefix, namespaces=len(removed))
     return removed
 
 
@@ -279,7 +279,7 @@ class Topology:
         self._make_dirs()
         if self.is_up():
             self._up = True
-            log.info("lab_reused", prefix=self.prefix)
+            log.info("lab.reused", prefix=self.prefix)
             return self
         # Leftovers of a crashed run with this prefix: start from nothing.
         self._remove_all()
@@ -290,7 +290,7 @@ class Topology:
             self.down()
             raise
         self._up = True
-        log.info("lab_up", prefix=self.prefix, nodes=len(self.nodes), ipv6=self.ipv6)
+        log.info("lab.up", prefix=self.prefix, nodes=len(self.nodes), ipv6=self.ipv6)
         return self
 
     def down(self) -> list[str]:
@@ -426,7 +426,7 @@ class Topology:
                 f"{self.etcd_client_url}/health", ns=self.etcd_ns, wait=wait, expect="true"
             )
             if status == 200 and b"true" in body:
-                log.info("lab_etcd_up", prefix=self.prefix, url=self.etcd_client_url)
+                log.info("lab.etcd_up", prefix=self.prefix, url=self.etcd_client_url)
                 return proc
         _kill_group(proc)
         raise EtcdUnavailable(
@@ -619,4 +619,4 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
-        log.warning("lab_process_stuck", pid=proc.pid)
+        log.warning("lab.process_stuck", pid=proc.pid)

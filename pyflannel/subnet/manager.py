@@ -264,7 +264,7 @@ class EtcdSubnetManager:
             )
             for stale in plan.stale:
                 log.info(
-                    "deleting the lease of our public IP that does not fit the network config",
+                    "lease.misfit_deleted",
                     subnet=_describe(stale),
                     public_ip=str(attrs.public_ip),
                     reservation=stale.is_reservation,
@@ -287,13 +287,13 @@ class EtcdSubnetManager:
                 if result.lease is not None:
                     self._note_grant(result.lease, started)
                     log.info(
-                        "found the lease of our public IP, reusing it",
+                        "lease.reused",
                         subnet=_describe(result.lease),
                         public_ip=str(attrs.public_ip),
                         reservation=result.lease.is_reservation,
                     )
                     return result.lease
-                log.info("our lease changed while reusing it; looking again", attempt=attempt)
+                log.info("lease.changed_while_reusing", attempt=attempt)
             else:
                 started = trio.current_time()
                 result = await self._registry.create_lease(
@@ -302,7 +302,7 @@ class EtcdSubnetManager:
                 if result.lease is not None:
                     self._note_grant(result.lease, started)
                     log.info(
-                        "allocated lease",
+                        "lease.allocated",
                         subnet=_describe(result.lease),
                         source=plan.source,
                         public_ip=str(attrs.public_ip),
@@ -312,7 +312,7 @@ class EtcdSubnetManager:
                 if result.existing or result.unreadable or result.conflict:
                     lost.update(n for n in (plan.subnet, plan.ipv6_subnet) if n is not None)
                 log.info(
-                    "another node took the subnet first; trying another",
+                    "lease.subnet_taken",
                     subnet=plan.key_suffix,
                     held_by=result.conflict,
                     attempt=attempt,
@@ -386,12 +386,12 @@ class EtcdSubnetManager:
         deleted again in between) waits for the next backoff delay: never a hot loop.
         """
         log.error(
-            "lease was revoked in etcd; re-acquiring the same subnet",
+            "lease.revoked",
             subnet=_describe(lease),
             reason=why,
         )
         backoff = Backoff.of(0.1, 5.0)
-        failures = FailureLog(log, "could not re-acquire our subnet yet")
+        failures = FailureLog(log, "lease.reacquire_failed")
         while True:
             try:
                 started = trio.current_time()
@@ -400,9 +400,7 @@ class EtcdSubnetManager:
                 )
                 if result.lease is not None:
                     self._note_grant(result.lease, started)
-                    log.warning(
-                        "re-acquired our subnet after losing the lease", subnet=_describe(lease)
-                    )
+                    log.warning("lease.reacquired", subnet=_describe(lease))
                     return result.lease
                 if result.unreadable is not None:
                     return await self._resolve_unreadable(lease, result.unreadable)
@@ -417,7 +415,7 @@ class EtcdSubnetManager:
                 if current is not None:
                     self._check_ours(lease, current)
                     log.warning(
-                        "our subnet was re-created under this node's identity; adopting it",
+                        "lease.adopted",
                         subnet=_describe(lease),
                         reservation=current.is_reservation,
                     )
@@ -453,7 +451,7 @@ class EtcdSubnetManager:
         writes, never a hot loop.
         """
         backoff = Backoff.of(min(1.0, self._renew_retry), max(1.0, self._renew_retry))
-        failures = FailureLog(log, "our lease key holds an unreadable value; replacing it")
+        failures = FailureLog(log, "lease.unreadable_value")
         while True:
             ours = found.etcd_lease_id != 0 and found.etcd_lease_id == lease.etcd_lease_id
             if not ours:
@@ -480,7 +478,7 @@ class EtcdSubnetManager:
                     if_mod_revision=found.mod_revision,
                 )
             except RegistryError as exc:
-                log.debug("replacing the unreadable lease value failed", error=str(exc))
+                log.debug("lease.unreadable_replace_failed", error=str(exc))
                 continue
             if result.lease is not None:
                 self._note_grant(result.lease, started)
@@ -557,7 +555,7 @@ class EtcdSubnetManager:
     ) -> NoReturn:
         deadline = self._renew_deadline(lease)
         log.info(
-            "waiting to renew lease",
+            "lease.renewal_scheduled",
             subnet=_describe(lease),
             renew_in=None if math.isinf(deadline) else round(deadline - trio.current_time(), 1),
         )
@@ -571,7 +569,7 @@ class EtcdSubnetManager:
                     new = await self.renew_lease(lease)
                 except RegistryError as exc:
                     log.error(
-                        "error renewing lease, trying again later",
+                        "lease.renew_failed",
                         subnet=_describe(lease),
                         error=str(exc),
                         retry_in=self._renew_retry,
@@ -579,7 +577,7 @@ class EtcdSubnetManager:
                     deadline = trio.current_time() + self._renew_retry
                     continue
                 left = None if new.expiration is None else round(new.expiration - time.time())
-                log.info("lease renewed", subnet=_describe(new), expires_in=left)
+                log.info("lease.renewed", subnet=_describe(new), expires_in=left)
             else:
                 new, rewrite = await self._on_own_event(lease, event)
             if new != lease or new.mod_revision != lease.mod_revision:
@@ -611,10 +609,10 @@ class EtcdSubnetManager:
             mod_revision=seen.mod_revision,
         )
         if seen.is_reservation and not lease.is_reservation:
-            log.info("our lease was turned into a reservation; it is no longer renewed")
+            log.info("lease.became_reservation")
         if seen.attrs != lease.attrs:
             log.warning(
-                "our lease value was rewritten by someone else; restoring our attrs",
+                "lease.attrs_restored",
                 subnet=_describe(lease),
             )
             return adopted, True
@@ -655,7 +653,7 @@ class EtcdSubnetManager:
         async def resync() -> int:
             leases, revision = await self._registry.list_leases()
             snapshot = feed.snapshot(leases, revision)
-            log.info("listed peer leases", peers=len(snapshot.leases), revision=revision)
+            log.info("lease.peers_listed", peers=len(snapshot.leases), revision=revision)
             await send_channel.send(snapshot)
             return revision
 
@@ -698,7 +696,7 @@ class EtcdSubnetManager:
                     delay = backoff.next()
                     _log_retry(
                         failures,
-                        "listing failed; retrying",
+                        "watch.list_failed",
                         watch=what,
                         error=str(exc),
                         retry_in=delay,
@@ -708,7 +706,7 @@ class EtcdSubnetManager:
             try:
                 async with open_watch(since) as stream:
                     if failures:
-                        log.info("etcd watch resumed", watch=what, since=since, attempts=failures)
+                        log.info("watch.resumed", watch=what, since=since, attempts=failures)
                         failures = 0
                     async for batch in stream:
                         await on_batch(batch)
@@ -718,7 +716,7 @@ class EtcdSubnetManager:
             except WatchCompacted as exc:
                 METRICS.watch_restarts_total += 1
                 log.warning(
-                    "etcd watch fell behind compaction; re-listing",
+                    "watch.compacted",
                     watch=what,
                     since=since,
                     compact_revision=exc.compact_revision,
@@ -731,7 +729,7 @@ class EtcdSubnetManager:
                 delay = backoff.next()
                 _log_retry(
                     failures,
-                    "etcd watch broken; resuming",
+                    "watch.broken",
                     watch=what,
                     since=since,
                     error=str(exc),

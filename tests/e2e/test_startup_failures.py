@@ -125,10 +125,10 @@ def _no_traceback(run: Run) -> None:
 
 
 def _fatal_line(run: Run) -> str:
-    """The one ``pyflanneld stopped`` line of a run that must exit 1 (and no traceback)."""
+    """The one ``daemon.stopped`` line of a run that must exit 1 (and no traceback)."""
     assert run.wait_exit() == 1
-    line = run.wait_line("pyflanneld stopped")
-    assert len(run.lines("pyflanneld stopped")) == 1, run.text()
+    line = run.wait_line("daemon.stopped")
+    assert len(run.lines("daemon.stopped")) == 1, run.text()
     _no_traceback(run)
     return line
 

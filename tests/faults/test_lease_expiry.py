@@ -114,7 +114,7 @@ def test_lease_expired_during_partition_is_reacquired_with_the_same_subnet(
     assert back.value == rec.value, "same subnet, same PublicIP and VTEP MAC"
     assert back.etcd_lease != 0
     assert lab.daemons["n1"].poll() is None and lab.daemons["n1"].pid == pid
-    assert "re-acquired our subnet after losing the lease" in log_text(lab, n1)
+    assert "lease.reacquired" in log_text(lab, n1)
     # Pairs not involving n1 were never affected.
     assert not any("n1" not in pair for pair in mesh.lost()), mesh.lost()
     assert lab.ping_failures() == []
@@ -144,7 +144,7 @@ def test_subnet_taken_during_partition_makes_the_daemon_exit_nonzero(lab: Daemon
     )
     assert rc == 1
     assert "Traceback" not in log
-    stopped = [line for line in log.splitlines() if "pyflanneld stopped" in line]
+    stopped = [line for line in log.splitlines() if "daemon.stopped" in line]
     assert stopped, log[-3000:]
     assert str(rec.subnet) in stopped[-1] and "198.51.100.240" in stopped[-1], stopped[-1]
     # The holder's lease was left alone.

@@ -178,8 +178,8 @@ async def test_etcd_restart_mid_watch_loses_no_event(etcd: EtcdServer) -> None:
                 await c.wait(lambda c: sub(3) in c.peers() and sub(1) not in c.peers())
                 await trio.to_thread.run_sync(lambda: put_peer(etcd, prefix, 4, node(4)))
                 await c.wait(lambda c: sub(4) in c.peers())
-    assert any(e["event"] == "etcd watch broken; resuming" for e in logs)
-    assert not any(e["event"] == "etcd watch fell behind compaction; re-listing" for e in logs)
+    assert any(e["event"] == "watch.broken" for e in logs)
+    assert not any(e["event"] == "watch.compacted" for e in logs)
     kinds = [(e.kind, str(e.lease.subnet)) for e in c.events]
     assert kinds == [
         (EventKind.ADDED, sub(1)),
@@ -211,7 +211,7 @@ async def test_compaction_past_the_watch_revision_resyncs(etcd: EtcdServer) -> N
                 etcd.etcdctl("compact", str(rev))
                 await c.wait(lambda c: set(c.peers()) == {sub(2), sub(3), sub(5)})
                 await trio.sleep(0.5)
-    assert any(e["event"] == "etcd watch fell behind compaction; re-listing" for e in logs)
+    assert any(e["event"] == "watch.compacted" for e in logs)
     assert c.view[V4(sub(2))].attrs == node(2, mac_suffix=7)
     resync = c.messages[-1]
     assert isinstance(resync, PeerSnapshot), "a re-listing is a snapshot, not a diff"

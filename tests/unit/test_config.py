@@ -242,6 +242,13 @@ def test_ipv4_checked_before_ipv6() -> None:
             "error decoding Backend property of config: json: cannot unmarshal number into "
             "Go struct field .Type of type string",
         ),
+        # regression: a fraction is kept as its literal text internally, which once passed
+        # for a string and reported "unknown backend type: 1.5"
+        (
+            {"Type": 1.5},
+            "error decoding Backend property of config: json: cannot unmarshal number into "
+            "Go struct field .Type of type string",
+        ),
     ],
 )
 def test_backend_errors(backend: Any, message: str) -> None:
@@ -487,3 +494,58 @@ def test_network_containing_the_node_underlay_address_is_refused() -> None:
         check_network_for_node(cfg, [IPv4Address("203.0.113.7"), None])
     assert "underlay address 203.0.113.7" in str(excinfo.value) and excinfo.value.hint
     check_network_for_node(cfg, [IPv4Address("198.51.100.7"), IPv6Address("2001:db8::7")])
+
+
+@pytest.mark.parametrize(
+    ("fields", "message", "hint_words"),
+    [
+        (
+            {"Network": "10.5.0.0/16", "SubnetLen": 31},
+            "SubnetLen must be less than /31",
+            "between 18 and 30",
+        ),
+        (
+            {"EnableIPv6": True, "IPv6Network": "fd00::/48", "IPv6SubnetLen": 127},
+            "SubnetLen must be less than /127",
+            "IPv6SubnetLen between 50 and 126",
+        ),
+        (
+            {"Network": "10.5.0.0/16", "SubnetLen": 17},
+            "network must be able to accommodate at least four subnets",
+            "SubnetLen to at least 18 for Network 10.5.0.0/16",
+        ),
+        (
+            {"EnableIPv6": True, "IPv6Network": "fd00::/48", "IPv6SubnetLen": 49},
+            "network must be able to accommodate at least four subnets",
+            "IPv6SubnetLen to at least 50 for IPv6Network fd00::/48",
+        ),
+        (
+            {"Network": "10.5.0.0/29"},
+            "network is too small. Minimum useful network prefix is /28",
+            "use a Network with a prefix of /28",
+        ),
+        (
+            {"EnableIPv6": True, "IPv6Network": "fd00::/125"},
+            "IPv6Network is too small. Minimum useful network prefix is /124",
+            "use an IPv6Network with a prefix of /124",
+        ),
+        (
+            {"Network": "127.0.0.0/16"},
+            "Network 127.0.0.0/16 overlaps the loopback range 127.0.0.0/8",
+            "private range",
+        ),
+        (
+            {"EnableIPv6": True, "IPv6Network": "::/127"},
+            "IPv6Network ::/127 contains the loopback address ::1",
+            "unique-local",
+        ),
+    ],
+)
+def test_both_stacks_are_checked_by_one_rule_set_with_their_own_names(
+    fields: dict[str, Any], message: str, hint_words: str
+) -> None:
+    if fields.get("EnableIPv6"):
+        fields = {"EnableIPv4": False, **fields}
+    err = error_of(fields)
+    assert err.message == message
+    assert hint_words in (err.hint or "")

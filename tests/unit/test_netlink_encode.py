@@ -1,7 +1,7 @@
 """Pure tests of the hand-written netlink encoders and parsers (no kernel).
 
-pyroute2's message classes serve as an independent oracle for the wire format: for the same
-fields and attribute order, our bytes must equal theirs.
+The independent check of the wire format against pyroute2's parser and encoder is
+tests/unit/test_encode_oracle.py; these tests pin shapes, round trips and error texts.
 """
 
 from __future__ import annotations
@@ -70,48 +70,6 @@ def as_dump(*msgs: bytes) -> list[DumpItem]:
     """Messages we encoded, presented like a kernel dump (RTM_NEW* only)."""
     buf = b"".join(msgs)
     return [(buf, s, e, t) for t, _f, _q, s, e in iter_messages(buf)]
-
-
-# --- oracle: pyroute2 ---------------------------------------------------------------------
-
-
-def test_route_replace_matches_pyroute2() -> None:
-    rtmsg = pytest.importorskip("pyroute2.netlink.rtnl.rtmsg").rtmsg
-    m = rtmsg()
-    m["header"]["type"] = c.RTM_NEWROUTE
-    m["header"]["flags"] = c.NLM_F_REQUEST | c.NLM_F_CREATE | c.NLM_F_REPLACE
-    m["header"]["sequence_number"] = 7
-    m["family"], m["dst_len"], m["table"], m["proto"] = 2, 24, 254, 3
-    m["scope"], m["type"], m["flags"] = 0, 1, c.RTNH_F_ONLINK
-    m["attrs"] = [("RTA_DST", "10.5.34.0"), ("RTA_GATEWAY", "10.5.34.0"), ("RTA_OIF", 5)]
-    m.encode()
-    ours = encode_route(RouteEntry(NET, GW, 5, True), delete=False, seq=7, ack=False)
-    assert ours == bytes(m.data)
-
-
-def test_fdb_replace_matches_pyroute2() -> None:
-    ndmsg = pytest.importorskip("pyroute2.netlink.rtnl.ndmsg").ndmsg
-    m = ndmsg()
-    m["header"]["type"] = c.RTM_NEWNEIGH
-    m["header"]["flags"] = c.NLM_F_REQUEST | c.NLM_F_CREATE | c.NLM_F_REPLACE | c.NLM_F_ACK
-    m["header"]["sequence_number"] = 9
-    m["family"], m["ifindex"], m["state"], m["flags"], m["ndm_type"] = 7, 5, 0x80, 2, 0
-    m["attrs"] = [("NDA_LLADDR", MAC), ("NDA_DST", "198.51.100.2")]
-    m.encode()
-    assert encode_fdb(FdbEntry(MAC, PUB, 5), delete=False, seq=9, ack=True) == bytes(m.data)
-
-
-def test_neigh_replace_v6_matches_pyroute2() -> None:
-    ndmsg = pytest.importorskip("pyroute2.netlink.rtnl.ndmsg").ndmsg
-    m = ndmsg()
-    m["header"]["type"] = c.RTM_NEWNEIGH
-    m["header"]["flags"] = c.NLM_F_REQUEST | c.NLM_F_CREATE | c.NLM_F_REPLACE
-    m["header"]["sequence_number"] = 3
-    m["family"], m["ifindex"], m["state"], m["flags"], m["ndm_type"] = 10, 8, 0x80, 0, 1
-    m["attrs"] = [("NDA_DST", "fd00:5::"), ("NDA_LLADDR", MAC)]
-    m.encode()
-    ours = encode_neigh(NeighEntry(IPv6Address("fd00:5::"), MAC, 8), delete=False, seq=3, ack=False)
-    assert ours == bytes(m.data)
 
 
 # --- message shapes ---------------------------------------------------------------------------
