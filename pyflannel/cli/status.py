@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from pyflannel.config import NetworkConfig
     from pyflannel.netlink.links import LinkInfo
     from pyflannel.netlink.nlsocket import NetlinkSocket
-    from pyflannel.subnet.registry import EtcdRegistry
+    from pyflannel.subnet.etcd.registry import EtcdRegistry
     from pyflannel.subnet.subnet_env import SubnetEnv
 
 __all__ = [
@@ -930,7 +930,7 @@ async def load_config(
     )
     from pyflannel.cli.etcd_tool_opts import etcdctl_command
     from pyflannel.errors import ConfigError
-    from pyflannel.subnet.registry import ConfigNotFound
+    from pyflannel.subnet.etcd.errors import ConfigNotFound
 
     key = reg.config_key
     try:

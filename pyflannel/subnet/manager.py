@@ -1,7 +1,7 @@
 """The etcd subnet manager: acquire our lease, keep it, and follow the peers' leases.
 
 This is flanneld's ``LocalManager`` + ``CompleteLease`` + ``WatchLeases`` on top of
-:class:`~pyflannel.subnet.registry.EtcdRegistry`. The decisions live in pure modules
+:class:`~pyflannel.subnet.etcd.registry.EtcdRegistry`. The decisions live in pure modules
 (:mod:`~pyflannel.subnet.allocation`, :mod:`~pyflannel.subnet.watch`); this module sequences
 the I/O. Deliberate differences from flanneld:
 
@@ -39,17 +39,12 @@ from pyflannel.metrics import METRICS
 from pyflannel.peer_messages import PeerMessage
 from pyflannel.retry import Backoff, FailureLog
 from pyflannel.subnet.allocation import PreviousSubnets, plan_acquisition, previous_subnets
+from pyflannel.subnet.etcd.endpoints import DEFAULT_ENDPOINTS, DEFAULT_PREFIX
+from pyflannel.subnet.etcd.errors import WatchCompacted
+from pyflannel.subnet.etcd.leases import Unreadable, WatchBatch
+from pyflannel.subnet.etcd.registry import DEFAULT_REQUEST_TIMEOUT, EtcdRegistry
+from pyflannel.subnet.etcd.watch import WatchStream
 from pyflannel.subnet.protocols import Registry
-from pyflannel.subnet.registry import (
-    DEFAULT_ENDPOINTS,
-    DEFAULT_PREFIX,
-    DEFAULT_REQUEST_TIMEOUT,
-    EtcdRegistry,
-    Unreadable,
-    WatchBatch,
-    WatchCompacted,
-    WatchStream,
-)
 from pyflannel.subnet.subnet_env import SubnetEnv
 from pyflannel.subnet.watch import PeerFeed
 

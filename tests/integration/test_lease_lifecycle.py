@@ -30,9 +30,9 @@ from pyflannel.config import parse_network_config
 from pyflannel.errors import EtcdUnavailable, LeaseLost
 from pyflannel.lease import EventKind, Lease, LeaseAttrs, decode_attrs, encode_attrs
 from pyflannel.subnet import manager as manager_module
+from pyflannel.subnet.etcd.registry import EtcdRegistry
 from pyflannel.subnet.manager import EtcdSubnetManager
 from pyflannel.subnet.protocols import Registry
-from pyflannel.subnet.registry import EtcdRegistry
 from tests.harness.etcd import EtcdServer
 from tests.harness.faulty_registry import FaultyRegistry
 from tests.integration.test_manager import kv, new_prefix

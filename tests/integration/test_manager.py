@@ -18,8 +18,8 @@ from structlog.testing import capture_logs
 from pyflannel.config import parse_network_config
 from pyflannel.errors import LeaseLost, OutOfSubnets
 from pyflannel.lease import Lease, LeaseAttrs, decode_attrs, encode_attrs
+from pyflannel.subnet.etcd.errors import ConfigNotFound
 from pyflannel.subnet.manager import EtcdSubnetManager
-from pyflannel.subnet.registry import ConfigNotFound
 from pyflannel.subnet.subnet_env import SubnetEnv
 from tests.harness.etcd import EtcdServer
 

@@ -1,0 +1,85 @@
+"""The create transaction of a lease (see :meth:`.registry.EtcdRegistry.create_lease`).
+
+It puts the key only if no key holds either of its subnets, and on failure reads in the same
+round trip what stood in the way, so that a retried request can tell "I already did this"
+from "someone else did".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from pyflannel.subnet.etcd.client import Compare, EtcdClient, Get, Put, prefix_range_end
+from pyflannel.subnet.etcd.expiry import ExpiryCache
+from pyflannel.subnet.etcd.leases import CreateResult, holding_our_subnets, result_from_kv
+
+__all__ = ["CreateTxn"]
+
+
+@dataclass(frozen=True, slots=True)
+class CreateTxn:
+    """One lease to create: ``key`` holding ``value`` under etcd lease ``lease_id``.
+
+    ``v4_key`` is the key of the IPv4 half alone (``None`` for IPv6-only leases);
+    ``subnets_prefix`` is ``<prefix>/subnets/``.
+    """
+
+    key: str
+    v4_key: str | None
+    subnets_prefix: str
+    subnet: ipaddress.IPv4Network | None
+    ipv6_subnet: ipaddress.IPv6Network | None
+    value: str
+    lease_id: int
+    expiration: float | None
+
+    def run(
+        self, client: EtcdClient, seen: int, expiry: ExpiryCache
+    ) -> tuple[CreateResult | None, int]:
+        """One attempt: its result (``None``: only unrelated keys were created since ``seen``,
+        retry) and the revision it was evaluated at."""
+        compares: list[Compare] = []
+        reads: list[Get] = []
+
+        def absent(start: bytes, end: bytes = b"") -> None:
+            compares.append(Compare(start, "version", "==", 0, range_end=end))
+            reads.append(Get(start, range_end=end))
+
+        key_bytes = self.key.encode()
+        if self.v4_key is None:
+            absent(key_bytes)
+        else:
+            # The key <v4> and the range [<v4>&, <v4>'): exactly the keys whose IPv4 half is
+            # ours ("'" follows "&"; "<v4>0" as in "-240" lies outside).
+            v4 = self.v4_key.encode()
+            absent(v4)
+            paired = v4 + b"&"
+            absent(paired, prefix_range_end(paired))
+            if self.ipv6_subnet is not None:
+                # Keys with our IPv6 half are spread over the whole subnets/ range: instead no
+                # key may have been created there since the caller's listing at ``seen``.
+                start = self.subnets_prefix.encode()
+                end = prefix_range_end(start)
+                compares.append(Compare(start, "create", "<", seen + 1, range_end=end))
+                reads.append(Get(start, range_end=end, min_create_revision=seen + 1))
+        resp = client.txn(
+            compares,
+            success=[Put(key_bytes, self.value.encode(), self.lease_id), Get(key_bytes)],
+            failure=reads,
+        )
+        kvs = [kv for r in resp.responses for kv in r.kvs]
+        own = next((kv for kv in kvs if kv.key == key_bytes), None)
+        if resp.succeeded or own is not None:
+            if own is None:
+                return CreateResult(lease=None), resp.revision
+            result = result_from_kv(own, self.lease_id, self.expiration, expiry.get(own.lease))
+            return result, resp.revision
+        other = holding_our_subnets(
+            (kv.key.decode("utf-8", errors="replace") for kv in kvs),
+            self.subnet,
+            self.ipv6_subnet,
+        )
+        if other is not None:
+            return CreateResult(lease=None, conflict=other), resp.revision
+        return None, resp.revision
