@@ -1,11 +1,11 @@
 """The node agent: flanneld's start-up order in one trio nursery.
 
-Order (flannel-spec §10): previous subnet.env → signals → health listener → network config
-(retried every second) → external interface → backend device → lease → device address →
-traffic rules (other mode cleaned, masq, forward, resync loop) → subnet.env → peers (snapshot,
-then watch) → ``READY=1`` → lease renewal. SIGTERM/SIGINT cancel the nursery and leave the lease,
-device, routes and rules in place, so a restart is seamless. The daemon holds no business logic:
-every decision lives in the modules it calls.
+Order (flanneld's; docs/compatibility.md, "Start-up order"): previous subnet.env → signals →
+health listener → network config (retried every second) → external interface → backend device →
+lease → device address → traffic rules (other mode cleaned, masq, forward, resync loop) →
+subnet.env → peers (snapshot, then watch) → ``READY=1`` → lease renewal. SIGTERM/SIGINT cancel
+the nursery and leave the lease, device, routes and rules in place, so a restart is seamless.
+The daemon holds no business logic: every decision lives in the modules it calls.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
     from pyflannel.backend.base import Network
     from pyflannel.backend.wanted import Failing
-    from pyflannel.cli.flags import Options
     from pyflannel.config import NetworkConfig
+    from pyflannel.options import Options
     from pyflannel.subnet.manager import EtcdSubnetManager
     from pyflannel.subnet.subnet_env import SubnetEnv
     from pyflannel.trafficmngr import PreviousNetworks

@@ -43,8 +43,8 @@ from pyflannel.cli.etcd_tool_opts import (
 from pyflannel.errors import ConfigError, FlannelError
 
 if TYPE_CHECKING:
-    from pyflannel.cli.flags import Options
     from pyflannel.config import NetworkConfig
+    from pyflannel.options import Options
     from pyflannel.subnet.etcd.registry import EtcdRegistry
 
 __all__ = [

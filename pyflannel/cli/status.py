@@ -841,10 +841,10 @@ async def _rule_differences(
 ) -> list[str]:
     """The traffic manager's own diff of the wanted rules against the kernel (read-only)."""
     from pyflannel.trafficmngr import IptablesManager, NftablesManager, spec_from
-    from pyflannel.trafficmngr._exec import Runner
     from pyflannel.trafficmngr.iptables import IptablesTool
     from pyflannel.trafficmngr.nftables import list_nft_table
     from pyflannel.trafficmngr.plan import diff_iptables, diff_nft
+    from pyflannel.trafficmngr.runner import Runner
 
     spec = spec_from(
         cfg,
