@@ -5,8 +5,9 @@
 - :mod:`.endpoints`: ``--etcd-endpoints`` / ``--etcd-prefix`` parsing;
 - :mod:`.session`: TLS, authentication and token renewal, failover, worker threads;
 - :mod:`.registry`: leases, config and watches (:class:`EtcdRegistry`), with
-  :mod:`.leases` (decoding, write outcomes), :mod:`.create` (the create transaction),
-  :mod:`.expiry` (TTL cache) and :mod:`.watch` (watch streams).
+  :mod:`.leases` (decoding, write outcomes), :mod:`.listing` (paged listing and its
+  caches), :mod:`.create` (the create transaction), :mod:`.expiry` (TTL cache) and
+  :mod:`.watch` (watch streams).
 
 Importing this package does not import grpc; :mod:`.registry` does.
 """

@@ -1,8 +1,24 @@
-"""The create transaction of a lease (see :meth:`.registry.EtcdRegistry.create_lease`).
+"""The create transaction of a lease (:meth:`.registry.EtcdRegistry.create_lease`).
 
 It puts the key only if no key holds either of its subnets, and on failure reads in the same
 round trip what stood in the way, so that a retried request can tell "I already did this"
-from "someone else did".
+from "someone else did". The compares:
+
+- IPv4 half: the key ``<v4>`` and the key range ``[<v4>&, <v4>')`` -- exactly the keys whose
+  IPv4 half is ours (``'`` follows ``&``; ``<v4>0`` as in ``-240`` lies outside) -- must be
+  empty;
+- IPv6 half (dual stack only): keys with our IPv6 half are spread over the whole ``subnets/``
+  range, so no key range holds exactly them. Instead no key in ``subnets/`` may have been
+  created after ``seen``, the revision of the listing the caller checked the subnets against
+  (renewals keep a key's create revision, so they do not interfere). When that compare fails
+  because of an *unrelated* create, the keys created since are read in the same transaction;
+  if none of them holds our subnets the create is retried at once against the new revision
+  (bounded), so a busy cluster costs retries, not wrongly "lost" subnets. This needs the
+  caller to have seen every key at ``seen``: keys that our listing at that revision could not
+  decode are checked first (by the registry), and a revision that is not one of our recent
+  listings is treated as 0 (the first attempt then reads every key);
+- IPv6-only keys (``0.0.0.0-0&<v6>``): the exact key. Nodes of one network write keys of one
+  shape, so a concurrent creator of the same subnet writes the same key.
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ can share one etcd. Connection, TLS, auth, failover and error mapping are the se
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import ipaddress
 import time
@@ -43,7 +42,7 @@ from pyflannel.subnet.etcd.endpoints import (
     clean_prefix,
     parse_endpoints,
 )
-from pyflannel.subnet.etcd.errors import ConfigNotFound, EtcdFailure
+from pyflannel.subnet.etcd.errors import ConfigNotFound
 from pyflannel.subnet.etcd.expiry import ExpiryCache
 from pyflannel.subnet.etcd.leases import (
     CreateResult,
@@ -52,6 +51,7 @@ from pyflannel.subnet.etcd.leases import (
     holding_our_subnets,
     result_from_kv,
 )
+from pyflannel.subnet.etcd.listing import Listing
 from pyflannel.subnet.etcd.session import EtcdSession
 from pyflannel.subnet.etcd.watch import WatchStream, decode_watch_events, open_watch
 
@@ -60,7 +60,6 @@ __all__ = ["DEFAULT_REQUEST_TIMEOUT", "EtcdRegistry"]
 log = structlog.get_logger(__name__)
 
 DEFAULT_REQUEST_TIMEOUT: Final = 10.0
-_PAGE_SIZE: Final = 2000
 # A dual-stack create retried because other keys were created meanwhile (none holding our
 # subnets): each retry means another node made progress, so this bounds only the pathological
 # case; the caller then lists again.
@@ -102,14 +101,7 @@ class EtcdRegistry:
             timeout=request_timeout,
         )
         self._expiry = ExpiryCache()
-        # The last listing's leases by (key, mod_revision): a key-value that has not changed
-        # since is not parsed again. At start-up the peer snapshot re-lists what the lease
-        # allocation just listed; with 10k peers that saved ~0.5 s and 10k duplicate objects.
-        self._listed: dict[tuple[bytes, int], Lease] = {}
-        # Listing revision -> the keys it could not decode (last few listings). A caller that
-        # planned from a listing never saw these, yet their keys hold subnets: create_lease
-        # checks them (see there).
-        self._unreadable_at: dict[int, tuple[str, ...]] = {}
+        self._listing = Listing(self._expiry)
 
     # ----------------------------------------------------------------- naming
     @property
@@ -191,31 +183,6 @@ class EtcdRegistry:
         )
 
     # ----------------------------------------------------------------- reading leases
-    def _range_all(self, client: EtcdClient, prefix: str) -> tuple[list[KeyValue], int]:
-        """All key-values under ``prefix`` at one revision, fetched in pages."""
-        start = prefix.encode()
-        end = prefix_range_end(start)
-        for _ in range(3):
-            resp = client.range(start, end, limit=_PAGE_SIZE)
-            revision = resp.revision
-            kvs = list(resp.kvs)
-            try:
-                while resp.more and kvs:
-                    resp = client.range(
-                        kvs[-1].key + b"\0", end, limit=_PAGE_SIZE, revision=revision
-                    )
-                    kvs.extend(resp.kvs)
-            except EtcdFailure as exc:
-                if not exc.compacted:
-                    raise
-                log.info("revision compacted while paging through leases; listing again")
-                continue
-            return kvs, revision
-        raise RegistryError(
-            f"etcd list {prefix} failed: etcd compacted the listing revision three times in a row",
-            hint="etcd auto-compaction is extremely aggressive; retry later",
-        )
-
     async def list_leases(self, *, with_ttl: bool = True) -> tuple[list[Lease], int]:
         """All parsable leases under ``<prefix>/subnets/`` and the revision they were read at.
 
@@ -225,38 +192,9 @@ class EtcdRegistry:
         """
         prefix = self.subnets_prefix
 
-        def run(client: EtcdClient) -> tuple[list[Lease], int]:
-            kvs, revision = self._range_all(client, prefix)
-            expiry: dict[int, float] = {}
-            if with_ttl:
-                expiry = self._expiry.expirations(client, (kv.lease for kv in kvs))
-                self._expiry.keep_only(kv.lease for kv in kvs)
-            leases = []
-            previous = self._listed
-            listed: dict[tuple[bytes, int], Lease] = {}
-            unreadable: list[str] = []
-            for kv in kvs:
-                expiration = expiry.get(kv.lease)
-                known = previous.get((kv.key, kv.mod_revision))
-                lease: Lease | None
-                if known is not None and known.etcd_lease_id == kv.lease:
-                    lease = known
-                    if known.expiration != expiration:
-                        lease = dataclasses.replace(known, expiration=expiration)
-                else:
-                    lease = decode_lease(kv, expiration)
-                    if lease is None:
-                        unreadable.append(kv.key.decode("utf-8", errors="replace"))
-                if lease is not None:
-                    leases.append(lease)
-                    listed[(kv.key, kv.mod_revision)] = lease
-            self._listed = listed
-            self._unreadable_at[revision] = tuple(unreadable)
-            while len(self._unreadable_at) > 4:
-                del self._unreadable_at[next(iter(self._unreadable_at))]
-            return leases, revision
-
-        return await self.session.call(f"list {prefix}", run)
+        return await self.session.call(
+            f"list {prefix}", lambda c: self._listing.list(c, prefix, with_ttl=with_ttl)
+        )
 
     async def get_lease(
         self, subnet: ipaddress.IPv4Network | None, ipv6_subnet: ipaddress.IPv6Network | None
@@ -315,25 +253,10 @@ class EtcdRegistry:
         known_revision: int = 0,
     ) -> CreateResult:
         """flanneld's ``createSubnet``: Grant(ttl), then put the key only if no key holds either
-        of its subnets.
-
-        flanneld only requires the exact key to be absent, so in dual stack two nodes that
-        pick the same IPv4 subnet with different IPv6 subnets (or the reverse) both succeed.
-        Here the transaction (:class:`.create.CreateTxn`) compares:
-
-        - IPv4 half: the key ``<v4>`` and the key range ``[<v4>&, <v4>')`` must be empty;
-        - IPv6 half (dual stack only): no key in ``subnets/`` may have been created after
-          ``known_revision``, the revision of the listing the caller checked the subnets
-          against (renewals keep a key's create revision, so they do not interfere). When
-          that compare fails because of an *unrelated* create, the keys created since are
-          read in the same transaction; if none of them holds our subnets the create is
-          retried at once against the new revision (bounded), so a busy cluster costs
-          retries, not wrongly "lost" subnets. This needs the caller to have seen every key
-          at ``known_revision``: keys that our listing at that revision could not decode are
-          checked here first, and a revision that is not one of our recent listings is
-          treated as 0 (the first attempt then reads every key).
-        - IPv6-only keys (``0.0.0.0-0&<v6>``): the exact key. Nodes of one network write keys
-          of one shape, so a concurrent creator of the same subnet writes the same key.
+        of its subnets (flanneld only requires the exact key to be absent, so in dual stack two
+        nodes could share a half). How the transaction checks that, and why it needs
+        ``known_revision`` (the revision of the listing the caller picked the subnets from):
+        :mod:`.create`.
 
         The result is ``existing``/``unreadable`` when the key itself exists, ``conflict``
         when another key holds one of our subnets. The grant is revoked when the key was not
@@ -342,7 +265,7 @@ class EtcdRegistry:
         """
         key = self.lease_key(subnet, ipv6_subnet)
         seen = known_revision
-        hidden = self._unreadable_at.get(known_revision)
+        hidden = self._listing.unreadable_at(known_revision)
         if hidden is None:
             seen = 0  # not a listing of ours: the first attempt checks every key
         else:
