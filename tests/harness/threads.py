@@ -40,15 +40,17 @@ def send_idle_workers_home() -> int:
     """Move every idle trio worker thread into this process's network namespace (that of its
     main thread); returns how many were elsewhere. Call from a thread in that namespace.
 
-    One job per worker thread that exists, plus one, is started at once, each blocking on a
-    barrier: trio hands jobs to idle workers first, so every idle worker runs one of them
-    (the extra job proves the idle ones ran out: it spawns a fresh thread here).
+    One job per worker thread that exists is started at once, each blocking on a barrier:
+    trio hands jobs to idle workers first, so every idle worker runs one of them (jobs left
+    over, one per busy worker, spawn fresh threads here, in the right namespace).
     """
     home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         home_ino = os.fstat(home).st_ino
         workers = sum(1 for t in threading.enumerate() if t.name.startswith(_WORKER_PREFIX))
-        jobs = workers + 1
+        jobs = workers
+        if jobs == 0:
+            return 0
         barrier = threading.Barrier(jobs + 1)
         moved: list[int] = []
         errors: list[BaseException] = []

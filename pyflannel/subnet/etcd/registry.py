@@ -29,13 +29,12 @@ from pyflannel.subnet.etcd.client import (
     Compare,
     Delete,
     EtcdClient,
-    Get,
     KeyValue,
     Put,
     WatchEvents,
     prefix_range_end,
 )
-from pyflannel.subnet.etcd.create import CreateTxn
+from pyflannel.subnet.etcd.create import CreateTxn, PutTxn
 from pyflannel.subnet.etcd.endpoints import (
     DEFAULT_ENDPOINTS,
     DEFAULT_PREFIX,
@@ -320,28 +319,11 @@ class EtcdRegistry:
         """
         key = self.lease_key(subnet, ipv6_subnet)
         lease_id, expiration = (0, None) if ttl is None else await self.grant(ttl)
-        k = key.encode()
-        cmp = [] if if_mod_revision is None else [Compare(k, "mod", "==", if_mod_revision)]
-        put = Put(k, encode_attrs(attrs).encode(), lease_id)
-
-        def run(client: EtcdClient) -> CreateResult:
-            resp = client.txn(cmp, [put, Get(k)], [Get(k)])
-            kvs = resp.responses[-1].kvs if resp.responses else ()
-            if not kvs:
-                return CreateResult(lease=None)
-            kv = kvs[0]
-            if resp.succeeded and lease_id == 0:
-                # A reservation: no lease ID to recognise our write by.
-                result = result_from_kv(kv, 0, None, self._expiry.get(kv.lease))
-                if result.existing is not None:
-                    return CreateResult(lease=result.existing)
-                return result
-            # Failed but carrying our fresh lease: a retried request whose first attempt was
-            # applied (failover after a lost reply). The lease ID is ours alone, so it is ours.
-            return result_from_kv(kv, lease_id, expiration, self._expiry.get(kv.lease))
-
+        txn = PutTxn(key, encode_attrs(attrs), lease_id, expiration, if_mod_revision)
         try:
-            result = await self.session.call(f"put {key}", run)
+            result = await self.session.call(
+                f"put {key}", functools.partial(txn.run, expiry=self._expiry)
+            )
         except RegistryError as exc:
             if not lease_id:
                 raise
