@@ -1,11 +1,11 @@
 """The node agent: flanneld's start-up order in one trio nursery.
 
-Order (flannel-spec §10): previous subnet.env → signals → health listener → network config
-(retried every second) → external interface → backend device → lease → device address →
-traffic rules (other mode cleaned, masq, forward, resync loop) → subnet.env → peers (snapshot,
-then watch) → ``READY=1`` → lease renewal. SIGTERM/SIGINT cancel the nursery and leave the lease,
-device, routes and rules in place, so a restart is seamless. The daemon holds no business logic:
-every decision lives in the modules it calls.
+Order (flanneld's; docs/compatibility.md, "Start-up order"): previous subnet.env → signals →
+health listener → network config (retried every second) → external interface → backend device →
+lease → device address → traffic rules (other mode cleaned, masq, forward, resync loop) →
+subnet.env → peers (snapshot, then watch) → ``READY=1`` → lease renewal. SIGTERM/SIGINT cancel
+the nursery and leave the lease, device, routes and rules in place, so a restart is seamless.
+The daemon holds no business logic: every decision lives in the modules it calls.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import structlog
 import trio
 
 from pyflannel.errors import ConfigError, FlannelError, RegistryError
-from pyflannel.lease import Lease
+from pyflannel.lease import Lease, LeaseAttrs
 from pyflannel.metrics import METRICS
 from pyflannel.peer_messages import PeerMessage
 
@@ -28,8 +28,9 @@ if TYPE_CHECKING:
 
     from pyflannel.backend.base import Network
     from pyflannel.backend.wanted import Failing
-    from pyflannel.cli.flags import Options
     from pyflannel.config import NetworkConfig
+    from pyflannel.iface import ExternalInterface
+    from pyflannel.options import Options
     from pyflannel.subnet.manager import EtcdSubnetManager
     from pyflannel.subnet.subnet_env import SubnetEnv
     from pyflannel.trafficmngr import PreviousNetworks
@@ -116,7 +117,9 @@ class Daemon:
         check_network_for_node(
             config, (ext.ipv4_addr, ext.ipv6_addr, ext.public_ip, ext.public_ipv6)
         )
-        backend = make_backend(config.backend_type)
+        backend = make_backend(
+            config.backend_type, **await self._backend_options(manager, config, ext)
+        )
         attrs = await backend.prepare(config, ext, self.state_dir)
         self.lease = await manager.acquire_lease(config, attrs, previous)
         self._lease_changed(self.lease)
@@ -127,6 +130,7 @@ class Daemon:
             reservation=self.lease.is_reservation,
         )
         network = await backend.configure(self.lease)
+        METRICS.backend = network.stats
         await self._setup_traffic(nursery, config, previous)
         env = self._write_subnet_env(config, network)
         METRICS.ready = True
@@ -141,6 +145,27 @@ class Daemon:
 
         if notify("READY=1"):
             log.info("notified systemd: READY=1")
+
+    async def _backend_options(
+        self, manager: EtcdSubnetManager, config: NetworkConfig, ext: ExternalInterface
+    ) -> dict[str, str | None]:
+        """vxlan: the VtepMACs of our previous lease as MAC hints (used only when neither the
+        MAC file nor the device has one: a reboot emptied /run and removed the device)."""
+        if config.backend_type != "vxlan":
+            return {}
+        me = LeaseAttrs(public_ipv6=ext.public_ipv6)
+        if ext.public_ip is not None:
+            me = LeaseAttrs(public_ip=ext.public_ip, public_ipv6=ext.public_ipv6)
+        previous = await manager.previous_lease(config, me)
+        if previous is None or previous.attrs.backend_type != "vxlan":
+            return {}
+        v4, v6 = previous.attrs.backend_data, previous.attrs.backend_v6_data
+        v4 = v4.get("VtepMAC") if isinstance(v4, dict) else None
+        v6 = v6.get("VtepMAC") if isinstance(v6, dict) else None
+        return {
+            "mac_hint": v4 if isinstance(v4, str) else None,
+            "mac_hint_v6": v6 if isinstance(v6, str) else None,
+        }
 
     async def _get_config(self, manager: EtcdSubnetManager) -> NetworkConfig:
         from pyflannel.config import parse_network_config

@@ -29,6 +29,7 @@ def render_metrics(m: Metrics) -> bytes:
     class _Collector:
         def collect(self) -> list[object]:
             expires = m.lease_expires_in()
+            b = m.backend
             return [
                 GaugeMetricFamily(
                     "pyflannel_leases_known", "Subnet leases seen in etcd", value=m.leases_known
@@ -58,7 +59,29 @@ def render_metrics(m: Metrics) -> bytes:
                 GaugeMetricFamily(
                     "pyflannel_last_snapshot_apply_seconds",
                     "Wall time of the last full peer snapshot apply",
-                    value=m.last_snapshot_apply_seconds,
+                    value=b.last_snapshot_apply_seconds,
+                ),
+                GaugeMetricFamily(
+                    "pyflannel_last_snapshot_ops",
+                    "Data-path operations the last full peer snapshot apply needed",
+                    value=b.last_snapshot_ops,
+                ),
+                CounterMetricFamily(
+                    "pyflannel_leases_rejected", "Peer leases refused as invalid or hostile",
+                    value=b.leases_rejected_total,
+                ),
+                CounterMetricFamily(
+                    "pyflannel_device_recreations", "Times the backend device was re-created",
+                    value=b.device_recreations_total,
+                ),
+                CounterMetricFamily(
+                    "pyflannel_backend_resyncs", "Backend reconcile passes against the kernel",
+                    value=b.resyncs_total,
+                ),
+                CounterMetricFamily(
+                    "pyflannel_backend_resync_repairs",
+                    "Backend reconcile passes that had to repair the data path",
+                    value=b.resync_repairs_total,
                 ),
                 CounterMetricFamily(
                     "pyflannel_masq_resyncs", "Traffic-rule resync passes",

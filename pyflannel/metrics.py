@@ -9,7 +9,23 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["METRICS", "Metrics"]
+__all__ = ["METRICS", "BackendStats", "Metrics"]
+
+
+@dataclass
+class BackendStats:
+    """One backend's counters (each backend object has its own, so tests can run several).
+
+    The daemon's backend publishes its own as :attr:`Metrics.backend`, exported on /metrics.
+    The peer programmer is the one writer of the ``last_snapshot_*`` fields.
+    """
+
+    leases_rejected_total: int = 0
+    device_recreations_total: int = 0
+    resyncs_total: int = 0
+    resync_repairs_total: int = 0
+    last_snapshot_ops: int = 0
+    last_snapshot_apply_seconds: float = 0.0
 
 
 @dataclass
@@ -22,13 +38,14 @@ class Metrics:
     netlink_errors_total: int = 0
     watch_restarts_total: int = 0
     lease_expiration: float | None = None  # UNIX time; None for a reservation
-    last_snapshot_apply_seconds: float = 0.0
     masq_resyncs_total: int = 0
     masq_repairs_total: int = 0
     ready: bool = False
     peers_failing: int = 0
     # Kernel refusals of peer entries by errno name (ENETUNREACH, EBUSY, ...).
     peer_apply_failures: dict[str, int] = field(default_factory=dict)
+    # The running backend's counters (the daemon sets it once the backend is configured).
+    backend: BackendStats = field(default_factory=BackendStats)
 
     def count_peer_failure(self, reason: str) -> None:
         """Count one refused peer operation under ``reason``."""

@@ -7,10 +7,15 @@ from collections.abc import Iterator
 import pytest
 
 from tests.harness.etcd import EtcdServer, start_etcd
-from tests.harness.threads import short_idle_workers
+from tests.harness.threads import send_idle_workers_home
 
-# Idle trio worker threads must not outlive a namespaced test (see tests/harness/threads.py).
-short_idle_workers()
+
+@pytest.fixture(autouse=True)
+def _workers_at_home() -> Iterator[None]:
+    """No test starts with trio worker threads left in another test's network namespace (see
+    tests/harness/threads.py)."""
+    send_idle_workers_home()
+    yield
 
 
 @pytest.fixture

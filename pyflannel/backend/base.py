@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from pyflannel.lease import Lease, LeaseAttrs
+from pyflannel.metrics import BackendStats
 from pyflannel.netlink.ops import IPAddress, IPNetwork
 
 if TYPE_CHECKING:
@@ -78,17 +79,6 @@ class PlanContext:
         return frozenset(idx)
 
 
-@dataclass
-class BackendStats:
-    """Backend counters beyond the shared ``pyflannel.metrics.Metrics`` ones (plain numbers)."""
-
-    leases_rejected_total: int = 0
-    device_recreations_total: int = 0
-    resyncs_total: int = 0
-    resync_repairs_total: int = 0
-    last_snapshot_ops: int = 0
-
-
 class Network(Protocol):
     """A configured data path for our lease; programs peers from snapshots and events."""
 
@@ -100,6 +90,11 @@ class Network(Protocol):
     @property
     def lease(self) -> Lease:
         """Our own lease, as configured."""
+        ...
+
+    @property
+    def stats(self) -> BackendStats:
+        """This backend's counters (exported on /metrics by the daemon)."""
         ...
 
     @property

@@ -225,7 +225,7 @@ class PeerProgrammer:
                 log.warning("backend.snapshot_apply_failed", error=str(exc), action="repair soon")
                 return
             elapsed = time.monotonic() - t0
-        self.metrics.last_snapshot_apply_seconds = elapsed
+        self.stats.last_snapshot_apply_seconds = elapsed
         self.stats.last_snapshot_ops = out.ops
         log.info(
             "backend.snapshot_applied",

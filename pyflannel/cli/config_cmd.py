@@ -43,9 +43,9 @@ from pyflannel.cli.etcd_tool_opts import (
 from pyflannel.errors import ConfigError, FlannelError
 
 if TYPE_CHECKING:
-    from pyflannel.cli.flags import Options
     from pyflannel.config import NetworkConfig
-    from pyflannel.subnet.registry import EtcdRegistry
+    from pyflannel.options import Options
+    from pyflannel.subnet.etcd.registry import EtcdRegistry
 
 __all__ = [
     "EXAMPLE_CONFIG",
@@ -243,7 +243,7 @@ def config_diff(old: str | None, new: str, key: str, source: str) -> str:
 
 
 async def _get_stored(reg: EtcdRegistry) -> str | None:
-    from pyflannel.subnet.registry import ConfigNotFound
+    from pyflannel.subnet.etcd.errors import ConfigNotFound
 
     try:
         return await reg.get_config()

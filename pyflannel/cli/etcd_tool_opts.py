@@ -33,7 +33,7 @@ from pyflannel.cli.flags import FLAGS, Options, env_name, parse_flags
 from pyflannel.errors import ConfigError, FlannelError
 
 if TYPE_CHECKING:
-    from pyflannel.subnet.registry import EtcdRegistry
+    from pyflannel.subnet.etcd.registry import EtcdRegistry
 
 __all__ = [
     "ETCD_FLAGS",
@@ -137,8 +137,8 @@ def options_from(
 
 
 def new_registry(opts: Options, *, timeout: float = TOOL_ETCD_TIMEOUT) -> EtcdRegistry:
-    """An :class:`~pyflannel.subnet.registry.EtcdRegistry` for ``opts`` (no I/O yet)."""
-    from pyflannel.subnet.registry import EtcdRegistry
+    """An :class:`~pyflannel.subnet.etcd.registry.EtcdRegistry` for ``opts`` (no I/O yet)."""
+    from pyflannel.subnet.etcd.registry import EtcdRegistry
 
     return EtcdRegistry(
         opts.etcd_endpoints,
@@ -154,7 +154,7 @@ def new_registry(opts: Options, *, timeout: float = TOOL_ETCD_TIMEOUT) -> EtcdRe
 
 def endpoint_urls(opts: Options) -> list[str]:
     """The ``--etcd-endpoints`` as normalized ``scheme://host:port`` URLs."""
-    from pyflannel.subnet.registry import parse_endpoints
+    from pyflannel.subnet.etcd.endpoints import parse_endpoints
 
     return [e.url for e in parse_endpoints(opts.etcd_endpoints)]
 

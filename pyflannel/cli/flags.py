@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Final, Literal, NamedTuple
+from dataclasses import dataclass, replace
+from typing import Any, Final, Literal
 
 from pyflannel.errors import ConfigError
+from pyflannel.options import Notice, Options
 
 __all__ = [
     "ENV_PREFIX",
@@ -50,53 +51,6 @@ class Flag:
     default: Any
     help: str
     attr: str | None
-
-
-class Notice(NamedTuple):
-    """Something the caller should log once logging is set up (``level`` is a log level)."""
-
-    level: Literal["warning", "error"]
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class Options:
-    """Everything the daemon takes from its command line and ``FLANNELD_*`` environment."""
-
-    etcd_endpoints: tuple[str, ...] = ("http://127.0.0.1:4001", "http://127.0.0.1:2379")
-    etcd_prefix: str = "/coreos.com/network"
-    etcd_keyfile: str = ""
-    etcd_certfile: str = ""
-    etcd_cafile: str = ""
-    etcd_username: str = ""
-    etcd_password: str = ""
-    iface: tuple[str, ...] = ()
-    iface_regex: tuple[str, ...] = ()
-    iface_can_reach: str = ""
-    public_ip: str = ""
-    public_ipv6: str = ""
-    subnet_file: str = "/run/flannel/subnet.env"
-    subnet_lease_renew_margin: int = 60  # minutes
-    ip_masq: bool = False
-    ip_masq_fully_random_disable: bool = False
-    iptables_resync: int = 5  # seconds
-    iptables_forward_rules: bool = True
-    ip_blackhole_route: bool = False
-    healthz_ip: str = "0.0.0.0"
-    healthz_port: int = 0
-    version: bool = False
-    verbosity: int = 0
-    log_format: str = "console"
-    subnet_lease_ttl: int = 86400  # seconds
-    subnet_lease_renew_retry: int = 60  # seconds
-    help: bool = False
-    # Messages for the log: ignored flags, rejected env values, ignored arguments.
-    notices: tuple[Notice, ...] = field(default=(), compare=False)
-
-    @property
-    def etcd_tls(self) -> bool:
-        """flanneld uses TLS only when both the key and the certificate file are given."""
-        return bool(self.etcd_keyfile and self.etcd_certfile)
 
 
 _D = Options()

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from pyflannel.config import NetworkConfig
     from pyflannel.netlink.links import LinkInfo
     from pyflannel.netlink.nlsocket import NetlinkSocket
-    from pyflannel.subnet.registry import EtcdRegistry
+    from pyflannel.subnet.etcd.registry import EtcdRegistry
     from pyflannel.subnet.subnet_env import SubnetEnv
 
 __all__ = [
@@ -841,10 +841,10 @@ async def _rule_differences(
 ) -> list[str]:
     """The traffic manager's own diff of the wanted rules against the kernel (read-only)."""
     from pyflannel.trafficmngr import IptablesManager, NftablesManager, spec_from
-    from pyflannel.trafficmngr._exec import Runner
     from pyflannel.trafficmngr.iptables import IptablesTool
     from pyflannel.trafficmngr.nftables import list_nft_table
     from pyflannel.trafficmngr.plan import diff_iptables, diff_nft
+    from pyflannel.trafficmngr.runner import Runner
 
     spec = spec_from(
         cfg,
@@ -930,7 +930,7 @@ async def load_config(
     )
     from pyflannel.cli.etcd_tool_opts import etcdctl_command
     from pyflannel.errors import ConfigError
-    from pyflannel.subnet.registry import ConfigNotFound
+    from pyflannel.subnet.etcd.errors import ConfigNotFound
 
     key = reg.config_key
     try:

@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 __all__ = [
-    "NetnsPin",
     "create_netns",
     "delete_netns",
     "in_netns",
@@ -48,43 +47,6 @@ def _setns(fd: int) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns(CLONE_NEWNET) failed: {os.strerror(err)}")
-
-
-class NetnsPin:
-    """The network namespace of the thread that created it, to run blocks in later.
-
-    Worker threads are shared process-wide (trio's thread cache) and inherit the namespace of
-    whichever thread spawned them, so a blocking call handed to ``trio.to_thread`` can land in a
-    thread that another ``trio.run`` left inside some other namespace. Objects whose calls open
-    connections (the etcd registry) pin the namespace they were made in. In the daemon every
-    thread shares one namespace and :meth:`entered` costs one ``stat``.
-    """
-
-    def __init__(self) -> None:
-        self._fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        self._ino = os.fstat(self._fd).st_ino
-
-    @contextlib.contextmanager
-    def entered(self) -> Iterator[None]:
-        """Run the ``with`` body in the pinned namespace (a no-op when already there)."""
-        if os.stat("/proc/thread-self/ns/net").st_ino == self._ino:
-            yield
-            return
-        orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(self._fd)
-            try:
-                yield
-            finally:
-                _setns(orig)
-        finally:
-            os.close(orig)
-
-    def close(self) -> None:
-        """Release the namespace handle (idempotent)."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
 
 
 def netns_exists(name: str) -> bool:

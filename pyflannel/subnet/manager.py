@@ -1,7 +1,7 @@
 """The etcd subnet manager: acquire our lease, keep it, and follow the peers' leases.
 
 This is flanneld's ``LocalManager`` + ``CompleteLease`` + ``WatchLeases`` on top of
-:class:`~pyflannel.subnet.registry.EtcdRegistry`. The decisions live in pure modules
+:class:`~pyflannel.subnet.etcd.registry.EtcdRegistry`. The decisions live in pure modules
 (:mod:`~pyflannel.subnet.allocation`, :mod:`~pyflannel.subnet.watch`); this module sequences
 the I/O. Deliberate differences from flanneld:
 
@@ -38,18 +38,19 @@ from pyflannel.lease import Event, EventKind, Lease, LeaseAttrs
 from pyflannel.metrics import METRICS
 from pyflannel.peer_messages import PeerMessage
 from pyflannel.retry import Backoff, FailureLog
-from pyflannel.subnet.allocation import PreviousSubnets, plan_acquisition, previous_subnets
-from pyflannel.subnet.protocols import Registry
-from pyflannel.subnet.registry import (
-    DEFAULT_ENDPOINTS,
-    DEFAULT_PREFIX,
-    DEFAULT_REQUEST_TIMEOUT,
-    EtcdRegistry,
-    Unreadable,
-    WatchBatch,
-    WatchCompacted,
-    WatchStream,
+from pyflannel.subnet.allocation import (
+    PreviousSubnets,
+    is_lease_compatible,
+    leases_of_node,
+    plan_acquisition,
+    previous_subnets,
 )
+from pyflannel.subnet.etcd.endpoints import DEFAULT_ENDPOINTS, DEFAULT_PREFIX
+from pyflannel.subnet.etcd.errors import WatchCompacted
+from pyflannel.subnet.etcd.leases import Unreadable, WatchBatch
+from pyflannel.subnet.etcd.registry import DEFAULT_REQUEST_TIMEOUT, EtcdRegistry
+from pyflannel.subnet.etcd.watch import WatchStream
+from pyflannel.subnet.protocols import Registry
 from pyflannel.subnet.subnet_env import SubnetEnv
 from pyflannel.subnet.watch import PeerFeed
 
@@ -236,6 +237,19 @@ class EtcdSubnetManager:
             await trio.sleep(interval)
 
     # ----------------------------------------------------------------- acquire
+    async def previous_lease(self, config: NetworkConfig, attrs: LeaseAttrs) -> Lease | None:
+        """The lease of this node's public IP in etcd, if any: the one :meth:`acquire_lease`
+        would reuse. Before the backend is prepared, so that a node whose state directory was
+        emptied (a reboot with /run on tmpfs) keeps its VTEP MAC. Best effort: ``None`` when
+        etcd cannot be read (acquire_lease reports that)."""
+        try:
+            leases, _ = await self._registry.list_leases(with_ttl=False)
+        except RegistryError as exc:
+            log.info("previous lease unknown", error=str(exc))
+            return None
+        own = [x for x in leases_of_node(config, leases, attrs) if is_lease_compatible(config, x)]
+        return own[0] if own else None
+
     async def acquire_lease(
         self,
         config: NetworkConfig,

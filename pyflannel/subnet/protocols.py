@@ -1,5 +1,5 @@
 """The seams of the subnet package: what the daemon needs from a subnet manager, and what the
-manager needs from lease storage. :class:`~pyflannel.subnet.registry.EtcdRegistry` and
+manager needs from lease storage. :class:`~pyflannel.subnet.etcd.registry.EtcdRegistry` and
 :class:`~pyflannel.subnet.manager.EtcdSubnetManager` are the implementations.
 """
 
@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     import trio
 
     from pyflannel.subnet.allocation import PreviousSubnets
-    from pyflannel.subnet.registry import CreateResult, WatchStream
+    from pyflannel.subnet.etcd.leases import CreateResult
+    from pyflannel.subnet.etcd.watch import WatchStream
     from pyflannel.subnet.subnet_env import SubnetEnv
 
 __all__ = ["Registry", "SubnetManager"]

@@ -23,8 +23,8 @@ import trio
 
 from pyflannel.errors import NetlinkError, TrafficRuleError
 from pyflannel.retry import FailureLog
-from pyflannel.trafficmngr._exec import Runner
 from pyflannel.trafficmngr.rules import IPNetwork, PreviousNetworks, TrafficSpec
+from pyflannel.trafficmngr.runner import Runner
 
 __all__ = [
     "BlackholeOutcome",

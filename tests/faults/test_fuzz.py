@@ -50,7 +50,8 @@ from pyflannel.netlink.ops import (
     RouteReplace,
 )
 from pyflannel.subnet.allocation import PreviousSubnets, plan_acquisition
-from pyflannel.subnet.registry import EtcdRegistry
+from pyflannel.subnet.etcd.client import KeyValue
+from pyflannel.subnet.etcd.leases import decode_lease
 from pyflannel.subnet.subnet_env import render_subnet_env, subnet_env_for
 from pyflannel.subnet.watch import PeerFeed
 
@@ -61,10 +62,6 @@ PREFIX = "/coreos.com/network"
 DEV, EXT = 7, 2
 OWN_MAC = "0a:00:00:00:00:aa"
 OWN_IP = ipaddress.IPv4Address("198.51.100.1")
-
-# One registry, never connected: only its decoder (the code every etcd key/value goes through,
-# size and UTF-8 checks included) is used.
-_REGISTRY = EtcdRegistry("http://127.0.0.1:9", PREFIX)
 
 FUZZ = settings(
     max_examples=200,
@@ -242,7 +239,7 @@ def decode(kvs: list[tuple[bytes, bytes, int, bool]]) -> list[tuple[bool, Lease]
     """Raw key-values through the registry decoder; (is_put, lease) for what it accepts."""
     out = []
     for key, value, lease_id, is_put in kvs:
-        lease = _REGISTRY._decode(key, value, lease_id, 1, None if lease_id == 0 else 1e12)
+        lease = decode_lease(KeyValue(key, value, lease_id, 1, 0), None if lease_id == 0 else 1e12)
         if lease is not None:
             out.append((is_put, lease))
     return out

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from pyflannel.iface import ExternalInterface
 from pyflannel.netlink.nsenter import create_netns, delete_netns, run_in_netns
-from tests.harness.threads import forget_foreign_worker_threads
+from tests.harness.threads import send_idle_workers_home
 
 __all__ = ["Node", "Nodes", "bridge", "bridge_json", "ip", "ip_json", "make_nodes", "ping"]
 
@@ -120,7 +120,8 @@ class Node:
         try:
             return run_in_netns(self.ns, fn, *args)
         finally:
-            forget_foreign_worker_threads()
+            # Worker threads trio spawned in there stay in there (tests/harness/threads.py).
+            send_idle_workers_home()
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,9 @@ from typing import Any
 
 from pyflannel.errors import EtcdUnavailable
 from pyflannel.lease import Lease, LeaseAttrs
-from pyflannel.subnet.registry import CreateResult, EtcdRegistry, WatchStream
+from pyflannel.subnet.etcd.leases import CreateResult
+from pyflannel.subnet.etcd.registry import EtcdRegistry
+from pyflannel.subnet.etcd.watch import WatchStream
 
 __all__ = ["FaultyRegistry"]
 

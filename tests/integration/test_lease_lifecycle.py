@@ -20,8 +20,6 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
-import pyetcd
-import pyetcd.exceptions as pexc
 import pytest
 import trio
 from structlog.testing import capture_logs
@@ -30,9 +28,11 @@ from pyflannel.config import parse_network_config
 from pyflannel.errors import EtcdUnavailable, LeaseLost
 from pyflannel.lease import EventKind, Lease, LeaseAttrs, decode_attrs, encode_attrs
 from pyflannel.subnet import manager as manager_module
+from pyflannel.subnet.etcd.client import EtcdClient
+from pyflannel.subnet.etcd.errors import EtcdFailure
+from pyflannel.subnet.etcd.registry import EtcdRegistry
 from pyflannel.subnet.manager import EtcdSubnetManager
 from pyflannel.subnet.protocols import Registry
-from pyflannel.subnet.registry import EtcdRegistry
 from tests.harness.etcd import EtcdServer
 from tests.harness.faulty_registry import FaultyRegistry
 from tests.integration.test_manager import kv, new_prefix
@@ -50,15 +50,15 @@ OTHER = LeaseAttrs(public_ip=ipaddress.IPv4Address("198.51.100.20"), backend_typ
 
 
 def transactions_time_out_after_applying(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every pyetcd transaction is applied, then reports DEADLINE_EXCEEDED (each failover
-    retry too): a reply lost after etcd committed the write."""
-    real = pyetcd.MultiEndpointEtcd3Client.transaction
+    """Every transaction is applied, then reports DEADLINE_EXCEEDED (each failover retry too):
+    a reply lost after etcd committed the write."""
+    real = EtcdClient.txn
 
-    def applied_then_timeout(self: Any, *args: Any, **kw: Any) -> Any:
+    def applied_then_timeout(self: EtcdClient, *args: Any, **kw: Any) -> Any:
         real(self, *args, **kw)
-        raise pexc.ConnectionTimeoutError()
+        raise EtcdFailure("connection", "DEADLINE_EXCEEDED", "injected: reply lost")
 
-    monkeypatch.setattr(pyetcd.MultiEndpointEtcd3Client, "transaction", applied_then_timeout)
+    monkeypatch.setattr(EtcdClient, "txn", applied_then_timeout)
 
 
 def ttl_left(etcd: EtcdServer, lease_id: int) -> int:
@@ -182,9 +182,9 @@ async def test_lost_reply_when_read_back_fails_leaves_the_lease_to_expire(
         transactions_time_out_after_applying(monkeypatch)
 
         def unreachable(self: Any, *args: Any, **kw: Any) -> Any:
-            raise pexc.ConnectionFailedError()
+            raise EtcdFailure("connection", "UNAVAILABLE", "injected: unreachable")
 
-        monkeypatch.setattr(pyetcd.MultiEndpointEtcd3Client, "get_response", unreachable)
+        monkeypatch.setattr(EtcdClient, "range", unreachable)
         with pytest.raises(EtcdUnavailable):
             await reg.put_lease(sn, None, ME, 60, if_mod_revision=created.lease.mod_revision)
         monkeypatch.undo()

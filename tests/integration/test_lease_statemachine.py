@@ -39,8 +39,8 @@ from pyflannel.lease import (
     encode_attrs,
     parse_subnet_key,
 )
+from pyflannel.subnet.etcd.registry import EtcdRegistry
 from pyflannel.subnet.manager import EtcdSubnetManager
-from pyflannel.subnet.registry import EtcdRegistry
 from tests.harness.etcd import EtcdServer, start_etcd
 from tests.harness.faulty_registry import FaultyRegistry
 

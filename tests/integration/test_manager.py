@@ -18,8 +18,8 @@ from structlog.testing import capture_logs
 from pyflannel.config import parse_network_config
 from pyflannel.errors import LeaseLost, OutOfSubnets
 from pyflannel.lease import Lease, LeaseAttrs, decode_attrs, encode_attrs
+from pyflannel.subnet.etcd.errors import ConfigNotFound
 from pyflannel.subnet.manager import EtcdSubnetManager
-from pyflannel.subnet.registry import ConfigNotFound
 from pyflannel.subnet.subnet_env import SubnetEnv
 from tests.harness.etcd import EtcdServer
 
@@ -125,6 +125,24 @@ async def test_reuses_the_lease_of_our_public_ip(etcd: EtcdServer) -> None:
     assert decode_attrs(stored["value"]) == ME, "the new VtepMAC replaces the old one"
     assert stored["lease"] == lease.etcd_lease_id and lease.etcd_lease_id != old_id
     assert len(subnet_keys(etcd, prefix)) == 2
+
+
+async def test_previous_lease_of_our_public_ip_is_found_before_acquiring(etcd: EtcdServer) -> None:
+    """The daemon reads it before preparing the backend: its VtepMAC survives an emptied /run."""
+    prefix = new_prefix()
+    old_attrs = LeaseAttrs(
+        public_ip=ME.public_ip,
+        backend_type="vxlan",
+        backend_data={"VNI": 1, "VtepMAC": "0a:00:00:00:00:33"},
+    )
+    put_with_lease(etcd, f"{prefix}/subnets/10.5.33.0-24", encode_attrs(old_attrs))
+    put_with_lease(etcd, f"{prefix}/subnets/10.5.34.0-24", encode_attrs(node(20)))
+    put_with_lease(etcd, f"{prefix}/subnets/10.9.35.0-24", encode_attrs(old_attrs))  # outside
+    async with manager(etcd, prefix) as mgr:
+        found = await mgr.previous_lease(CFG, ME)
+        assert found is not None and found.subnet == V4("10.5.33.0/24")
+        assert found.attrs.backend_data == old_attrs.backend_data
+        assert await mgr.previous_lease(CFG, node(21)) is None
 
 
 async def test_incompatible_lease_of_our_ip_is_deleted(etcd: EtcdServer) -> None:

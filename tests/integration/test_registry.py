@@ -17,13 +17,9 @@ from structlog.testing import capture_logs
 
 from pyflannel.errors import ConfigError, EtcdAuthError, EtcdUnavailable, FlannelError
 from pyflannel.lease import EventKind, LeaseAttrs, encode_attrs
-from pyflannel.subnet.registry import (
-    ConfigNotFound,
-    EndpointSpec,
-    EtcdRegistry,
-    WatchCompacted,
-    parse_endpoints,
-)
+from pyflannel.subnet.etcd.endpoints import EndpointSpec, parse_endpoints
+from pyflannel.subnet.etcd.errors import ConfigNotFound, WatchCompacted
+from pyflannel.subnet.etcd.registry import EtcdRegistry
 from tests.harness.etcd import EtcdServer, free_port, start_etcd
 from tests.harness.etcd_cluster import EtcdCluster
 from tests.harness.etcd_tls import EtcdTLS
@@ -303,9 +299,9 @@ async def test_cluster_member_in_use_killed(etcd_cluster: EtcdCluster) -> None:
     prefix = new_prefix()
     async with EtcdRegistry(etcd_cluster.endpoints, prefix, request_timeout=3) as reg:
         assert (await reg.create_lease(V4("10.5.1.0/24"), None, ME, 60)).ok
-        client = reg._client
+        client = reg.session.client
         assert client is not None
-        in_use = client.endpoint_in_use.netloc
+        in_use = client.endpoint_in_use
         victim = next(m for m in etcd_cluster if m.client_url.endswith(in_use))
         await trio.to_thread.run_sync(victim.kill)
         with trio.fail_after(20):

@@ -226,8 +226,9 @@ async def test_watch_survives_losing_the_member_in_use(etcd_cluster: EtcdCluster
     ) as mgr:
         own = await mgr.acquire_lease(CFG, ME, None)
         async with watching(mgr, own) as c:
-            client = mgr.registry._client  # type: ignore[attr-defined]
-            in_use = client.endpoint_in_use.netloc
+            client = mgr.registry.session.client  # type: ignore[attr-defined]
+            assert client is not None
+            in_use = client.endpoint_in_use
             victim = next(m for m in etcd_cluster if m.client_url.endswith(in_use))
             survivor = next(m for m in etcd_cluster if m is not victim)
             await trio.to_thread.run_sync(victim.kill)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 
 from pyflannel.health import answer, serve_health
-from pyflannel.metrics import Metrics
+from pyflannel.metrics import BackendStats, Metrics
 
 
 def test_healthz_and_readyz_follow_flanneld() -> None:
@@ -27,6 +27,18 @@ def test_metrics_series_and_values() -> None:
     assert "pyflannel_netlink_operations_total 6.0" in body
     assert "pyflannel_masq_resyncs_total 4.0" in body
     assert "pyflannel_lease_expires_in_seconds +Inf" in body
+
+
+def test_metrics_export_the_running_backends_stats() -> None:
+    m = Metrics()
+    m.backend = BackendStats(
+        leases_rejected_total=2, device_recreations_total=1, last_snapshot_apply_seconds=0.5
+    )
+    body = answer("/metrics", m).split(b"\r\n\r\n", 1)[1].decode()
+    assert "pyflannel_leases_rejected_total 2.0" in body
+    assert "pyflannel_device_recreations_total 1.0" in body
+    assert "pyflannel_last_snapshot_apply_seconds 0.5" in body
+    assert "pyflannel_backend_resyncs_total 0.0" in body
 
 
 async def test_server_serves_over_tcp() -> None:

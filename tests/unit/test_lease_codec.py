@@ -10,6 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from pyflannel.lease import (
+    Lease,
     LeaseAttrs,
     LeaseDecodeError,
     decode_attrs,
@@ -17,7 +18,8 @@ from pyflannel.lease import (
     make_subnet_key,
     parse_subnet_key,
 )
-from pyflannel.subnet.registry import MAX_LEASE_VALUE_BYTES, EtcdRegistry
+from pyflannel.subnet.etcd.client import KeyValue
+from pyflannel.subnet.etcd.leases import MAX_LEASE_VALUE_BYTES, decode_lease
 
 V4 = ipaddress.IPv4Network
 V6 = ipaddress.IPv6Network
@@ -163,20 +165,21 @@ def test_key_regex_rejects(key: str) -> None:
 # --------------------------------------------------------------------------- registry decoding
 
 
-@pytest.fixture
-def registry() -> EtcdRegistry:
-    return EtcdRegistry("http://127.0.0.1:1", "/coreos.com/network")  # no I/O until used
+def _decode(
+    key: bytes, value: bytes, lease_id: int, mod_revision: int, exp: float | None
+) -> Lease | None:
+    return decode_lease(KeyValue(key, value, lease_id, mod_revision, 0), exp)
 
 
-def test_registry_decodes_docs_value(registry: EtcdRegistry) -> None:
+def test_registry_decodes_docs_value() -> None:
     key = b"/coreos.com/network/subnets/10.5.52.0-24"
-    lease = registry._decode(key, DOC_VALUE.encode(), 0x1234, 9, 1000.0)
+    lease = _decode(key, DOC_VALUE.encode(), 0x1234, 9, 1000.0)
     assert lease is not None
     assert lease.subnet == V4("10.5.52.0/24")
     assert lease.attrs.backend_data == {"VNI": 1, "VtepMAC": "c6:d2:32:6f:8f:44"}
     assert (lease.etcd_lease_id, lease.mod_revision, lease.expiration) == (0x1234, 9, 1000.0)
     assert not lease.is_reservation
-    reservation = registry._decode(key, DOC_VALUE.encode(), 0, 9, None)
+    reservation = _decode(key, DOC_VALUE.encode(), 0, 9, None)
     assert reservation is not None and reservation.is_reservation
 
 
@@ -193,11 +196,9 @@ def test_registry_decodes_docs_value(registry: EtcdRegistry) -> None:
         ),
     ],
 )
-def test_registry_skips_bad_leases_with_a_warning(
-    registry: EtcdRegistry, key: bytes, value: bytes, needle: str
-) -> None:
+def test_registry_skips_bad_leases_with_a_warning(key: bytes, value: bytes, needle: str) -> None:
     with capture_logs() as logs:
-        assert registry._decode(key, value, 1, 1, None) is None
+        assert _decode(key, value, 1, 1, None) is None
     warnings = [e for e in logs if e["log_level"] == "warning"]
     assert len(warnings) == 1
     assert needle in str(warnings[0]["key"])

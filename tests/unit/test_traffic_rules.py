@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from pyflannel.errors import TrafficRuleError
 from pyflannel.trafficmngr import spec_from
-from pyflannel.trafficmngr._exec import hint_for, parse_version
 from pyflannel.trafficmngr.iptables import IptablesCaps, check_br_netfilter
 from pyflannel.trafficmngr.plan import (
     diff_iptables,
@@ -40,6 +39,7 @@ from pyflannel.trafficmngr.rules import (
     nft_table,
     save_quote,
 )
+from pyflannel.trafficmngr.runner import hint_for, parse_version
 
 N4 = ipaddress.IPv4Network("10.5.0.0/16")
 P4 = ipaddress.IPv4Network("10.5.72.0/24")

@@ -1,0 +1,70 @@
+"""The hazard tests/harness/threads.py handles, and that the harness handles it.
+
+trio's worker threads are shared process-wide and inherit the network namespace of the thread
+that spawned them, so a ``trio.run`` inside a node namespace leaves idle workers there.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import threading
+from collections.abc import Iterator
+
+import pytest
+import trio
+
+from pyflannel.netlink.nsenter import run_in_netns
+from tests.harness.threads import netns_inode, send_idle_workers_home
+
+pytestmark = pytest.mark.root
+
+WORKERS = 4
+
+
+@pytest.fixture
+def foreign_ns() -> Iterator[str]:
+    name = f"pfwk{secrets.token_hex(2)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+async def _worker_namespaces(n: int) -> set[int]:
+    """The namespaces of ``n`` worker threads busy at the same time (so ``n`` distinct ones)."""
+    barrier = threading.Barrier(n)
+    seen: list[int] = []
+
+    def job() -> None:
+        seen.append(netns_inode())
+        barrier.wait(timeout=10)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(n):
+            nursery.start_soon(trio.to_thread.run_sync, job)
+    return set(seen)
+
+
+def _occupy_many_workers() -> set[int]:
+    # More workers than can be idle: some are spawned here, inside the namespace.
+    busy = sum(1 for t in threading.enumerate() if t.name.startswith("Trio thread")) + WORKERS
+    return trio.run(_worker_namespaces, busy)
+
+
+def test_workers_spawned_in_a_namespace_stay_there(foreign_ns: str) -> None:
+    home = netns_inode()
+    inside = run_in_netns(foreign_ns, _occupy_many_workers)
+    assert inside - {home}, "workers spawned inside the namespace live there"
+    # ...and without the harness, a later to_thread call could land in one of them.
+    assert send_idle_workers_home() >= 1
+
+
+def test_harness_sends_idle_workers_home(foreign_ns: str) -> None:
+    home = netns_inode()
+    run_in_netns(foreign_ns, _occupy_many_workers)
+    send_idle_workers_home()
+    idle = sum(1 for t in threading.enumerate() if t.name.startswith("Trio thread"))
+    assert trio.run(_worker_namespaces, idle + 1) == {home}
+    assert send_idle_workers_home() == 0
