@@ -29,12 +29,34 @@ if TYPE_CHECKING:
     from pyflannel.config import NetworkConfig
     from pyflannel.iface import ExternalInterface
 
-__all__ = ["HostGwBackend", "HostGwNetwork"]
+__all__ = ["HostGwBackend", "HostGwNetwork", "plan_context"]
 
 _NAT_MESSAGE = (
     "your PublicIP differs from interface IP, meaning that probably you're on a NAT, which is "
     "not supported by host-gw backend"
 )
+
+
+def plan_context(
+    family: Family,
+    *,
+    network: IPNetwork,
+    own_subnet: IPNetwork,
+    public_ip: IPAddress,
+    ext_index: int,
+    underlay: IPNetwork | None = None,
+) -> PlanContext:
+    """What the planner needs to route peers via their public IPs on ``ext_index``."""
+    return PlanContext(
+        family=family,
+        backend_type=HostGwBackend.backend_type,
+        network=network,
+        own_subnet=own_subnet,
+        own_public_ip=public_ip,
+        dev_index=ext_index,
+        ext_index=ext_index,
+        underlay=underlay,
+    )
 
 
 class HostGwBackend:
@@ -106,13 +128,11 @@ class HostGwBackend:
                     hint="delete the lease in etcd so that a dual-stack one is allocated",
                 )
             contexts.append(
-                PlanContext(
-                    family=family,
-                    backend_type=self.backend_type,
+                plan_context(
+                    family,
                     network=network,
                     own_subnet=own,
-                    own_public_ip=public,
-                    dev_index=ext.index,
+                    public_ip=public,
                     ext_index=ext.index,
                     underlay=ext.ipv4_network if family == 4 else ext.ipv6_network,
                 )

@@ -32,7 +32,7 @@ import structlog
 import trio
 
 from pyflannel.backend.base import BackendStats, Family, PlanContext
-from pyflannel.backend.kernel import PeerKernel
+from pyflannel.backend.kernel import PeerKernel, direct_oif, read_kernel
 from pyflannel.backend.plan import (
     Plan,
     ProgrammedState,
@@ -498,7 +498,7 @@ class PeerProgrammer:
         for le in leases:
             ip = self._public_ip(le, fam.ctx.family)
             if ip is not None and ip not in fam.direct and not ip.is_unspecified:
-                fam.direct[ip] = _direct_oif(kernel, ip, fam.ctx)
+                fam.direct[ip] = direct_oif(kernel, ip, fam.ctx)
         routes = {ip: oif for ip, oif in fam.direct.items() if oif is not None}
         return replace(fam.ctx, direct_routes=routes)
 
@@ -506,16 +506,13 @@ class PeerProgrammer:
         self, kernel: PeerKernel, fam: _Family, leases: list[Lease]
     ) -> tuple[Plan, list[OpFailure]]:
         ctx = self._direct_ctx(kernel, fam, leases, refresh=True)
-        family = self._family_code(fam)
-        routes = kernel.routes(family)
-        neighs = kernel.neighbours(ctx.dev_index, family) if ctx.is_vxlan else []
-        fdb = kernel.fdb(ctx.dev_index) if ctx.is_vxlan else []
+        view = read_kernel(kernel, ctx)
         # The plan rebuilds the state from the leases and the dumps; dropping the old one first
         # keeps two full states (~1.4 KB a peer each) from being alive at once. Nothing can plan
         # against the empty one meanwhile (the caller holds the lock); should planning fail,
         # the repair reconcile that follows rebuilds it.
         fam.state = ProgrammedState()
-        plan = plan_reconcile(leases, routes, neighs, fdb, ctx)
+        plan = plan_reconcile(leases, view.routes, view.neighbours, view.fdb, ctx)
         fam.state = plan.state
         return plan, self._apply(kernel, plan.ops)
 
@@ -572,20 +569,6 @@ class PeerProgrammer:
         self._warned.add(key)
         self.stats.leases_rejected_total += 1
         log.warning("backend.lease_rejected", reason=rej.reason)
-
-
-def _direct_oif(kernel: PeerKernel, ip: IPAddress, ctx: PlanContext) -> int | None:
-    # flanneld: DirectRouting when `ip route get <PublicIP>` gives one route, no gateway.
-    try:
-        found = kernel.route_get(ip)
-    except NetlinkError as exc:
-        log.debug("backend.route_get_failed", ip=str(ip), error=str(exc))
-        return None
-    if found is None or found.gw is not None or found.local or found.ifindex == 0:
-        return None
-    if found.ifindex == ctx.dev_index:
-        return None
-    return found.ifindex
 
 
 def _node_addresses(kernel: PeerKernel, families: list[int]) -> frozenset[tuple[int, IPInterface]]:

@@ -42,6 +42,7 @@ import os
 import socket
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, NoReturn
 
@@ -74,6 +75,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ENCAP_OVERHEAD",
     "TUN_NAME_PATTERN",
+    "TunState",
     "UdpBackend",
     "UdpNetwork",
     "configure_tun",
@@ -81,8 +83,11 @@ __all__ = [
     "icmp_source",
     "open_tun",
     "open_udp_socket",
+    "plan_context",
     "plan_table",
+    "read_tun",
     "reconcile_tun",
+    "tun_mtu",
 ]
 
 log = structlog.get_logger(__name__)
@@ -354,6 +359,63 @@ def ensure_network_route(nl: NetlinkSocket, ifindex: int, network: ipaddress.IPv
     nl.request(nlc.RTM_NEWROUTE, nlc.NLM_F_CREATE | nlc.NLM_F_REPLACE, body, what=what)
 
 
+def tun_mtu(ext_mtu: int) -> int:
+    """The TUN's MTU and ``FLANNEL_MTU``: the external MTU minus 28."""
+    return ext_mtu - ENCAP_OVERHEAD
+
+
+def plan_context(
+    *,
+    network: ipaddress.IPv4Network,
+    own_subnet: ipaddress.IPv4Network,
+    public_ip: ipaddress.IPv4Address,
+    dev_index: int,
+    ext_index: int,
+) -> PlanContext:
+    """What lease validation needs (udp peers carry no BackendType, IPv4 only)."""
+    return PlanContext(
+        family=4,
+        backend_type=UdpBackend.lease_backend_type,
+        network=network,
+        own_subnet=own_subnet,
+        own_public_ip=public_ip,
+        dev_index=dev_index,
+        ext_index=ext_index,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TunState:
+    """The TUN as the kernel has it, against what :func:`configure_tun` sets up."""
+
+    up: bool
+    mtu: int
+    has_address: bool
+    """Our subnet's network address /32 is on the device."""
+    has_route: bool
+    """The Network's route goes through the device (no gateway)."""
+
+
+def read_tun(
+    nl: NetlinkSocket,
+    ifindex: int,
+    subnet: ipaddress.IPv4Network,
+    network: ipaddress.IPv4Network,
+) -> TunState | None:
+    """The TUN's state (read-only); None when the device is gone."""
+    link = get_link(nl, ifindex)
+    if link is None:
+        return None
+    want = ipaddress.IPv4Interface((subnet.network_address, 32))
+    routes = dump_routes(nl, ifindex)
+    return TunState(
+        up=link.up,
+        mtu=link.mtu,
+        has_address=want in list_addresses(nl, ifindex),
+        has_route=any(r.dst == network and r.gw is None for r in routes),
+    )
+
+
 def reconcile_tun(
     nl: NetlinkSocket,
     ifindex: int,
@@ -369,23 +431,23 @@ def reconcile_tun(
     nothing (and triggers no notification). A device that is gone or was replaced is left to
     the forwarder, which re-creates it (:meth:`UdpNetwork.run`); the result is then empty.
     """
-    link = get_link(nl, ifindex)
-    if link is None:
+    state = read_tun(nl, ifindex, subnet, network)
+    if state is None:
         return []
     repaired: list[str] = []
-    if not link.up:
+    if not state.up:
         # first: the kernel refuses a route through a device that is down
         set_link_up(nl, ifindex)
         repaired.append("link set up")
-    if link.mtu != mtu:
+    if state.mtu != mtu:
         set_link_mtu(nl, ifindex, mtu)
-        repaired.append(f"mtu {link.mtu} -> {mtu}")
-    want = ipaddress.IPv4Interface((subnet.network_address, 32))
-    if want not in list_addresses(nl, ifindex):
+        repaired.append(f"mtu {state.mtu} -> {mtu}")
+    if not state.has_address:
+        want = ipaddress.IPv4Interface((subnet.network_address, 32))
         ensure_address(nl, ifindex, want, stale_within=network)
         repaired.append(f"address {want}")
-    routes = dump_routes(nl, ifindex)
-    if not any(r.dst == network and r.gw is None for r in routes):
+    if not state.has_route:
+        # read before the link was set up: a down link had lost the route anyway
         ensure_network_route(nl, ifindex, network)
         repaired.append(f"route {network}")
     return repaired

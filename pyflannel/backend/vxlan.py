@@ -64,7 +64,17 @@ if TYPE_CHECKING:
     from pyflannel.config import NetworkConfig
     from pyflannel.iface import ExternalInterface
 
-__all__ = ["ENCAP_OVERHEAD", "ENCAP_OVERHEAD_V6", "VxlanBackend", "VxlanNetwork"]
+__all__ = [
+    "ENCAP_OVERHEAD",
+    "ENCAP_OVERHEAD_V6",
+    "VxlanBackend",
+    "VxlanNetwork",
+    "device_mtu",
+    "device_name",
+    "encap_overhead",
+    "flannel_mtu",
+    "plan_context",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -78,6 +88,52 @@ _RECREATE_BACKOFF_MIN = 1.0
 _RECREATE_BACKOFF_MAX = 30.0
 _DEVICE_CHECK_INTERVAL = 10.0  # besides link notifications: the device's address
 _ALL_V6 = ipaddress.IPv6Network("::/0")
+
+
+def device_name(family: Family, vni: int) -> str:
+    """The device of one family: ``flannel.<VNI>`` or ``flannel-v6.<VNI>`` (flanneld's names)."""
+    return f"flannel.{vni}" if family == 4 else f"flannel-v6.{vni}"
+
+
+def encap_overhead(family: Family) -> int:
+    """Bytes of encapsulation over an IPv4 (50) or IPv6 (70) underlay."""
+    return ENCAP_OVERHEAD if family == 4 else ENCAP_OVERHEAD_V6
+
+
+def device_mtu(underlay_mtu: int, family: Family) -> int:
+    """The MTU of one family's device: the underlay MTU minus that family's overhead."""
+    return underlay_mtu - encap_overhead(family)
+
+
+def flannel_mtu(underlay_mtu: int, *, ipv6: bool) -> int:
+    """``FLANNEL_MTU``: the underlay MTU minus 50, minus 70 when IPv6 is enabled (the smaller
+    device's MTU, so that pods' packets fit either device)."""
+    return device_mtu(underlay_mtu, 6 if ipv6 else 4)
+
+
+def plan_context(
+    family: Family,
+    *,
+    network: IPNetwork,
+    own_subnet: IPNetwork,
+    public_ip: IPAddress,
+    dev_index: int,
+    ext_index: int,
+    own_mac: str | None,
+    underlay: IPNetwork | None = None,
+) -> PlanContext:
+    """What the planner needs to program vxlan peers on the device ``dev_index``."""
+    return PlanContext(
+        family=family,
+        backend_type=VxlanBackend.backend_type,
+        network=network,
+        own_subnet=own_subnet,
+        own_public_ip=public_ip,
+        dev_index=dev_index,
+        ext_index=ext_index,
+        own_mac=own_mac,
+        underlay=underlay,
+    )
 
 
 @dataclass
@@ -149,8 +205,8 @@ class VxlanBackend:
         underlay_mtu = opts.mtu or ext_iface.mtu
         # flanneld uses MTU - 50 for both devices; the kernel caps an IPv6-underlay device at
         # MTU - 70, so that one gets - 70 and FLANNEL_MTU is the smaller of the two.
-        overhead = ENCAP_OVERHEAD_V6 if config.enable_ipv6 else ENCAP_OVERHEAD
-        self._mtu = underlay_mtu - overhead
+        overhead = underlay_mtu - flannel_mtu(underlay_mtu, ipv6=config.enable_ipv6)
+        self._mtu = flannel_mtu(underlay_mtu, ipv6=config.enable_ipv6)
         if self._mtu < 68:
             raise ConfigError(
                 f"vxlan MTU {self._mtu} (underlay MTU {underlay_mtu} - {overhead}) is too small",
@@ -160,10 +216,11 @@ class VxlanBackend:
         v6: Family = 6
         wanted: list[tuple[Family, str, IPNetwork | None, IPAddress | None]] = []
         if config.enable_ipv4:
-            wanted.append((v4, f"flannel.{opts.vni}", config.network, ext_iface.public_ip))
+            wanted.append((v4, device_name(v4, opts.vni), config.network, ext_iface.public_ip))
         if config.enable_ipv6:
-            name6 = f"flannel-v6.{opts.vni}"
-            wanted.append((v6, name6, config.ipv6_network, ext_iface.public_ipv6))
+            wanted.append(
+                (v6, device_name(v6, opts.vni), config.ipv6_network, ext_iface.public_ipv6)
+            )
         self._devices = []
         for family, name, network, public in wanted:
             assert network is not None  # parse_network_config guarantees it for enabled stacks
@@ -186,7 +243,7 @@ class VxlanBackend:
                 port=opts.port,
                 gbp=opts.gbp,
                 learning=opts.learning,
-                mtu=underlay_mtu - (ENCAP_OVERHEAD if family == 4 else ENCAP_OVERHEAD_V6),
+                mtu=device_mtu(underlay_mtu, family),
             )
             dev = _Device(family, spec, network, public)
             self._ensure_device(dev, mac_path(state_dir, opts.vni, family))
@@ -251,12 +308,11 @@ class VxlanBackend:
 
     def _context(self, dev: _Device, own: IPNetwork) -> PlanContext:
         assert self._ext is not None
-        return PlanContext(
-            family=dev.family,
-            backend_type=self.backend_type,
+        return plan_context(
+            dev.family,
             network=dev.network,
             own_subnet=own,
-            own_public_ip=dev.public_ip,
+            public_ip=dev.public_ip,
             dev_index=dev.ifindex,
             ext_index=dev.spec.vtep_ifindex,
             own_mac=dev.mac,
