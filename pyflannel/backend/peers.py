@@ -40,7 +40,7 @@ from pyflannel.backend.plan import (
     plan_events,
     plan_reconcile,
 )
-from pyflannel.backend.validate import Rejection
+from pyflannel.backend.rejections import RejectionLog
 from pyflannel.backend.wanted import Failing, WantedPeers
 from pyflannel.errors import NetlinkError
 from pyflannel.lease import Event, EventKind, Lease
@@ -153,7 +153,6 @@ class PeerProgrammer:
         self._requested = False
         self._dirty = False
         self._signal = trio.Event()
-        self._warned: set[tuple[str, str]] = set()
         # The node's addresses when the current quarantines were decided (see _settle).
         self._node_addresses: frozenset[tuple[int, IPInterface]] | None = None
         # A periodic resync is skipped while the wanted set's generation equals the one of the
@@ -161,6 +160,7 @@ class PeerProgrammer:
         self._clean_generation: int | None = None
         self.metrics = metrics if metrics is not None else METRICS
         self.stats = stats if stats is not None else BackendStats()
+        self._rejections = RejectionLog(self.stats)
 
     # --- read-only views -----------------------------------------------------------------
 
@@ -540,7 +540,7 @@ class PeerProgrammer:
     def _log_plan(self, fam: _Family, plan: Plan, failures: list[OpFailure], reason: str) -> None:
         self.metrics.peers_programmed = self.peers_programmed
         for lease, rej in plan.rejected:
-            self._log_rejection(lease, rej)
+            self._rejections.note(lease, rej)
         shown = [f for f in failures if not is_permanent(f)][:_MAX_FAILURE_LOGS]
         for f in shown:
             log.warning("backend.netlink_op_failed", family=fam.ctx.family, error=f.message())
@@ -560,15 +560,6 @@ class PeerProgrammer:
                 ops=len(plan.ops),
                 failed=len(failures),
             )
-
-    def _log_rejection(self, lease: Lease, rej: Rejection) -> None:
-        key = (lease.key_suffix, rej.reason)
-        if rej.benign or key in self._warned:
-            log.debug("backend.lease_ignored", reason=rej.reason)
-            return
-        self._warned.add(key)
-        self.stats.leases_rejected_total += 1
-        log.warning("backend.lease_rejected", reason=rej.reason)
 
 
 def _node_addresses(kernel: PeerKernel, families: list[int]) -> frozenset[tuple[int, IPInterface]]:

@@ -332,9 +332,9 @@ def test_udp_socket_is_bound_to_the_interface_address(nodes: Nodes, tmp_path: Pa
         attrs = n0.run(trio.run, be.prepare, CFG, n0.ext_iface(public_ip="203.0.113.5"),
                        tmp_path)  # fmt: skip
         assert attrs.public_ip == ipaddress.IPv4Address("203.0.113.5")
-        assert be._sock is not None
-        assert be._sock.getsockname() == ("198.51.100.11", 8285)
-        assert be._sock.type == socket.SOCK_DGRAM
+        assert be.prepared is not None
+        assert be.prepared.sock.getsockname() == ("198.51.100.11", 8285)
+        assert be.prepared.sock.type == socket.SOCK_DGRAM
     finally:
         be.close()
 
