@@ -84,6 +84,7 @@ __all__ = [
     "configure_tun",
     "ensure_network_route",
     "icmp_source",
+    "is_tun_name",
     "open_tun",
     "open_udp_socket",
     "plan_context",
@@ -398,6 +399,12 @@ def ensure_network_route(nl: NetlinkSocket, ifindex: int, network: ipaddress.IPv
         reason="another route for the Network existed; the overlay needs it through the TUN",
     )
     nl.request(nlc.RTM_NEWROUTE, nlc.NLM_F_CREATE | nlc.NLM_F_REPLACE, body, what=what)
+
+
+def is_tun_name(name: str) -> bool:
+    """True for a name the kernel gives a TUN opened with :data:`TUN_NAME_PATTERN`."""
+    prefix = TUN_NAME_PATTERN.removesuffix("%d")
+    return name.startswith(prefix) and name[len(prefix) :].isdigit()
 
 
 def tun_mtu(ext_mtu: int) -> int:

@@ -75,6 +75,7 @@ __all__ = [
     "device_name",
     "encap_overhead",
     "flannel_mtu",
+    "is_device_name",
     "plan_context",
 ]
 
@@ -89,9 +90,20 @@ _IFNAMSIZ = 15
 _ALL_V6 = ipaddress.IPv6Network("::/0")
 
 
+_DEVICE_PREFIXES: dict[Family, str] = {4: "flannel.", 6: "flannel-v6."}
+
+
 def device_name(family: Family, vni: int) -> str:
     """The device of one family: ``flannel.<VNI>`` or ``flannel-v6.<VNI>`` (flanneld's names)."""
-    return f"flannel.{vni}" if family == 4 else f"flannel-v6.{vni}"
+    return f"{_DEVICE_PREFIXES[family]}{vni}"
+
+
+def is_device_name(name: str) -> bool:
+    """True for a name :func:`device_name` gives, whatever the VNI."""
+    return any(
+        name.startswith(prefix) and name[len(prefix) :].isdigit()
+        for prefix in _DEVICE_PREFIXES.values()
+    )
 
 
 def encap_overhead(family: Family) -> int:

@@ -11,7 +11,6 @@ contexts come from the backend modules, the dumps and DirectRouting decisions fr
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -48,15 +47,13 @@ __all__ = [
     "is_flannel_device",
 ]
 
-_TUN_NAME = re.compile(re.escape(udp.TUN_NAME_PATTERN).replace("%d", r"\d+") + "$")
-
 
 def is_flannel_device(link: LinkInfo) -> bool:
     """A device one of flannel's backends creates (vxlan ``flannel.N``/``flannel-v6.N``, the
     udp TUN ``flannelN``)."""
     if link.kind == "vxlan":
-        return link.name.startswith((vxlan.device_name(4, 0)[:-1], vxlan.device_name(6, 0)[:-1]))
-    return link.kind == "tun" and bool(_TUN_NAME.match(link.name))
+        return vxlan.is_device_name(link.name)
+    return link.kind == "tun" and udp.is_tun_name(link.name)
 
 
 def evaluate_device(
@@ -300,7 +297,7 @@ def _udp_findings(
         port = udp_options(cfg).port
     except FlannelError:
         return []  # the config finding already says what is wrong
-    tuns = [link for link in node.links if link.kind == "tun" and _TUN_NAME.match(link.name)]
+    tuns = [link for link in node.links if link.kind == "tun" and udp.is_tun_name(link.name)]
     gw = own_subnet.network_address
     link = next(
         (t for t in tuns if any(a.ip == gw for a in node.addresses.get(t.ifindex, ()))),

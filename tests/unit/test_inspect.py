@@ -69,3 +69,10 @@ def test_udp_mtu_chain_is_ok() -> None:
         backend="udp", ext_name="eth0", ext_mtu=1500, env_mtu=1472, pod_mtu=udp.tun_mtu(1500)
     )
     assert ok.level == "OK", ok
+
+
+def test_device_name_rules() -> None:
+    assert vxlan.is_device_name("flannel.1") and vxlan.is_device_name("flannel-v6.42")
+    assert not vxlan.is_device_name("flannel0") and not vxlan.is_device_name("flannel.x")
+    assert udp.is_tun_name("flannel0") and udp.is_tun_name("flannel12")
+    assert not udp.is_tun_name("flannel.1") and not udp.is_tun_name("flannel")
