@@ -9,6 +9,9 @@ A *backend* owns one data path (vxlan, host-gw). The daemon drives it in this or
     nursery.start_soon(network.run)                    # repairs: device re-creation, resync
     await network.apply(message)                       # every PeerSnapshot / PeerChanges
 
+``prepare`` keeps what it set up as one frozen value (e.g. ``VxlanPrepared``) that ``configure``
+consumes and hands to the ``Network``; a network never reaches back into its backend.
+
 Everything in this module is plain data or a ``typing.Protocol``: no I/O.
 """
 

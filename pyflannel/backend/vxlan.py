@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ENCAP_OVERHEAD",
     "ENCAP_OVERHEAD_V6",
+    "KERNEL_DEFAULT_PORT",
     "VxlanBackend",
     "VxlanDevice",
     "VxlanNetwork",
@@ -85,6 +86,8 @@ ENCAP_OVERHEAD = 50
 """Outer Ethernet + IPv4 + UDP + VXLAN headers (flanneld's ``encapOverhead``)."""
 ENCAP_OVERHEAD_V6 = 70
 """The same over an IPv6 underlay (the kernel caps ``flannel-v6.N`` at lower MTU − 70)."""
+KERNEL_DEFAULT_PORT = 8472
+"""The UDP port of a device created with ``Port`` 0 (the kernel's default, flanneld's too)."""
 
 _IFNAMSIZ = 15
 _ALL_V6 = ipaddress.IPv6Network("::/0")

@@ -7,6 +7,7 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
+from pyflannel.backend import vxlan
 from pyflannel.inspect.findings import Finding, format_duration
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ __all__ = [
     "other_candidates",
 ]
 
-DEFAULT_VXLAN_PORT: Final = 8472
+DEFAULT_VXLAN_PORT: Final = vxlan.KERNEL_DEFAULT_PORT
 # Devices that container networking creates: never the interface between nodes.
 _VIRTUAL_PREFIXES: Final = (
     "lo",
@@ -246,8 +247,8 @@ def check_mtu(
     ext_name: str,
     ext_mtu: int,
     cfg_mtu: int = 0,
-    overhead: int = 50,
-    device: str = "flannel.1",
+    overhead: int = vxlan.ENCAP_OVERHEAD,
+    device: str = vxlan.device_name(4, 1),
     dev_mtu: int | None = None,
     env_mtu: int | None = None,
     cni_mtu: int | None = None,
