@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Final, NoReturn
 import structlog
 import trio
 
-from pyflannel.backend.base import BackendStats, PlanContext
+from pyflannel.backend.base import BackendStats, PlanContext, Prepared
 from pyflannel.backend.device_keeper import DeviceKeeper
 from pyflannel.backend.rejections import RejectionLog
 from pyflannel.backend.udp_forwarder import Forwarder, ForwarderStats, Mode
@@ -202,6 +202,7 @@ class UdpPrepared:
     """The TUN's MTU and ``FLANNEL_MTU``."""
     tun: Tun
     sock: socket.socket
+    attrs: LeaseAttrs
 
     def close(self) -> None:
         """Close the TUN (the device disappears) and the socket."""
@@ -256,8 +257,9 @@ class UdpBackend:
 
     async def prepare(
         self, config: NetworkConfig, ext_iface: ExternalInterface, state_dir: Path
-    ) -> LeaseAttrs:
-        """Check the config, open the TUN and the UDP socket, return ``{PublicIP}`` attrs."""
+    ) -> UdpPrepared:
+        """Check the config, open the TUN and the UDP socket; the result holds them and the
+        ``{PublicIP}`` attrs."""
         from pyflannel.config import udp_options
 
         del state_dir  # udp keeps no state
@@ -286,8 +288,9 @@ class UdpBackend:
         except BaseException:
             sock.close()
             raise
+        attrs = LeaseAttrs(public_ip=ext_iface.public_ip)
         self._prepared = UdpPrepared(
-            ext_iface, config.network, config.subnet_len, opts.port, mtu, tun, sock
+            ext_iface, config.network, config.subnet_len, opts.port, mtu, tun, sock, attrs
         )
         log.info(
             "udp.prepared",
@@ -296,18 +299,22 @@ class UdpBackend:
             public_ip=str(ext_iface.public_ip),
             mtu=mtu,
         )
-        return LeaseAttrs(public_ip=ext_iface.public_ip)
+        return self._prepared
 
     def close(self) -> None:
         """Close the TUN (the device disappears) and the socket."""
         if self._prepared is not None:
             self._prepared.close()
 
-    async def configure(self, lease: Lease) -> UdpNetwork:
+    async def configure(self, prepared: Prepared, lease: Lease) -> UdpNetwork:
         """Address the TUN with our lease, bring it up, route the Network into it."""
-        prepared = self._prepared
-        if prepared is None or prepared.tun.fd < 0:
-            raise RuntimeError("UdpBackend.configure() called before prepare()")
+        if not isinstance(prepared, UdpPrepared):
+            raise TypeError(f"UdpBackend.configure() takes a UdpPrepared, not {prepared!r}")
+        if prepared.tun.fd < 0:
+            raise InterfaceError(
+                f"the TUN device {prepared.tun.name} was closed before configure()",
+                hint="prepare the backend again",
+            )
         if lease.subnet is None:
             raise LeaseError(
                 f"lease {lease.key_suffix} has no IPv4 subnet for the udp backend",

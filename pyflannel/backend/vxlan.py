@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import structlog
 import trio
 
-from pyflannel.backend.base import BackendStats, Family, PlanContext
+from pyflannel.backend.base import BackendStats, Family, PlanContext, Prepared
 from pyflannel.backend.device_keeper import DeviceKeeper
 from pyflannel.backend.kernel import NetlinkKernel
 from pyflannel.backend.mac_store import choose_vtep_mac, mac_path
@@ -225,8 +225,8 @@ class VxlanBackend:
 
     async def prepare(
         self, config: NetworkConfig, ext_iface: ExternalInterface, state_dir: Path
-    ) -> LeaseAttrs:
-        """Create or reuse the device(s) and return the lease attrs to advertise.
+    ) -> VxlanPrepared:
+        """Create or reuse the device(s); the result holds them and the lease attrs.
 
         ``state_dir`` holds the VTEP MAC file (the directory of ``--subnet-file``).
         """
@@ -288,7 +288,7 @@ class VxlanBackend:
                 assert isinstance(dev.public_ip, ipaddress.IPv6Address)
                 attrs = replace(attrs, public_ipv6=dev.public_ip, backend_v6_data=data)
         self._prepared = VxlanPrepared(ext_iface, tuple(devices), mtu, opts.direct_routing, attrs)
-        return attrs
+        return self._prepared
 
     def _ensure_device(self, dev: VxlanDevice, mac_file: Path) -> VxlanDevice:
         sock = self._socket()
@@ -310,11 +310,10 @@ class VxlanBackend:
         )
         return replace(dev, spec=spec, ifindex=link.ifindex)
 
-    async def configure(self, lease: Lease) -> VxlanNetwork:
+    async def configure(self, prepared: Prepared, lease: Lease) -> VxlanNetwork:
         """Address the device(s) with our lease, bring them up, and return the network."""
-        prepared = self._prepared
-        if prepared is None:
-            raise RuntimeError("VxlanBackend.configure() called before prepare()")
+        if not isinstance(prepared, VxlanPrepared):
+            raise TypeError(f"VxlanBackend.configure() takes a VxlanPrepared, not {prepared!r}")
         contexts: list[PlanContext] = []
         for dev in prepared.devices:
             own = lease.subnet if dev.family == 4 else lease.ipv6_subnet
