@@ -120,8 +120,8 @@ class Daemon:
         backend = make_backend(
             config.backend_type, **await self._backend_options(manager, config, ext)
         )
-        attrs = await backend.prepare(config, ext, self.state_dir)
-        self.lease = await manager.acquire_lease(config, attrs, previous)
+        prepared = await backend.prepare(config, ext, self.state_dir)
+        self.lease = await manager.acquire_lease(config, prepared.attrs, previous)
         self._lease_changed(self.lease)
         log.info(
             "lease acquired",
@@ -129,7 +129,7 @@ class Daemon:
             ipv6_subnet=str(self.lease.ipv6_subnet) if self.lease.ipv6_subnet else None,
             reservation=self.lease.is_reservation,
         )
-        network = await backend.configure(self.lease)
+        network = await backend.configure(prepared, self.lease)
         METRICS.backend = network.stats
         await self._setup_traffic(nursery, config, previous)
         env = self._write_subnet_env(config, network)

@@ -2,12 +2,17 @@
 
 A *backend* owns one data path (vxlan, host-gw). The daemon drives it in this order::
 
-    backend = make_backend(cfg.backend_type)            # registry.py
-    attrs = await backend.prepare(cfg, ext_iface, state_dir)   # device, VTEP MAC; before the lease
-    network = await backend.configure(lease)           # address the device with our lease
-    mtu = network.mtu                                  # FLANNEL_MTU for subnet.env
-    nursery.start_soon(network.run)                    # repairs: device re-creation, resync
-    await network.apply(message)                       # every PeerSnapshot / PeerChanges
+    backend = make_backend(cfg.backend_type)             # registry.py
+    prepared = await backend.prepare(cfg, ext, state_dir)  # device, VTEP MAC; before the lease
+    lease = await acquire(prepared.attrs)               # the lease advertises prepared.attrs
+    network = await backend.configure(prepared, lease)  # address the device with our lease
+    mtu = network.mtu                                   # FLANNEL_MTU for subnet.env
+    nursery.start_soon(network.run)                     # repairs: device re-creation, resync
+    await network.apply(message)                        # every PeerSnapshot / PeerChanges
+
+``prepare`` returns what it set up as one frozen value (``VxlanPrepared``, ``UdpPrepared``,
+``HostGwPrepared``) that ``configure`` consumes and hands to the ``Network``; a network never
+reaches back into its backend.
 
 Everything in this module is plain data or a ``typing.Protocol``: no I/O.
 """
@@ -35,6 +40,7 @@ __all__ = [
     "Family",
     "Network",
     "PlanContext",
+    "Prepared",
 ]
 
 Family = Literal[4, 6]
@@ -112,6 +118,15 @@ class Network(Protocol):
         ...
 
 
+class Prepared(Protocol):
+    """What a backend set up before the lease: a frozen value of the backend's own type."""
+
+    @property
+    def attrs(self) -> LeaseAttrs:
+        """The lease attrs to advertise (public IPs, BackendType, BackendData)."""
+        ...
+
+
 class Backend(Protocol):
     """A backend type; one instance per daemon."""
 
@@ -119,10 +134,11 @@ class Backend(Protocol):
 
     async def prepare(
         self, config: NetworkConfig, ext_iface: ExternalInterface, state_dir: Path
-    ) -> LeaseAttrs:
-        """Set up what must exist before the lease (device, MAC); return our lease attrs."""
+    ) -> Prepared:
+        """Set up what must exist before the lease (device, MAC); ``.attrs`` are our lease's."""
         ...
 
-    async def configure(self, lease: Lease) -> Network:
-        """Finish the data path for our acquired ``lease`` and return the live network."""
+    async def configure(self, prepared: Prepared, lease: Lease) -> Network:
+        """Finish the data path that ``prepared`` (this backend's ``prepare()`` result) began,
+        for our acquired ``lease``, and return the live network."""
         ...

@@ -10,11 +10,11 @@ removed; flanneld only re-adds the routes it remembers. The NAT check covers IPv
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pyflannel.backend.base import BackendStats, Family, PlanContext
+from pyflannel.backend.base import BackendStats, Family, PlanContext, Prepared
 from pyflannel.backend.kernel import NetlinkKernel
 from pyflannel.backend.peers import PeerProgrammer
 from pyflannel.backend.wanted import WantedPeers
@@ -29,12 +29,44 @@ if TYPE_CHECKING:
     from pyflannel.config import NetworkConfig
     from pyflannel.iface import ExternalInterface
 
-__all__ = ["HostGwBackend", "HostGwNetwork"]
+__all__ = ["HostGwBackend", "HostGwNetwork", "HostGwPrepared", "plan_context"]
 
 _NAT_MESSAGE = (
     "your PublicIP differs from interface IP, meaning that probably you're on a NAT, which is "
     "not supported by host-gw backend"
 )
+
+
+def plan_context(
+    family: Family,
+    *,
+    network: IPNetwork,
+    own_subnet: IPNetwork,
+    public_ip: IPAddress,
+    ext_index: int,
+    underlay: IPNetwork | None = None,
+) -> PlanContext:
+    """What the planner needs to route peers via their public IPs on ``ext_index``."""
+    return PlanContext(
+        family=family,
+        backend_type=HostGwBackend.backend_type,
+        network=network,
+        own_subnet=own_subnet,
+        own_public_ip=public_ip,
+        dev_index=ext_index,
+        ext_index=ext_index,
+        underlay=underlay,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HostGwPrepared:
+    """What :meth:`HostGwBackend.prepare` checked; :meth:`HostGwBackend.configure` consumes it."""
+
+    ext: ExternalInterface
+    stacks: tuple[tuple[Family, IPNetwork, IPAddress], ...]
+    """Per enabled family: the Network and our public IP."""
+    attrs: LeaseAttrs
 
 
 class HostGwBackend:
@@ -52,16 +84,13 @@ class HostGwBackend:
         self.resync_interval = resync_interval
         self._metrics = metrics
         self.stats = stats if stats is not None else BackendStats()
-        self._ext: ExternalInterface | None = None
-        self._stacks: list[tuple[Family, IPNetwork, IPAddress]] = []
 
     async def prepare(
         self, config: NetworkConfig, ext_iface: ExternalInterface, state_dir: Path
-    ) -> LeaseAttrs:
-        """Check the interface (no NAT) and return the lease attrs (no BackendData)."""
+    ) -> HostGwPrepared:
+        """Check the interface (no NAT); the result holds the lease attrs (no BackendData)."""
         del state_dir  # host-gw keeps no state
-        self._ext = ext_iface
-        self._stacks = []
+        stacks: list[tuple[Family, IPNetwork, IPAddress]] = []
         attrs = LeaseAttrs(backend_type=self.backend_type)
         if config.enable_ipv4:
             assert config.network is not None
@@ -74,7 +103,7 @@ class HostGwBackend:
                     hint=f"public IP {pub} vs {ext_iface.name} address {own}: use the vxlan "
                     "backend, or drop --public-ip",
                 )
-            self._stacks.append((4, config.network, pub))
+            stacks.append((4, config.network, pub))
             attrs = replace(attrs, public_ip=pub)
         if config.enable_ipv6:
             assert config.ipv6_network is not None
@@ -87,17 +116,17 @@ class HostGwBackend:
                     hint=f"public IPv6 {pub6} vs {ext_iface.name} address {own6}: use the vxlan "
                     "backend, or drop --public-ipv6",
                 )
-            self._stacks.append((6, config.ipv6_network, pub6))
+            stacks.append((6, config.ipv6_network, pub6))
             attrs = replace(attrs, public_ipv6=pub6)
-        return attrs
+        return HostGwPrepared(ext_iface, tuple(stacks), attrs)
 
-    async def configure(self, lease: Lease) -> HostGwNetwork:
+    async def configure(self, prepared: Prepared, lease: Lease) -> HostGwNetwork:
         """Nothing to configure on the kernel; return the network that programs routes."""
-        ext = self._ext
-        if ext is None:
-            raise RuntimeError("HostGwBackend.configure() called before prepare()")
+        if not isinstance(prepared, HostGwPrepared):
+            raise TypeError(f"HostGwBackend.configure() takes a HostGwPrepared, not {prepared!r}")
+        ext = prepared.ext
         contexts = []
-        for family, network, public in self._stacks:
+        for family, network, public in prepared.stacks:
             own = lease.subnet if family == 4 else lease.ipv6_subnet
             if own is None:
                 raise LeaseError(
@@ -106,13 +135,11 @@ class HostGwBackend:
                     hint="delete the lease in etcd so that a dual-stack one is allocated",
                 )
             contexts.append(
-                PlanContext(
-                    family=family,
-                    backend_type=self.backend_type,
+                plan_context(
+                    family,
                     network=network,
                     own_subnet=own,
-                    own_public_ip=public,
-                    dev_index=ext.index,
+                    public_ip=public,
                     ext_index=ext.index,
                     underlay=ext.ipv4_network if family == 4 else ext.ipv6_network,
                 )

@@ -9,16 +9,32 @@ are only ever called from the programmer's worker thread (see
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
+import structlog
+
+from pyflannel.backend.base import PlanContext
+from pyflannel.errors import NetlinkError
+from pyflannel.lease import Lease
+from pyflannel.netlink import consts as nlc
 from pyflannel.netlink.addresses import IPInterface, list_all_addresses
 from pyflannel.netlink.dump import RouteLookup, dump_fdb, dump_neighbours, dump_routes, route_get
 from pyflannel.netlink.executor import NetlinkExecutor, OpFailure
 from pyflannel.netlink.nlsocket import NetlinkSocket
 from pyflannel.netlink.ops import FdbEntry, IPAddress, NeighEntry, Op, RouteEntry
 
-__all__ = ["NetlinkKernel", "PeerKernel"]
+__all__ = [
+    "KernelView",
+    "NetlinkKernel",
+    "PeerKernel",
+    "direct_oif",
+    "direct_routes",
+    "read_kernel",
+]
+
+log = structlog.get_logger(__name__)
 
 
 class PeerKernel(Protocol):
@@ -88,3 +104,58 @@ class NetlinkKernel:
     def close(self) -> None:
         """Close the socket."""
         self.sock.close()
+
+
+@dataclass(frozen=True, slots=True)
+class KernelView:
+    """What the kernel holds for one family's peers: the main table's routes and, for vxlan,
+    the device's neighbour and FDB entries (the input of
+    :func:`~pyflannel.backend.plan.plan_reconcile`)."""
+
+    routes: tuple[RouteEntry, ...] = ()
+    neighbours: tuple[NeighEntry, ...] = ()
+    fdb: tuple[FdbEntry, ...] = ()
+
+
+def read_kernel(kernel: PeerKernel, ctx: PlanContext) -> KernelView:
+    """The dumps a reconcile of ``ctx``'s family plans against (the daemon's and ``status``'s
+    one way of reading them)."""
+    family = nlc.AF_INET if ctx.family == 4 else nlc.AF_INET6
+    routes = kernel.routes(family)
+    neighs = kernel.neighbours(ctx.dev_index, family) if ctx.is_vxlan else []
+    fdb = kernel.fdb(ctx.dev_index) if ctx.is_vxlan else []
+    return KernelView(tuple(routes), tuple(neighs), tuple(fdb))
+
+
+def direct_oif(kernel: PeerKernel, ip: IPAddress, ctx: PlanContext) -> int | None:
+    """The interface DirectRouting reaches ``ip`` through, or None (needs the vxlan device).
+
+    flanneld: DirectRouting when ``ip route get <PublicIP>`` gives one route, no gateway.
+    """
+    try:
+        found = kernel.route_get(ip)
+    except NetlinkError as exc:
+        log.debug("backend.route_get_failed", ip=str(ip), error=str(exc))
+        return None
+    if found is None or found.gw is not None or found.local or found.ifindex == 0:
+        return None
+    if found.ifindex == ctx.dev_index:
+        return None
+    return found.ifindex
+
+
+def direct_routes(
+    kernel: PeerKernel, leases: Iterable[Lease], ctx: PlanContext
+) -> dict[IPAddress, int]:
+    """DirectRouting decisions for every peer public IP of ``ctx``'s family in ``leases``."""
+    out: dict[IPAddress, int] = {}
+    seen: set[IPAddress] = set()
+    for lease in leases:
+        ip = lease.attrs.public_ip if ctx.family == 4 else lease.attrs.public_ipv6
+        if ip is None or ip.is_unspecified or ip in seen:
+            continue
+        seen.add(ip)
+        oif = direct_oif(kernel, ip, ctx)
+        if oif is not None:
+            out[ip] = oif
+    return out

@@ -32,7 +32,7 @@ import structlog
 import trio
 
 from pyflannel.backend.base import BackendStats, Family, PlanContext
-from pyflannel.backend.kernel import PeerKernel
+from pyflannel.backend.kernel import PeerKernel, direct_oif, read_kernel
 from pyflannel.backend.plan import (
     Plan,
     ProgrammedState,
@@ -40,7 +40,7 @@ from pyflannel.backend.plan import (
     plan_events,
     plan_reconcile,
 )
-from pyflannel.backend.validate import Rejection
+from pyflannel.backend.rejections import RejectionLog
 from pyflannel.backend.wanted import Failing, WantedPeers
 from pyflannel.errors import NetlinkError
 from pyflannel.lease import Event, EventKind, Lease
@@ -153,7 +153,6 @@ class PeerProgrammer:
         self._requested = False
         self._dirty = False
         self._signal = trio.Event()
-        self._warned: set[tuple[str, str]] = set()
         # The node's addresses when the current quarantines were decided (see _settle).
         self._node_addresses: frozenset[tuple[int, IPInterface]] | None = None
         # A periodic resync is skipped while the wanted set's generation equals the one of the
@@ -161,6 +160,7 @@ class PeerProgrammer:
         self._clean_generation: int | None = None
         self.metrics = metrics if metrics is not None else METRICS
         self.stats = stats if stats is not None else BackendStats()
+        self._rejections = RejectionLog(self.stats)
 
     # --- read-only views -----------------------------------------------------------------
 
@@ -506,7 +506,7 @@ class PeerProgrammer:
         for le in leases:
             ip = self._public_ip(le, fam.ctx.family)
             if ip is not None and ip not in fam.direct and not ip.is_unspecified:
-                fam.direct[ip] = _direct_oif(kernel, ip, fam.ctx)
+                fam.direct[ip] = direct_oif(kernel, ip, fam.ctx)
         routes = {ip: oif for ip, oif in fam.direct.items() if oif is not None}
         return replace(fam.ctx, direct_routes=routes)
 
@@ -514,16 +514,13 @@ class PeerProgrammer:
         self, kernel: PeerKernel, fam: _Family, leases: list[Lease]
     ) -> tuple[Plan, list[OpFailure]]:
         ctx = self._direct_ctx(kernel, fam, leases, refresh=True)
-        family = self._family_code(fam)
-        routes = kernel.routes(family)
-        neighs = kernel.neighbours(ctx.dev_index, family) if ctx.is_vxlan else []
-        fdb = kernel.fdb(ctx.dev_index) if ctx.is_vxlan else []
+        view = read_kernel(kernel, ctx)
         # The plan rebuilds the state from the leases and the dumps; dropping the old one first
         # keeps two full states (~1.4 KB a peer each) from being alive at once. Nothing can plan
         # against the empty one meanwhile (the caller holds the lock); should planning fail,
         # the repair reconcile that follows rebuilds it.
         fam.state = ProgrammedState()
-        plan = plan_reconcile(leases, routes, neighs, fdb, ctx)
+        plan = plan_reconcile(leases, view.routes, view.neighbours, view.fdb, ctx)
         fam.state = plan.state
         return plan, self._apply(kernel, plan.ops)
 
@@ -551,7 +548,7 @@ class PeerProgrammer:
     def _log_plan(self, fam: _Family, plan: Plan, failures: list[OpFailure], reason: str) -> None:
         self.metrics.peers_programmed = self.peers_programmed
         for lease, rej in plan.rejected:
-            self._log_rejection(lease, rej)
+            self._rejections.note(lease, rej)
         shown = [f for f in failures if not is_permanent(f)][:_MAX_FAILURE_LOGS]
         for f in shown:
             log.warning("backend.netlink_op_failed", family=fam.ctx.family, error=f.message())
@@ -571,29 +568,6 @@ class PeerProgrammer:
                 ops=len(plan.ops),
                 failed=len(failures),
             )
-
-    def _log_rejection(self, lease: Lease, rej: Rejection) -> None:
-        key = (lease.key_suffix, rej.reason)
-        if rej.benign or key in self._warned:
-            log.debug("backend.lease_ignored", reason=rej.reason)
-            return
-        self._warned.add(key)
-        self.stats.leases_rejected_total += 1
-        log.warning("backend.lease_rejected", reason=rej.reason)
-
-
-def _direct_oif(kernel: PeerKernel, ip: IPAddress, ctx: PlanContext) -> int | None:
-    # flanneld: DirectRouting when `ip route get <PublicIP>` gives one route, no gateway.
-    try:
-        found = kernel.route_get(ip)
-    except NetlinkError as exc:
-        log.debug("backend.route_get_failed", ip=str(ip), error=str(exc))
-        return None
-    if found is None or found.gw is not None or found.local or found.ifindex == 0:
-        return None
-    if found.ifindex == ctx.dev_index:
-        return None
-    return found.ifindex
 
 
 def _node_addresses(kernel: PeerKernel, families: list[int]) -> frozenset[tuple[int, IPInterface]]:

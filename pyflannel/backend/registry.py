@@ -59,9 +59,15 @@ if TYPE_CHECKING:
     # Static proof (for mypy) that the implementations satisfy the seams.
     from pyflannel.backend.base import Network
     from pyflannel.backend.hostgw import HostGwBackend, HostGwNetwork
+    from pyflannel.backend.udp import UdpBackend, UdpNetwork
     from pyflannel.backend.vxlan import VxlanBackend, VxlanNetwork
 
     def _conforms(
-        vb: VxlanBackend, hb: HostGwBackend, vn: VxlanNetwork, hn: HostGwNetwork
-    ) -> tuple[Backend, Backend, Network, Network]:
-        return vb, hb, vn, hn
+        vb: VxlanBackend,
+        hb: HostGwBackend,
+        ub: UdpBackend,
+        vn: VxlanNetwork,
+        hn: HostGwNetwork,
+        un: UdpNetwork,
+    ) -> tuple[Backend, Backend, Backend, Network, Network, Network]:
+        return vb, hb, ub, vn, hn, un

@@ -42,18 +42,21 @@ import os
 import socket
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, NoReturn
 
 import structlog
 import trio
 
-from pyflannel.backend.base import BackendStats, PlanContext
+from pyflannel.backend.base import BackendStats, PlanContext, Prepared
+from pyflannel.backend.device_keeper import DeviceKeeper
+from pyflannel.backend.rejections import RejectionLog
 from pyflannel.backend.udp_forwarder import Forwarder, ForwarderStats, Mode
 from pyflannel.backend.udp_packet import PeerAddr, PeerTable
 from pyflannel.backend.validate import Peer, Rejection, validate_peer
 from pyflannel.backend.wanted import WantedPeers
-from pyflannel.errors import ConfigError, InterfaceError, LeaseError, NetlinkError
+from pyflannel.errors import ConfigError, InterfaceError, LeaseError
 from pyflannel.lease import Event, Lease, LeaseAttrs
 from pyflannel.metrics import METRICS, Metrics
 from pyflannel.netlink import consts as nlc
@@ -65,7 +68,6 @@ from pyflannel.netlink.links import get_link, set_link_mtu, set_link_up
 from pyflannel.netlink.nlsocket import KernelRefused, NetlinkSocket
 from pyflannel.netlink.ops import IPNetwork
 from pyflannel.peer_messages import PeerChanges, PeerMessage, PeerSnapshot
-from pyflannel.retry import Backoff, FailureLog
 
 if TYPE_CHECKING:
     from pyflannel.config import NetworkConfig
@@ -74,15 +76,22 @@ if TYPE_CHECKING:
 __all__ = [
     "ENCAP_OVERHEAD",
     "TUN_NAME_PATTERN",
+    "Tun",
+    "TunState",
     "UdpBackend",
     "UdpNetwork",
+    "UdpPrepared",
     "configure_tun",
     "ensure_network_route",
     "icmp_source",
+    "is_tun_name",
     "open_tun",
     "open_udp_socket",
+    "plan_context",
     "plan_table",
+    "read_tun",
     "reconcile_tun",
+    "tun_mtu",
 ]
 
 log = structlog.get_logger(__name__)
@@ -99,15 +108,6 @@ _SOCKET_BUFFER: Final = 4 << 20  # absorbs bursts of a TCP window while the forw
 _SO_SNDBUFFORCE: Final = 32
 _SO_RCVBUFFORCE: Final = 33
 _HEALTH_INTERVAL: Final = 0.5
-_RECREATE_BACKOFF_MIN: Final = 1.0
-_RECREATE_BACKOFF_MAX: Final = 30.0
-# The device's address, link state and route are checked on every link/address/route
-# notification, and at least this often in case a notification was lost.
-_RECONCILE_INTERVAL: Final = 10.0
-# After a repair the next check waits 0.2 s, doubling to 5 s while something keeps undoing
-# our work (another tool fighting us): bounded rate and log volume, never a busy loop.
-_REPAIR_BACKOFF_MIN: Final = 0.2
-_REPAIR_BACKOFF_MAX: Final = 5.0
 
 
 def open_tun(pattern: str = TUN_NAME_PATTERN) -> tuple[int, str]:
@@ -163,6 +163,53 @@ def open_udp_socket(addr: ipaddress.IPv4Address, port: int) -> socket.socket:
     return sock
 
 
+class Tun:
+    """The TUN device: its descriptor and kernel-chosen name. The backend opens it, the
+    network re-opens it when the device is deleted; closing twice is harmless."""
+
+    def __init__(self, fd: int, name: str) -> None:
+        self.fd = fd
+        self.name = name
+
+    @classmethod
+    def open(cls, pattern: str = TUN_NAME_PATTERN) -> Tun:
+        """A new TUN (see :func:`open_tun`)."""
+        return cls(*open_tun(pattern))
+
+    def reopen(self) -> None:
+        """Close the descriptor (the device disappears) and open a new TUN."""
+        self.close()
+        self.fd, self.name = open_tun()
+
+    def close(self) -> None:
+        """Close the descriptor; the device disappears."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass(frozen=True, slots=True)
+class UdpPrepared:
+    """What :meth:`UdpBackend.prepare` set up before the lease; :meth:`UdpBackend.configure`
+    consumes it. ``tun`` and ``sock`` are handed on to the network, which closes them when it
+    stops (so does :meth:`UdpBackend.close`)."""
+
+    ext: ExternalInterface
+    network: ipaddress.IPv4Network
+    subnet_len: int
+    port: int
+    mtu: int
+    """The TUN's MTU and ``FLANNEL_MTU``."""
+    tun: Tun
+    sock: socket.socket
+    attrs: LeaseAttrs
+
+    def close(self) -> None:
+        """Close the TUN (the device disappears) and the socket."""
+        self.tun.close()
+        self.sock.close()
+
+
 class UdpBackend:
     """Opens the TUN and the UDP socket before the lease; configures them after it."""
 
@@ -196,23 +243,23 @@ class UdpBackend:
         self.offload = offload
         self._metrics = metrics if metrics is not None else METRICS
         self.stats = stats if stats is not None else BackendStats()
-        self._ext: ExternalInterface | None = None
-        self._network: ipaddress.IPv4Network | None = None
-        self._subnet_len = 0
-        self._port = 0
-        self._tun_fd = -1
-        self._tun_name = ""
-        self._sock: socket.socket | None = None
+        self._prepared: UdpPrepared | None = None
+
+    @property
+    def prepared(self) -> UdpPrepared | None:
+        """What :meth:`prepare` set up (None before it)."""
+        return self._prepared
 
     @property
     def tun_name(self) -> str:
         """The TUN device's name (``flannel0`` unless that name was taken)."""
-        return self._tun_name
+        return self._prepared.tun.name if self._prepared is not None else ""
 
     async def prepare(
         self, config: NetworkConfig, ext_iface: ExternalInterface, state_dir: Path
-    ) -> LeaseAttrs:
-        """Check the config, open the TUN and the UDP socket, return ``{PublicIP}`` attrs."""
+    ) -> UdpPrepared:
+        """Check the config, open the TUN and the UDP socket; the result holds them and the
+        ``{PublicIP}`` attrs."""
         from pyflannel.config import udp_options
 
         del state_dir  # udp keeps no state
@@ -227,74 +274,81 @@ class UdpBackend:
                 f"interface {ext_iface.name} has no IPv4 address for the udp backend",
                 hint="pick another --iface",
             )
-        mtu = ext_iface.mtu - ENCAP_OVERHEAD
+        mtu = tun_mtu(ext_iface.mtu)
         if mtu < 68:
             raise ConfigError(
                 f"udp MTU {mtu} (interface {ext_iface.name} MTU {ext_iface.mtu} - "
                 f"{ENCAP_OVERHEAD}) is too small",
                 hint="use an interface with an MTU of at least 96",
             )
-        self._ext = ext_iface
-        self._network = config.network
-        self._subnet_len = config.subnet_len
-        self._port = opts.port
         self.close()
-        self._sock = open_udp_socket(ext_iface.ipv4_addr, opts.port)
+        sock = open_udp_socket(ext_iface.ipv4_addr, opts.port)
         try:
-            self._tun_fd, self._tun_name = open_tun()
+            tun = Tun.open()
         except BaseException:
-            self.close()
+            sock.close()
             raise
+        attrs = LeaseAttrs(public_ip=ext_iface.public_ip)
+        self._prepared = UdpPrepared(
+            ext_iface, config.network, config.subnet_len, opts.port, mtu, tun, sock, attrs
+        )
         log.info(
             "udp.prepared",
-            device=self._tun_name,
+            device=tun.name,
             listen=f"{ext_iface.ipv4_addr}:{opts.port}",
             public_ip=str(ext_iface.public_ip),
             mtu=mtu,
         )
-        return LeaseAttrs(public_ip=ext_iface.public_ip)
+        return self._prepared
 
     def close(self) -> None:
         """Close the TUN (the device disappears) and the socket."""
-        if self._tun_fd >= 0:
-            os.close(self._tun_fd)
-            self._tun_fd = -1
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        if self._prepared is not None:
+            self._prepared.close()
 
-    async def configure(self, lease: Lease) -> UdpNetwork:
+    async def configure(self, prepared: Prepared, lease: Lease) -> UdpNetwork:
         """Address the TUN with our lease, bring it up, route the Network into it."""
-        ext, network, sock = self._ext, self._network, self._sock
-        if ext is None or network is None or sock is None or self._tun_fd < 0:
-            raise RuntimeError("UdpBackend.configure() called before prepare()")
+        if not isinstance(prepared, UdpPrepared):
+            raise TypeError(f"UdpBackend.configure() takes a UdpPrepared, not {prepared!r}")
+        if prepared.tun.fd < 0:
+            raise InterfaceError(
+                f"the TUN device {prepared.tun.name} was closed before configure()",
+                hint="prepare the backend again",
+            )
         if lease.subnet is None:
             raise LeaseError(
                 f"lease {lease.key_suffix} has no IPv4 subnet for the udp backend",
                 hint="delete the lease in etcd so that an IPv4 one is allocated",
             )
+        ext = prepared.ext
         assert ext.public_ip is not None
-        nl = NetlinkSocket()
-        try:
-            ifindex = configure_tun(nl, self._tun_name, lease.subnet, network, self.mtu)
-        finally:
-            nl.close()
-        ctx = PlanContext(
-            family=4,
-            backend_type=self.lease_backend_type,
-            network=network,
+        with NetlinkSocket() as nl:
+            ifindex = configure_tun(
+                nl, prepared.tun.name, lease.subnet, prepared.network, prepared.mtu
+            )
+        ctx = plan_context(
+            network=prepared.network,
             own_subnet=lease.subnet,
-            own_public_ip=ext.public_ip,
+            public_ip=ext.public_ip,
             dev_index=ifindex,
             ext_index=ext.index,
         )
-        return UdpNetwork(self, lease, ctx, ifindex)
+        return UdpNetwork(
+            prepared,
+            lease,
+            ctx,
+            ifindex,
+            mode=self.mode,
+            offload=self.offload,
+            metrics=self._metrics,
+            stats=self.stats,
+        )
 
     @property
     def mtu(self) -> int:
         """External MTU − 28, for the TUN and ``FLANNEL_MTU``."""
-        assert self._ext is not None
-        return self._ext.mtu - ENCAP_OVERHEAD
+        assert self._prepared is not None
+        return self._prepared.mtu
 
 
 def configure_tun(
@@ -354,6 +408,69 @@ def ensure_network_route(nl: NetlinkSocket, ifindex: int, network: ipaddress.IPv
     nl.request(nlc.RTM_NEWROUTE, nlc.NLM_F_CREATE | nlc.NLM_F_REPLACE, body, what=what)
 
 
+def is_tun_name(name: str) -> bool:
+    """True for a name the kernel gives a TUN opened with :data:`TUN_NAME_PATTERN`."""
+    prefix = TUN_NAME_PATTERN.removesuffix("%d")
+    return name.startswith(prefix) and name[len(prefix) :].isdigit()
+
+
+def tun_mtu(ext_mtu: int) -> int:
+    """The TUN's MTU and ``FLANNEL_MTU``: the external MTU minus 28."""
+    return ext_mtu - ENCAP_OVERHEAD
+
+
+def plan_context(
+    *,
+    network: ipaddress.IPv4Network,
+    own_subnet: ipaddress.IPv4Network,
+    public_ip: ipaddress.IPv4Address,
+    dev_index: int,
+    ext_index: int,
+) -> PlanContext:
+    """What lease validation needs (udp peers carry no BackendType, IPv4 only)."""
+    return PlanContext(
+        family=4,
+        backend_type=UdpBackend.lease_backend_type,
+        network=network,
+        own_subnet=own_subnet,
+        own_public_ip=public_ip,
+        dev_index=dev_index,
+        ext_index=ext_index,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TunState:
+    """The TUN as the kernel has it, against what :func:`configure_tun` sets up."""
+
+    up: bool
+    mtu: int
+    has_address: bool
+    """Our subnet's network address /32 is on the device."""
+    has_route: bool
+    """The Network's route goes through the device (no gateway)."""
+
+
+def read_tun(
+    nl: NetlinkSocket,
+    ifindex: int,
+    subnet: ipaddress.IPv4Network,
+    network: ipaddress.IPv4Network,
+) -> TunState | None:
+    """The TUN's state (read-only); None when the device is gone."""
+    link = get_link(nl, ifindex)
+    if link is None:
+        return None
+    want = ipaddress.IPv4Interface((subnet.network_address, 32))
+    routes = dump_routes(nl, ifindex)
+    return TunState(
+        up=link.up,
+        mtu=link.mtu,
+        has_address=want in list_addresses(nl, ifindex),
+        has_route=any(r.dst == network and r.gw is None for r in routes),
+    )
+
+
 def reconcile_tun(
     nl: NetlinkSocket,
     ifindex: int,
@@ -369,23 +486,23 @@ def reconcile_tun(
     nothing (and triggers no notification). A device that is gone or was replaced is left to
     the forwarder, which re-creates it (:meth:`UdpNetwork.run`); the result is then empty.
     """
-    link = get_link(nl, ifindex)
-    if link is None:
+    state = read_tun(nl, ifindex, subnet, network)
+    if state is None:
         return []
     repaired: list[str] = []
-    if not link.up:
+    if not state.up:
         # first: the kernel refuses a route through a device that is down
         set_link_up(nl, ifindex)
         repaired.append("link set up")
-    if link.mtu != mtu:
+    if state.mtu != mtu:
         set_link_mtu(nl, ifindex, mtu)
-        repaired.append(f"mtu {link.mtu} -> {mtu}")
-    want = ipaddress.IPv4Interface((subnet.network_address, 32))
-    if want not in list_addresses(nl, ifindex):
+        repaired.append(f"mtu {state.mtu} -> {mtu}")
+    if not state.has_address:
+        want = ipaddress.IPv4Interface((subnet.network_address, 32))
         ensure_address(nl, ifindex, want, stale_within=network)
         repaired.append(f"address {want}")
-    routes = dump_routes(nl, ifindex)
-    if not any(r.dst == network and r.gw is None for r in routes):
+    if not state.has_route:
+        # read before the link was set up: a down link had lost the route anyway
         ensure_network_route(nl, ifindex, network)
         repaired.append(f"route {network}")
     return repaired
@@ -415,42 +532,58 @@ def plan_table(
 
 
 class UdpNetwork:
-    """The configured udp data path: the peer table and the forwarder."""
+    """The configured udp data path: the peer table and the forwarder, and the TUN (kept by a
+    :class:`~pyflannel.backend.device_keeper.DeviceKeeper`)."""
 
-    def __init__(self, backend: UdpBackend, lease: Lease, ctx: PlanContext, ifindex: int) -> None:
-        self._be = backend
+    def __init__(
+        self,
+        prepared: UdpPrepared,
+        lease: Lease,
+        ctx: PlanContext,
+        ifindex: int,
+        *,
+        mode: Mode,
+        offload: bool,
+        metrics: Metrics,
+        stats: BackendStats,
+    ) -> None:
+        assert lease.subnet is not None
+        self._prepared = prepared
         self._lease = lease
+        self._subnet = lease.subnet
         self._ctx = ctx
         self.ifindex = ifindex
+        self.mode: Mode = mode
+        self.offload = offload
+        self._metrics = metrics
+        self._stats = stats
+        self._keeper = DeviceKeeper("udp", stats)
+        self._rejections = RejectionLog(stats)
         self._wanted = WantedPeers()
-        self._warned: set[tuple[str, str]] = set()
-        assert lease.subnet is not None
-        self._table = PeerTable.build((), backend._subnet_len)
+        self._table = PeerTable.build((), prepared.subnet_len)
         self.forwarder = self._new_forwarder()
         self._stats_base = ForwarderStats()
 
     def _new_forwarder(self) -> Forwarder:
-        be = self._be
-        assert self._lease.subnet is not None and be._sock is not None
-        own = self._lease.subnet
+        p = self._prepared
         return Forwarder(
-            be._tun_fd,
-            be._sock,
-            icmp_src=icmp_source(self._ctx.network, own),
-            own_net=int(own.network_address),
-            own_len=own.prefixlen,
+            p.tun.fd,
+            p.sock,
+            icmp_src=icmp_source(self._ctx.network, self._subnet),
+            own_net=int(self._subnet.network_address),
+            own_len=self._subnet.prefixlen,
             table=self._table,
-            mode=be.mode,
-            mtu=be.mtu,
-            gso=be.offload,
-            gro=be.offload,
-            coalesce=be.offload,
+            mode=self.mode,
+            mtu=p.mtu,
+            gso=self.offload,
+            gro=self.offload,
+            coalesce=self.offload,
         )
 
     @property
     def mtu(self) -> int:
         """``FLANNEL_MTU``: the external MTU minus 28."""
-        return self._be.mtu
+        return self._prepared.mtu
 
     @property
     def lease(self) -> Lease:
@@ -460,7 +593,12 @@ class UdpNetwork:
     @property
     def stats(self) -> BackendStats:
         """Backend counters (rejected leases, device re-creations)."""
-        return self._be.stats
+        return self._stats
+
+    @property
+    def tun_name(self) -> str:
+        """The TUN device's current name."""
+        return self._prepared.tun.name
 
     @property
     def table(self) -> PeerTable:
@@ -487,7 +625,7 @@ class UdpNetwork:
         elif msg.events:
             self._wanted.update(msg.events)
             self._rebuild("events")
-        self._be._metrics.leases_known = len(self._wanted) + 1
+        self._metrics.leases_known = len(self._wanted) + 1
 
     async def apply_snapshot(self, leases: Sequence[Lease]) -> None:
         """Shorthand for ``apply(PeerSnapshot(leases))`` (ours is skipped)."""
@@ -498,20 +636,13 @@ class UdpNetwork:
         await self.apply(PeerChanges(tuple(events)))
 
     def _rebuild(self, reason: str) -> None:
-        table, rejected = plan_table(
-            self._wanted.leases, self._ctx, self._be._subnet_len, self._be._port
-        )
+        p = self._prepared
+        table, rejected = plan_table(self._wanted.leases, self._ctx, p.subnet_len, p.port)
         for lease, rej in rejected:
-            key = (lease.key_suffix, rej.reason)
-            if rej.benign or key in self._warned:
-                log.debug("backend.lease_ignored", reason=rej.reason)
-                continue
-            self._warned.add(key)
-            self.stats.leases_rejected_total += 1
-            log.warning("backend.lease_rejected", reason=rej.reason)
+            self._rejections.note(lease, rej)
         self._table = table
         self.forwarder.set_table(table)
-        self._be._metrics.peers_programmed = len(table)
+        self._metrics.peers_programmed = len(table)
         log.info("udp.peers_updated", reason=reason, peers=len(table), leases=len(self._wanted))
 
     async def run(self) -> None:
@@ -524,48 +655,33 @@ class UdpNetwork:
                 await self._forward()
         finally:
             self.forwarder.stop()
-            self._be.close()
+            self._prepared.close()
 
     async def keep_device(self) -> NoReturn:
         """Check the TUN's address, link state, MTU and Network route on every link, address
-        or route notification and every ``_RECONCILE_INTERVAL`` s; repair what is missing
-        (:func:`reconcile_tun`). Repairs and failures back off (:mod:`pyflannel.retry`)."""
-        be = self._be
-        repair_backoff = Backoff.of(_REPAIR_BACKOFF_MIN, _REPAIR_BACKOFF_MAX)
-        error_backoff = Backoff.of(_RECREATE_BACKOFF_MIN, _RECREATE_BACKOFF_MAX)
-        failures = FailureLog(log, "udp.reconcile_failed")
-        assert self._lease.subnet is not None and be._network is not None
+        or route notification and every ``CHECK_INTERVAL`` s; repair what is missing
+        (:func:`reconcile_tun`), backing off as the device keeper does."""
+        p = self._prepared
         with ChangeMonitor() as monitor:
-            while True:
+
+            async def check() -> list[str]:
                 monitor.changed(())  # drain: this pass looks at everything anyway
-                try:
-                    with NetlinkSocket() as nl:
-                        repaired = reconcile_tun(
-                            nl, self.ifindex, self._lease.subnet, be._network, be.mtu
-                        )
-                except (NetlinkError, OSError) as exc:
-                    delay = error_backoff.next()
-                    failures.failed(device=be.tun_name, error=str(exc), retry_in=round(delay, 2))
-                    await trio.sleep(delay)
-                    continue
-                error_backoff.reset()
-                failures.resolved(device=be.tun_name)
-                if repaired:
-                    be.stats.resync_repairs_total += 1
-                    log.warning("udp.device_repaired", device=be.tun_name, repaired=repaired)
-                    await trio.sleep(repair_backoff.next())
-                    continue
-                repair_backoff.reset()
-                with trio.move_on_after(_RECONCILE_INTERVAL):
+                with NetlinkSocket() as nl:
+                    return reconcile_tun(nl, self.ifindex, self._subnet, p.network, p.mtu)
+
+            async def wait(interval: float) -> None:
+                with trio.move_on_after(interval):
                     await trio.lowlevel.wait_readable(monitor.fileno())
+
+            await self._keeper.run(check, wait, lambda: p.tun.name)
 
     async def _forward(self) -> NoReturn:
         while True:
             self.forwarder.start()
             log.info(
                 "udp.forwarding",
-                device=self._be.tun_name,
-                mode=self._be.mode,
+                device=self.tun_name,
+                mode=self.mode,
                 gso=self.forwarder.gso,
                 gro=self.forwarder.gro,
                 coalesce=self.forwarder.coalesce,
@@ -576,42 +692,29 @@ class UdpNetwork:
             err = self.forwarder.error
             if not _tun_gone(err):
                 raise InterfaceError(
-                    f"the udp forwarder of {self._be.tun_name} failed: {err!r}",
+                    f"the udp forwarder of {self.tun_name} failed: {err!r}",
                     hint="restart pyflanneld; report this if it repeats",
                 )
             log.warning(
                 "udp.device_missing",
-                device=self._be.tun_name,
+                device=self.tun_name,
                 action="recreating the TUN device and its address and route",
             )
             await self._recreate()
 
     async def _recreate(self) -> None:
-        be = self._be
-        backoff = Backoff.of(_RECREATE_BACKOFF_MIN, _RECREATE_BACKOFF_MAX)
-        failures = FailureLog(log, "udp.recreate_failed")
-        while True:
-            try:
-                if be._tun_fd >= 0:
-                    os.close(be._tun_fd)
-                    be._tun_fd = -1
-                be._tun_fd, be._tun_name = open_tun()
-                assert self._lease.subnet is not None and be._network is not None
-                with NetlinkSocket() as nl:
-                    self.ifindex = configure_tun(
-                        nl, be._tun_name, self._lease.subnet, be._network, be.mtu
-                    )
-                break
-            except (InterfaceError, NetlinkError, OSError) as exc:
-                delay = backoff.next()
-                failures.failed(device=be._tun_name, error=str(exc), retry_in=round(delay, 2))
-                await trio.sleep(delay)
-        failures.resolved(device=be._tun_name)
+        p = self._prepared
+
+        def attempt() -> int:
+            p.tun.reopen()
+            with NetlinkSocket() as nl:
+                return configure_tun(nl, p.tun.name, self._subnet, p.network, p.mtu)
+
+        self.ifindex = await self._keeper.recreate(lambda: p.tun.name, attempt)
         for k, v in self.forwarder.stats.as_dict().items():
             setattr(self._stats_base, k, getattr(self._stats_base, k) + v)
         self.forwarder = self._new_forwarder()
-        be.stats.device_recreations_total += 1
-        log.warning("udp.device_recreated", device=be._tun_name, ifindex=self.ifindex)
+        log.warning("udp.device_recreated", device=p.tun.name, ifindex=self.ifindex)
 
 
 def icmp_source(network: IPNetwork, own: IPNetwork) -> int:

@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING
 import structlog
 import trio
 
-from pyflannel.backend.base import BackendStats, Family, PlanContext
+from pyflannel.backend.base import BackendStats, Family, PlanContext, Prepared
+from pyflannel.backend.device_keeper import DeviceKeeper
 from pyflannel.backend.kernel import NetlinkKernel
 from pyflannel.backend.mac_store import choose_vtep_mac, mac_path
 from pyflannel.backend.peers import PeerProgrammer
@@ -58,13 +59,26 @@ from pyflannel.netlink.nlsocket import NetlinkSocket
 from pyflannel.netlink.ops import IPAddress, IPNetwork
 from pyflannel.netlink.worker import NetlinkWorker
 from pyflannel.peer_messages import PeerMessage
-from pyflannel.retry import Backoff, FailureLog
 
 if TYPE_CHECKING:
     from pyflannel.config import NetworkConfig
     from pyflannel.iface import ExternalInterface
 
-__all__ = ["ENCAP_OVERHEAD", "ENCAP_OVERHEAD_V6", "VxlanBackend", "VxlanNetwork"]
+__all__ = [
+    "ENCAP_OVERHEAD",
+    "ENCAP_OVERHEAD_V6",
+    "KERNEL_DEFAULT_PORT",
+    "VxlanBackend",
+    "VxlanDevice",
+    "VxlanNetwork",
+    "VxlanPrepared",
+    "device_mtu",
+    "device_name",
+    "encap_overhead",
+    "flannel_mtu",
+    "is_device_name",
+    "plan_context",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -72,28 +86,100 @@ ENCAP_OVERHEAD = 50
 """Outer Ethernet + IPv4 + UDP + VXLAN headers (flanneld's ``encapOverhead``)."""
 ENCAP_OVERHEAD_V6 = 70
 """The same over an IPv6 underlay (the kernel caps ``flannel-v6.N`` at lower MTU − 70)."""
+KERNEL_DEFAULT_PORT = 8472
+"""The UDP port of a device created with ``Port`` 0 (the kernel's default, flanneld's too)."""
 
 _IFNAMSIZ = 15
-_RECREATE_BACKOFF_MIN = 1.0
-_RECREATE_BACKOFF_MAX = 30.0
-_DEVICE_CHECK_INTERVAL = 10.0  # besides link notifications: the device's address
 _ALL_V6 = ipaddress.IPv6Network("::/0")
 
 
-@dataclass
-class _Device:
-    """One vxlan device (one per address family) and what it must look like."""
+_DEVICE_PREFIXES: dict[Family, str] = {4: "flannel.", 6: "flannel-v6."}
+
+
+def device_name(family: Family, vni: int) -> str:
+    """The device of one family: ``flannel.<VNI>`` or ``flannel-v6.<VNI>`` (flanneld's names)."""
+    return f"{_DEVICE_PREFIXES[family]}{vni}"
+
+
+def is_device_name(name: str) -> bool:
+    """True for a name :func:`device_name` gives, whatever the VNI."""
+    return any(
+        name.startswith(prefix) and name[len(prefix) :].isdigit()
+        for prefix in _DEVICE_PREFIXES.values()
+    )
+
+
+def encap_overhead(family: Family) -> int:
+    """Bytes of encapsulation over an IPv4 (50) or IPv6 (70) underlay."""
+    return ENCAP_OVERHEAD if family == 4 else ENCAP_OVERHEAD_V6
+
+
+def device_mtu(underlay_mtu: int, family: Family) -> int:
+    """The MTU of one family's device: the underlay MTU minus that family's overhead."""
+    return underlay_mtu - encap_overhead(family)
+
+
+def flannel_mtu(underlay_mtu: int, *, ipv6: bool) -> int:
+    """``FLANNEL_MTU``: the underlay MTU minus 50, minus 70 when IPv6 is enabled (the smaller
+    device's MTU, so that pods' packets fit either device)."""
+    return device_mtu(underlay_mtu, 6 if ipv6 else 4)
+
+
+def plan_context(
+    family: Family,
+    *,
+    network: IPNetwork,
+    own_subnet: IPNetwork,
+    public_ip: IPAddress,
+    dev_index: int,
+    ext_index: int,
+    own_mac: str | None,
+    underlay: IPNetwork | None = None,
+) -> PlanContext:
+    """What the planner needs to program vxlan peers on the device ``dev_index``."""
+    return PlanContext(
+        family=family,
+        backend_type=VxlanBackend.backend_type,
+        network=network,
+        own_subnet=own_subnet,
+        own_public_ip=public_ip,
+        dev_index=dev_index,
+        ext_index=ext_index,
+        own_mac=own_mac,
+        underlay=underlay,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class VxlanDevice:
+    """One vxlan device (one per address family) and what it must look like; a re-created
+    device is a new value (new ifindex, maybe a new external interface index)."""
 
     family: Family
-    spec: VxlanSpec  # spec.mac is the VTEP MAC, fixed for the life of the daemon
+    spec: VxlanSpec
+    """``spec.mac`` is the VTEP MAC, fixed for the life of the daemon."""
     network: IPNetwork
     public_ip: IPAddress
     ifindex: int = 0
 
     @property
     def mac(self) -> str:
+        """The VTEP MAC."""
         assert self.spec.mac is not None
         return self.spec.mac
+
+
+@dataclass(frozen=True, slots=True)
+class VxlanPrepared:
+    """What :meth:`VxlanBackend.prepare` set up before the lease; :meth:`VxlanBackend.configure`
+    consumes it."""
+
+    ext: ExternalInterface
+    devices: tuple[VxlanDevice, ...]
+    mtu: int
+    """``FLANNEL_MTU``."""
+    direct_routing: bool
+    attrs: LeaseAttrs
 
 
 class VxlanBackend:
@@ -117,16 +203,19 @@ class VxlanBackend:
         self._metrics = metrics
         self.stats = stats if stats is not None else BackendStats()
         self._sock: NetlinkSocket | None = None
-        self._devices: list[_Device] = []
-        self._ext: ExternalInterface | None = None
-        self._mtu = 0
-        self._direct_routing = False
+        self._prepared: VxlanPrepared | None = None
+
+    @property
+    def prepared(self) -> VxlanPrepared | None:
+        """What :meth:`prepare` set up (None before it)."""
+        return self._prepared
 
     @property
     def devices(self) -> dict[Family, LinkInfo | None]:
         """The devices as the kernel reports them now (for diagnostics and tests)."""
         sock = self._socket()
-        return {d.family: get_link(sock, d.spec.name) for d in self._devices}
+        devices = self._prepared.devices if self._prepared is not None else ()
+        return {d.family: get_link(sock, d.spec.name) for d in devices}
 
     def _socket(self) -> NetlinkSocket:
         if self._sock is None:
@@ -136,37 +225,35 @@ class VxlanBackend:
 
     async def prepare(
         self, config: NetworkConfig, ext_iface: ExternalInterface, state_dir: Path
-    ) -> LeaseAttrs:
-        """Create or reuse the device(s) and return the lease attrs to advertise.
+    ) -> VxlanPrepared:
+        """Create or reuse the device(s); the result holds them and the lease attrs.
 
         ``state_dir`` holds the VTEP MAC file (the directory of ``--subnet-file``).
         """
         from pyflannel.config import vxlan_options
 
         opts = vxlan_options(config)
-        self._ext = ext_iface
-        self._direct_routing = opts.direct_routing
         underlay_mtu = opts.mtu or ext_iface.mtu
         # flanneld uses MTU - 50 for both devices; the kernel caps an IPv6-underlay device at
         # MTU - 70, so that one gets - 70 and FLANNEL_MTU is the smaller of the two.
-        overhead = ENCAP_OVERHEAD_V6 if config.enable_ipv6 else ENCAP_OVERHEAD
-        self._mtu = underlay_mtu - overhead
-        if self._mtu < 68:
+        mtu = flannel_mtu(underlay_mtu, ipv6=config.enable_ipv6)
+        if mtu < 68:
+            overhead = underlay_mtu - mtu
             raise ConfigError(
-                f"vxlan MTU {self._mtu} (underlay MTU {underlay_mtu} - {overhead}) is too small",
+                f"vxlan MTU {mtu} (underlay MTU {underlay_mtu} - {overhead}) is too small",
                 hint=f'set "MTU" in the Backend to at least {68 + overhead}',
             )
         v4: Family = 4
         v6: Family = 6
-        wanted: list[tuple[Family, str, IPNetwork | None, IPAddress | None]] = []
+        wanted: list[tuple[Family, IPNetwork | None, IPAddress | None]] = []
         if config.enable_ipv4:
-            wanted.append((v4, f"flannel.{opts.vni}", config.network, ext_iface.public_ip))
+            wanted.append((v4, config.network, ext_iface.public_ip))
         if config.enable_ipv6:
-            name6 = f"flannel-v6.{opts.vni}"
-            wanted.append((v6, name6, config.ipv6_network, ext_iface.public_ipv6))
-        self._devices = []
-        for family, name, network, public in wanted:
+            wanted.append((v6, config.ipv6_network, ext_iface.public_ipv6))
+        devices: list[VxlanDevice] = []
+        for family, network, public in wanted:
             assert network is not None  # parse_network_config guarantees it for enabled stacks
+            name = device_name(family, opts.vni)
             if public is None:
                 raise InterfaceError(
                     f"interface {ext_iface.name} has no public IPv{family} address for vxlan",
@@ -186,14 +273,13 @@ class VxlanBackend:
                 port=opts.port,
                 gbp=opts.gbp,
                 learning=opts.learning,
-                mtu=underlay_mtu - (ENCAP_OVERHEAD if family == 4 else ENCAP_OVERHEAD_V6),
+                mtu=device_mtu(underlay_mtu, family),
             )
-            dev = _Device(family, spec, network, public)
-            self._ensure_device(dev, mac_path(state_dir, opts.vni, family))
-            self._devices.append(dev)
+            dev = VxlanDevice(family, spec, network, public)
+            devices.append(self._ensure_device(dev, mac_path(state_dir, opts.vni, family)))
 
         attrs = LeaseAttrs(backend_type=self.backend_type)
-        for dev in self._devices:
+        for dev in devices:
             data = {"VNI": opts.vni, "VtepMAC": dev.mac}
             if dev.family == 4:
                 assert isinstance(dev.public_ip, ipaddress.IPv4Address)
@@ -201,34 +287,35 @@ class VxlanBackend:
             else:
                 assert isinstance(dev.public_ip, ipaddress.IPv6Address)
                 attrs = replace(attrs, public_ipv6=dev.public_ip, backend_v6_data=data)
-        return attrs
+        self._prepared = VxlanPrepared(ext_iface, tuple(devices), mtu, opts.direct_routing, attrs)
+        return self._prepared
 
-    def _ensure_device(self, dev: _Device, mac_file: Path) -> None:
+    def _ensure_device(self, dev: VxlanDevice, mac_file: Path) -> VxlanDevice:
         sock = self._socket()
         existing = get_link(sock, dev.spec.name)
         device_mac = None
         if existing is not None and not vxlan_incompatibilities(dev.spec, existing):
             device_mac = existing.mac
         mac, source = choose_vtep_mac(mac_file, device_mac=device_mac, hint=self._hints[dev.family])
-        dev.spec = replace(dev.spec, mac=mac)
-        link = _ensure_link(sock, dev.spec)
-        dev.ifindex = link.ifindex
+        spec = replace(dev.spec, mac=mac)
+        link = _ensure_link(sock, spec)
         log.info(
             "vxlan.device_ready",
-            device=dev.spec.name,
+            device=spec.name,
             ifindex=link.ifindex,
             vtep_mac=mac,
             mac_source=source,
-            mtu=dev.spec.mtu,
+            mtu=spec.mtu,
             reused=existing is not None and existing.ifindex == link.ifindex,
         )
+        return replace(dev, spec=spec, ifindex=link.ifindex)
 
-    async def configure(self, lease: Lease) -> VxlanNetwork:
+    async def configure(self, prepared: Prepared, lease: Lease) -> VxlanNetwork:
         """Address the device(s) with our lease, bring them up, and return the network."""
-        if not self._devices or self._ext is None:
-            raise RuntimeError("VxlanBackend.configure() called before prepare()")
+        if not isinstance(prepared, VxlanPrepared):
+            raise TypeError(f"VxlanBackend.configure() takes a VxlanPrepared, not {prepared!r}")
         contexts: list[PlanContext] = []
-        for dev in self._devices:
+        for dev in prepared.devices:
             own = lease.subnet if dev.family == 4 else lease.ipv6_subnet
             if own is None:
                 raise LeaseError(
@@ -237,45 +324,66 @@ class VxlanBackend:
                     hint="delete the lease in etcd so that a dual-stack one is allocated",
                 )
             _configure_device(self._socket(), dev, own)
-            contexts.append(self._context(dev, own))
+            contexts.append(_context(prepared.ext, dev, own))
         # Peers are programmed on a socket and thread of their own; device repair keeps using
         # this backend's socket, so neither waits for the other.
         programmer = PeerProgrammer(
             NetlinkWorker(NetlinkKernel()),
             contexts,
-            direct_routing=self._direct_routing,
+            direct_routing=prepared.direct_routing,
             metrics=self._metrics,
             stats=self.stats,
         )
-        return VxlanNetwork(self, lease, programmer)
-
-    def _context(self, dev: _Device, own: IPNetwork) -> PlanContext:
-        assert self._ext is not None
-        return PlanContext(
-            family=dev.family,
-            backend_type=self.backend_type,
-            network=dev.network,
-            own_subnet=own,
-            own_public_ip=dev.public_ip,
-            dev_index=dev.ifindex,
-            ext_index=dev.spec.vtep_ifindex,
-            own_mac=dev.mac,
-            underlay=self._ext.ipv4_network if dev.family == 4 else self._ext.ipv6_network,
+        return VxlanNetwork(
+            prepared,
+            lease,
+            programmer,
+            sock=self._socket(),
+            resync_interval=self.resync_interval,
+            stats=self.stats,
         )
 
 
-class VxlanNetwork:
-    """The configured vxlan data path for our lease."""
+def _context(ext: ExternalInterface, dev: VxlanDevice, own: IPNetwork) -> PlanContext:
+    return plan_context(
+        dev.family,
+        network=dev.network,
+        own_subnet=own,
+        public_ip=dev.public_ip,
+        dev_index=dev.ifindex,
+        ext_index=dev.spec.vtep_ifindex,
+        own_mac=dev.mac,
+        underlay=ext.ipv4_network if dev.family == 4 else ext.ipv6_network,
+    )
 
-    def __init__(self, backend: VxlanBackend, lease: Lease, programmer: PeerProgrammer) -> None:
-        self._be = backend
+
+class VxlanNetwork:
+    """The configured vxlan data path for our lease: the peers (its programmer) and the
+    devices (kept by a :class:`~pyflannel.backend.device_keeper.DeviceKeeper`)."""
+
+    def __init__(
+        self,
+        prepared: VxlanPrepared,
+        lease: Lease,
+        programmer: PeerProgrammer,
+        *,
+        sock: NetlinkSocket,
+        resync_interval: float,
+        stats: BackendStats,
+    ) -> None:
+        self._prepared = prepared
         self._lease = lease
+        self._sock = sock
+        self._devices = {d.family: d for d in prepared.devices}
+        self._resync_interval = resync_interval
+        self._stats = stats
+        self._keeper = DeviceKeeper("vxlan", stats)
         self.programmer = programmer
 
     @property
     def mtu(self) -> int:
         """``FLANNEL_MTU``: the underlay MTU minus 50 (minus 70 when IPv6 is enabled)."""
-        return self._be._mtu
+        return self._prepared.mtu
 
     @property
     def lease(self) -> Lease:
@@ -285,7 +393,7 @@ class VxlanNetwork:
     @property
     def stats(self) -> BackendStats:
         """Backend counters (rejections, device re-creations, resyncs)."""
-        return self._be.stats
+        return self._stats
 
     @property
     def peers(self) -> WantedPeers:
@@ -307,35 +415,41 @@ class VxlanNetwork:
     async def run(self) -> None:
         """Re-create deleted devices (re-programming every peer) and resync, until cancelled."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.programmer.resync_loop, self._be.resync_interval)
-            nursery.start_soon(self._watch_devices)
+            nursery.start_soon(self.programmer.resync_loop, self._resync_interval)
+            nursery.start_soon(self._keep_devices)
 
-    async def _watch_devices(self) -> None:
-        be = self._be
+    async def _keep_devices(self) -> None:
         with LinkMonitor() as monitor:
-            await self.check_devices()  # it may have gone before the monitor existed
-            while True:
-                # Address changes send no link event: a periodic check catches those.
-                events = []
-                with trio.move_on_after(_DEVICE_CHECK_INTERVAL) as timer:
-                    events = await monitor.next_events()
-                names = {d.spec.name for d in be._devices}
-                indexes = {d.ifindex for d in be._devices}
-                if timer.cancelled_caught or any(
-                    e.kind == "overflow" or e.name in names or e.ifindex in indexes for e in events
-                ):
-                    await self.check_devices()
+            # opened first: a device deleted before the first check is caught by it
 
-    async def check_devices(self) -> None:
-        """Repair each device: re-create it if gone or replaced, bring it up if down."""
-        sock = self._be._socket()
-        for dev in self._be._devices:
-            link = get_link(sock, dev.spec.name)
+            async def wait(interval: float) -> None:
+                with trio.move_on_after(interval):
+                    while True:
+                        events = await monitor.next_events()
+                        names = {d.spec.name for d in self._devices.values()}
+                        indexes = {d.ifindex for d in self._devices.values()}
+                        if any(
+                            e.kind == "overflow" or e.name in names or e.ifindex in indexes
+                            for e in events
+                        ):
+                            return
+
+            names = ", ".join(d.spec.name for d in self._devices.values())
+            await self._keeper.run(self.check_devices, wait, lambda: names)
+
+    async def check_devices(self) -> list[str]:
+        """Repair each device: re-create it if gone or replaced, bring it up if down, put its
+        address back; what was repaired."""
+        repaired: list[str] = []
+        for dev in list(self._devices.values()):
+            link = get_link(self._sock, dev.spec.name)
             if link is not None and link.ifindex == dev.ifindex and link.mac == dev.mac:
                 if not link.up:
                     log.warning("vxlan.device_was_down", device=dev.spec.name, action="set up")
-                    set_link_up(sock, link.ifindex)
-                self._check_address(sock, dev)
+                    set_link_up(self._sock, link.ifindex)
+                    repaired.append(f"{dev.spec.name}: set up")
+                if self._check_address(dev):
+                    repaired.append(f"{dev.spec.name}: address")
                 continue
             log.warning(
                 "vxlan.device_missing",
@@ -343,53 +457,50 @@ class VxlanNetwork:
                 action="recreating it with the same MAC and re-programming every peer",
             )
             await self._recreate(dev)
+            repaired.append(f"{dev.spec.name}: re-created")
+        return repaired
 
-    def _check_address(self, sock: NetlinkSocket, dev: _Device) -> None:
-        # Someone removed our /32 (/128): host-to-pod traffic would leave with another source.
+    def _check_address(self, dev: VxlanDevice) -> bool:
+        """Put back our /32 (/128) if someone removed it (host-to-pod traffic would leave with
+        another source); True when it was put back."""
         own = self.programmer.context(dev.family).own_subnet
         af = socket.AF_INET if dev.family == 4 else socket.AF_INET6
         try:
-            present = {a.ip for a in list_addresses(sock, dev.ifindex, af)}
+            present = {a.ip for a in list_addresses(self._sock, dev.ifindex, af)}
             if own.network_address in present:
-                return
+                return False
             log.warning(
                 "vxlan.address_restored", device=dev.spec.name, address=str(own.network_address)
             )
-            _configure_device(sock, dev, own)
+            _configure_device(self._sock, dev, own)
+            return True
         except NetlinkError as exc:
             log.warning("vxlan.address_check_failed", device=dev.spec.name, error=str(exc))
+            return False
 
-    async def _recreate(self, dev: _Device) -> None:
-        be = self._be
-        sock = be._socket()
-        ext = be._ext
-        assert ext is not None
-        backoff = Backoff.of(_RECREATE_BACKOFF_MIN, _RECREATE_BACKOFF_MAX)
-        failures = FailureLog(log, "vxlan.recreate_failed")
-        while True:
-            try:
-                ext_link = get_link(sock, ext.name)
-                if ext_link is None:
-                    raise InterfaceError(f"external interface {ext.name} is gone")
-                dev.spec = replace(dev.spec, vtep_ifindex=ext_link.ifindex)
-                link = _ensure_link(sock, dev.spec)
-                dev.ifindex = link.ifindex
-                own = self.programmer.context(dev.family).own_subnet
-                _configure_device(sock, dev, own)
-                self.programmer.set_context(be._context(dev, own))
-                break
-            except (NetlinkError, InterfaceError, OSError) as exc:
-                delay = backoff.next()
-                failures.failed(device=dev.spec.name, error=str(exc), retry_in=round(delay, 2))
-                await trio.sleep(delay)
-        failures.resolved(device=dev.spec.name)
-        be.stats.device_recreations_total += 1
+    async def _recreate(self, dev: VxlanDevice) -> None:
+        ext = self._prepared.ext
+        own = self.programmer.context(dev.family).own_subnet
+
+        def attempt() -> VxlanDevice:
+            ext_link = get_link(self._sock, ext.name)
+            if ext_link is None:
+                raise InterfaceError(f"external interface {ext.name} is gone")
+            spec = replace(dev.spec, vtep_ifindex=ext_link.ifindex)
+            link = _ensure_link(self._sock, spec)
+            new = replace(dev, spec=spec, ifindex=link.ifindex)
+            _configure_device(self._sock, new, own)
+            return new
+
+        new = await self._keeper.recreate(lambda: dev.spec.name, attempt)
+        self._devices[dev.family] = new
+        self.programmer.set_context(_context(ext, new, own))
         ops = await self.programmer.reprogram("device re-created")
         log.warning(
             "vxlan.device_recreated",
-            device=dev.spec.name,
-            ifindex=dev.ifindex,
-            vtep_mac=dev.mac,
+            device=new.spec.name,
+            ifindex=new.ifindex,
+            vtep_mac=new.mac,
             peers=self.programmer.peers_programmed,
             ops=ops,
         )
@@ -421,7 +532,7 @@ def _ensure_link(sock: NetlinkSocket, spec: VxlanSpec) -> LinkInfo:
     return link
 
 
-def _configure_device(sock: NetlinkSocket, dev: _Device, own: IPNetwork) -> None:
+def _configure_device(sock: NetlinkSocket, dev: VxlanDevice, own: IPNetwork) -> None:
     """Own subnet network address as /32 (/128), stale addresses inside Network removed, up."""
     iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface
     if dev.family == 4:

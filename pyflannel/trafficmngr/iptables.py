@@ -95,6 +95,20 @@ class IptablesManager:
             for table in _TABLES
         }
 
+    async def differences(self) -> list[str]:
+        """What differs from the wanted rules, as ``<binary> <problem>`` lines; read-only (the
+        diff ``pyflannel status`` shows). Raises TrafficRuleError when reading fails."""
+        problems: list[str] = []
+        for family in self.spec.families():
+            tool = self._tools[family]
+            for table, (chains, unwanted) in (await self.wanted(family)).items():
+                if not chains and not unwanted:
+                    continue
+                saved = await tool.save(table)
+                diff = diff_iptables(table, saved, chains, unwanted)
+                problems += [f"{tool.binary} {p}" for p in diff]
+        return problems
+
     async def setup(self) -> None:
         """Apply the whole rule set for every configured family, whatever is there now.
 

@@ -77,6 +77,17 @@ class NftablesManager:
         """The table wanted for ``family``."""
         return nft_table(self.spec, family, fully_random=await self._masq_fully_random())
 
+    async def differences(self) -> list[str]:
+        """What differs from the wanted tables; read-only (the diff ``pyflannel status``
+        shows). Raises TrafficRuleError when nft is missing or listing fails."""
+        self._runner.require("nft")
+        problems: list[str] = []
+        for family in self.spec.families():
+            table = await self.wanted(family)
+            listing = await list_nft_table(self._runner, table.family, table.name)
+            problems += diff_nft(table, listing)
+        return problems
+
     async def setup(self) -> None:
         """Write the table of every configured family; delete flannel's table of a family
         that is not configured (flanneld creates both and leaves stale rules in the unused

@@ -27,6 +27,10 @@ class TrafficManager(Protocol):
         """Apply the whole rule set now. Raises TrafficRuleError on failure."""
         ...
 
+    async def differences(self) -> list[str]:
+        """What differs from the wanted rules, changing nothing. Raises TrafficRuleError."""
+        ...
+
     async def resync_once(self) -> list[str]:
         """Repair any difference; return what was repaired. Raises TrafficRuleError."""
         ...

@@ -244,3 +244,40 @@ def test_host_gw_route_via_public_ip(hostgw_lab: Lab) -> None:
     assert bad["fix"] == f"ip route replace {n2_subnet} via 198.51.100.2 dev eth0"
     code, doc = lab.json_tool("n1", "doctor")
     assert code == 0, doc["findings"]  # host-gw: no device, no UDP port; nothing else broken
+
+
+@pytest.fixture(scope="module")
+def udp_lab() -> Iterator[Lab]:
+    require_root()
+    prefix = f"pf{secrets.token_hex(3)}"
+    try:
+        yield Lab(prefix, 2, "udp")
+    finally:
+        command.down(prefix)
+
+
+def test_udp_data_path_is_judged(udp_lab: Lab) -> None:
+    """status judges the udp backend with the daemon's own rules: the TUN (up, address, MTU,
+    the Network route), the forwarder's socket, and the peers the forwarder's table holds."""
+    lab = udp_lab
+    n2_subnet = lab.subnet("n2")
+    code, doc = lab.json_tool("n1", "status")
+    assert code == 0, json.dumps(doc, indent=1)
+    assert not by(doc["findings"], level="WARN"), doc["findings"]
+    (dev,) = by(doc["findings"], check="device")
+    assert dev["level"] == "OK" and dev["subject"] == "flannel0", dev
+    (peer,) = by(doc["findings"], check="peer")
+    assert peer["level"] == "OK" and peer["subject"] == n2_subnet
+    assert "198.51.100.2:8285" in peer["message"]
+    code, doc = lab.json_tool("n1", "doctor")
+    assert code == 0, doc["findings"]
+    (mtu,) = by(doc["findings"], check="mtu")
+    assert mtu["level"] == "OK", mtu  # FLANNEL_MTU = external MTU - 28, not a warning
+
+    # The TUN and the forwarder's socket live as long as the daemon: stopped, both are gone.
+    lab.stop_daemon("n1")
+    code, doc = lab.json_tool("n1", "status")
+    assert code == 1
+    fails = by(doc["findings"], check="device", level="FAIL")
+    assert any("does not exist" in f["message"] for f in fails), fails
+    assert any("UDP port 8285" in f["message"] for f in fails), fails

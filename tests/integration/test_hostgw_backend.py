@@ -47,13 +47,14 @@ def bring_up(
     backends, leases = [], []
     for node in topo.nodes:
         be = HostGwBackend(resync_interval=resync_interval)
-        attrs = node.run(trio.run, be.prepare, CFG, node.ext_iface(), tmp_path)
+        prepared = node.run(trio.run, be.prepare, CFG, node.ext_iface(), tmp_path)
+        attrs = prepared.attrs
         assert attrs == LeaseAttrs(public_ip=node.ip, backend_type="host-gw")
-        backends.append(be)
+        backends.append((be, prepared))
         leases.append(Lease(node.subnet, attrs, expiration=time.time() + 3600, etcd_lease_id=1))
     nets = [
-        node.run(trio.run, be.configure, le)
-        for node, be, le in zip(topo.nodes, backends, leases, strict=True)
+        node.run(trio.run, be.configure, prepared, le)
+        for node, (be, prepared), le in zip(topo.nodes, backends, leases, strict=True)
     ]
     return nets, leases
 

@@ -109,10 +109,10 @@ def test_idle_resyncs_skip_and_a_deleted_route_still_comes_back(
     nets, leases = [], []
     for node in nodes.nodes:
         be = HostGwBackend(resync_interval=0.1)
-        attrs = node.run(trio.run, be.prepare, CFG, node.ext_iface(), tmp_path)
-        lease = Lease(node.subnet, attrs, expiration=time.time() + 3600, etcd_lease_id=1)
+        prepared = node.run(trio.run, be.prepare, CFG, node.ext_iface(), tmp_path)
+        lease = Lease(node.subnet, prepared.attrs, expiration=time.time() + 3600, etcd_lease_id=1)
         leases.append(lease)
-        nets.append(node.run(trio.run, be.configure, lease))
+        nets.append(node.run(trio.run, be.configure, prepared, lease))
     net = nets[1]
     n1.run(trio.run, net.apply_snapshot, leases)
     programmer = net.programmer

@@ -40,15 +40,18 @@ def nodes() -> Iterator[Nodes]:
 @contextlib.contextmanager
 def udp_nodes(topo: Nodes, tmp_path: Path) -> Iterator[tuple[list[UdpNetwork], list[Lease]]]:
     """Both nodes prepared and configured, peers applied, forwarders running; closed after."""
-    backends, leases, nets = [], [], []
+    backends, prepared, leases, nets = [], [], [], []
     try:
         for node in topo.nodes:
             be = UdpBackend()
             backends.append(be)
-            attrs = node.run(trio.run, be.prepare, CFG, node.ext_iface(), tmp_path)
-            leases.append(Lease(node.subnet, attrs, expiration=time.time() + 3600, etcd_lease_id=1))
-        for node, be, le in zip(topo.nodes, backends, leases, strict=True):
-            net = node.run(trio.run, be.configure, le)
+            prep = node.run(trio.run, be.prepare, CFG, node.ext_iface(), tmp_path)
+            prepared.append(prep)
+            leases.append(
+                Lease(node.subnet, prep.attrs, expiration=time.time() + 3600, etcd_lease_id=1)
+            )
+        for node, be, prep, le in zip(topo.nodes, backends, prepared, leases, strict=True):
+            net = node.run(trio.run, be.configure, prep, le)
             nets.append(net)
             node.run(trio.run, net.apply_snapshot, leases)
             net.forwarder.start()
@@ -74,12 +77,13 @@ def test_device_route_socket_and_lease_attrs(nodes: Nodes, tmp_path: Path) -> No
     n0 = nodes[0]
     be = UdpBackend()
     try:
-        attrs = n0.run(trio.run, be.prepare, CFG, n0.ext_iface(mtu=1450), tmp_path)
+        prep = n0.run(trio.run, be.prepare, CFG, n0.ext_iface(mtu=1450), tmp_path)
+        attrs = prep.attrs
         # exactly what flanneld writes: no BackendType, no BackendData
         assert attrs == LeaseAttrs(public_ip=n0.ip)
         assert encode_attrs(attrs) == '{"PublicIP":"198.51.100.11","PublicIPv6":null}'
         lease = Lease(n0.subnet, attrs)
-        net = n0.run(trio.run, be.configure, lease)
+        net = n0.run(trio.run, be.configure, prep, lease)
         assert be.tun_name == "flannel0"
         assert net.mtu == 1450 - 28
 
@@ -316,8 +320,8 @@ def test_route_for_the_network_via_another_device_is_replaced(nodes: Nodes, tmp_
     )
     be = UdpBackend()
     try:
-        attrs = n0.run(trio.run, be.prepare, CFG, n0.ext_iface(), tmp_path)
-        n0.run(trio.run, be.configure, Lease(n0.subnet, attrs))
+        prep = n0.run(trio.run, be.prepare, CFG, n0.ext_iface(), tmp_path)
+        n0.run(trio.run, be.configure, prep, Lease(n0.subnet, prep.attrs))
         routes = ip_json("-n", n0.ns, "route", "show", "10.5.0.0/16")
         assert [(r["dev"], r.get("gateway")) for r in routes] == [("flannel0", None)]
     finally:
@@ -329,12 +333,11 @@ def test_udp_socket_is_bound_to_the_interface_address(nodes: Nodes, tmp_path: Pa
     n0 = nodes[0]
     be = UdpBackend()
     try:
-        attrs = n0.run(trio.run, be.prepare, CFG, n0.ext_iface(public_ip="203.0.113.5"),
-                       tmp_path)  # fmt: skip
-        assert attrs.public_ip == ipaddress.IPv4Address("203.0.113.5")
-        assert be._sock is not None
-        assert be._sock.getsockname() == ("198.51.100.11", 8285)
-        assert be._sock.type == socket.SOCK_DGRAM
+        prep = n0.run(trio.run, be.prepare, CFG, n0.ext_iface(public_ip="203.0.113.5"),
+                      tmp_path)  # fmt: skip
+        assert prep.attrs.public_ip == ipaddress.IPv4Address("203.0.113.5")
+        assert prep.sock.getsockname() == ("198.51.100.11", 8285)
+        assert prep.sock.type == socket.SOCK_DGRAM
     finally:
         be.close()
 

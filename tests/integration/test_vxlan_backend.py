@@ -53,8 +53,8 @@ def prepare(
     node: Node, state_dir: Path, cfg: NetworkConfig = CFG, **kw: object
 ) -> tuple[VxlanBackend, LeaseAttrs]:
     be = VxlanBackend(**kw)  # type: ignore[arg-type]
-    attrs = node.run(trio.run, be.prepare, cfg, node.ext_iface(), state_dir)
-    return be, attrs
+    prepared = node.run(trio.run, be.prepare, cfg, node.ext_iface(), state_dir)
+    return be, prepared.attrs
 
 
 def lease_of(node: Node, attrs: LeaseAttrs) -> Lease:
@@ -76,7 +76,7 @@ def bring_up(
         backends.append(be)
         leases.append(lease_of(node, attrs))
     nets = [
-        node.run(trio.run, be.configure, le)
+        node.run(trio.run, be.configure, be.prepared, le)
         for node, be, le in zip(topo.nodes, backends, leases, strict=True)
     ]
     return backends, nets, leases

@@ -1,0 +1,91 @@
+"""One checked fact (:class:`Finding`) and how a list of them is counted and printed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+__all__ = [
+    "MAX_OK_PEER_LINES",
+    "Finding",
+    "Level",
+    "count_levels",
+    "format_duration",
+    "render_findings",
+]
+
+# Above this many healthy peers the table shows one summary line instead of one line each.
+MAX_OK_PEER_LINES: Final = 20
+
+Level = Literal["OK", "WARN", "FAIL"]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One checked fact: ``level``, which ``check``, about what ``subject``, a one-line
+    ``message`` and, when there is one, the command that ``fix``-es it."""
+
+    level: Level
+    check: str
+    subject: str
+    message: str
+    fix: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The finding as a JSON object (stable keys)."""
+        return {
+            "level": self.level,
+            "check": self.check,
+            "subject": self.subject,
+            "message": self.message,
+            "fix": self.fix,
+        }
+
+
+def format_duration(seconds: float | None) -> str:
+    """``23h59m``, ``5m03s``, ``42s``; ``never`` for None, ``expired`` at or below zero."""
+    if seconds is None:
+        return "never"
+    s = int(seconds)
+    if s <= 0:
+        return "expired"
+    days, rest = divmod(s, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def count_levels(findings: Iterable[Finding]) -> dict[str, int]:
+    """``{"ok": n, "warn": n, "fail": n}``."""
+    counts = {"ok": 0, "warn": 0, "fail": 0}
+    for f in findings:
+        counts[f.level.lower()] += 1
+    return counts
+
+
+def render_findings(findings: Sequence[Finding], *, collapse_ok_peers: bool = True) -> list[str]:
+    """One line per finding (``LEVEL  subject  message``), fixes indented below."""
+    lines: list[str] = []
+    shown = list(findings)
+    ok_peers = [f for f in shown if f.level == "OK" and f.check == "peer"]
+    if collapse_ok_peers and len(ok_peers) > MAX_OK_PEER_LINES:
+        first = shown.index(ok_peers[0])
+        shown = [f for f in shown if not (f.level == "OK" and f.check == "peer")]
+        shown.insert(
+            first,
+            Finding("OK", "peer", f"{len(ok_peers)} peers", "routes and entries in place"),
+        )
+    cw = max((len(f.check) for f in shown), default=0)
+    sw = max((len(f.subject) for f in shown), default=0)
+    for f in shown:
+        lines.append(f"  {f.level:<4}  {f.check:<{cw}}  {f.subject:<{sw}}  {f.message}")
+        if f.fix and f.level != "OK":
+            lines.append(f"  {'':<4}  {'':<{cw}}  {'':<{sw}}  fix: {f.fix}")
+    return lines
