@@ -10,7 +10,7 @@ from pyflannel.inspect.findings import Finding
 from pyflannel.lease import Lease
 
 if TYPE_CHECKING:
-    from pyflannel.cli.flags import Options
+    from pyflannel.options import Options
     from pyflannel.config import NetworkConfig
 
 __all__ = ["evaluate_rules", "rule_findings"]

@@ -11,7 +11,7 @@ from pyflannel.lease import Lease
 from pyflannel.netlink.ops import IPNetwork
 
 if TYPE_CHECKING:
-    from pyflannel.cli.flags import Options
+    from pyflannel.options import Options
     from pyflannel.config import NetworkConfig
     from pyflannel.subnet.etcd.registry import EtcdRegistry
     from pyflannel.subnet.subnet_env import SubnetEnv
