@@ -20,6 +20,8 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "vxlan": ("pyflannel.backend.vxlan", "VxlanBackend"),
     "host-gw": ("pyflannel.backend.hostgw", "HostGwBackend"),
     "udp": ("pyflannel.backend.udp", "UdpBackend"),
+    # issue 17: WireGuard (kernel module, else wireguard-go)
+    "wireguard": ("pyflannel.backend.wireguard.network", "WireguardBackend"),
 }
 """Lease ``BackendType`` (lower case, as in the network config) → (module, class)."""
 

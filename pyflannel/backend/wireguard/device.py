@@ -1,0 +1,279 @@
+"""The WireGuard device: kernel module where present, ``wireguard-go`` where not.
+
+:func:`ensure_device` returns a :class:`Device` whatever path runs:
+
+* an existing device is *reused* — its peers keep carrying pod traffic while the daemon
+  restarts (flanneld deletes and re-creates it, which cuts traffic; see docs/compatibility.md);
+* else ``ip link add <name> type wireguard`` (rtnetlink); the device is then driven over
+  generic netlink (:mod:`.genl`);
+* if the kernel refuses the link kind (no module: ``EOPNOTSUPP``), ``wireguard-go <name>`` is
+  started as its own process — its own session, so a signal to the daemon's process group
+  does not reach it, and it daemonizes itself — and driven over its UAPI socket (:mod:`.uapi`).
+
+The daemon then owns the device's address, MTU, link state and the Network route
+(:func:`configure_link`). All functions here block; the network runs them in worker threads.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import ipaddress
+import os
+import shutil
+import struct
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal, Protocol
+
+import structlog
+
+from pyflannel.backend.wireguard.genl import GenlWireguard
+from pyflannel.backend.wireguard.uapi import (
+    SOCKET_DIR,
+    DeviceState,
+    SetDevice,
+    UapiClient,
+    UapiError,
+    socket_path,
+)
+from pyflannel.errors import InterfaceError
+from pyflannel.netlink import consts as nlc
+from pyflannel.netlink.addresses import ensure_address, list_addresses
+from pyflannel.netlink.dump import dump_routes
+from pyflannel.netlink.encode import attr, ifinfomsg, nested, rtmsg
+from pyflannel.netlink.links import delete_link, get_link, set_link_mtu, set_link_up
+from pyflannel.netlink.nlsocket import KernelRefused, NetlinkSocket
+from pyflannel.netlink.ops import IPNetwork
+
+__all__ = [
+    "WIREGUARD_GO_ENV",
+    "Device",
+    "DeviceClient",
+    "configure_link",
+    "ensure_device",
+    "link_repairs",
+    "start_wireguard_go",
+]
+
+log = structlog.get_logger(__name__)
+
+WIREGUARD_GO_ENV: Final = "PYFLANNEL_WIREGUARD_GO"
+_START_TIMEOUT: Final = 10.0
+# The kernel's answers when it has no "wireguard" link kind.
+_NO_MODULE_ERRNOS: Final = frozenset({errno_mod.EOPNOTSUPP, errno_mod.ENOTSUP, errno_mod.ENOENT})
+
+
+class DeviceClient(Protocol):
+    """Configuration access to one device (UAPI socket or generic netlink)."""
+
+    device: str
+
+    def get(self) -> DeviceState:
+        """The device's configuration and per-peer counters."""
+        ...
+
+    def set(self, req: SetDevice) -> None:
+        """Apply a configuration change."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A live WireGuard device: its name, which path drives it and how to configure it."""
+
+    name: str
+    kind: Literal["kernel", "userspace"]
+    client: DeviceClient
+
+
+def _wireguard_go() -> str:
+    configured = os.environ.get(WIREGUARD_GO_ENV, "")
+    found = configured or shutil.which("wireguard-go")
+    if not found:
+        raise InterfaceError(
+            "this kernel has no WireGuard module and wireguard-go is not installed",
+            hint="apt-get install --no-install-recommends wireguard-go wireguard-tools "
+            "(or load the wireguard module)",
+        )
+    return found
+
+
+def _responds(client: DeviceClient) -> bool:
+    try:
+        client.get()
+    except UapiError:
+        return False
+    return True
+
+
+def start_wireguard_go(name: str, directory: Path = SOCKET_DIR) -> UapiClient:
+    """Start ``wireguard-go name`` detached from us and wait until its UAPI socket answers.
+
+    A socket file left by a killed wireguard-go (SIGKILL leaves it) is removed first: the new
+    process would otherwise refuse to start ("address already in use").
+    """
+    client = UapiClient(name, directory)
+    path = socket_path(name, directory)
+    if path.exists() and not _responds(client):
+        path.unlink(missing_ok=True)
+    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "WG_PROCESS_FOREGROUND"}
+    env.setdefault("LOG_LEVEL", "error")
+    # wireguard-go forks its daemon and exits once the device exists; start_new_session keeps
+    # the daemon out of our process group and session (it must outlive us).
+    proc = subprocess.run(
+        [_wireguard_go(), name],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+        timeout=_START_TIMEOUT,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise InterfaceError(
+            f"wireguard-go {name} failed (exit {proc.returncode}): "
+            f"{proc.stderr.decode(errors='replace').strip()[-300:]}",
+            hint="check /dev/net/tun exists (modprobe tun) and that no other device is named "
+            f"{name}",
+        )
+    deadline = time.monotonic() + _START_TIMEOUT
+    while not _responds(client):
+        if time.monotonic() > deadline:
+            raise InterfaceError(
+                f"wireguard-go {name} started but its UAPI socket {path} does not answer",
+                hint=f"is {directory} writable and private to this host?",
+            )
+        time.sleep(0.02)
+    return client
+
+
+def _create_kernel_link(nl: NetlinkSocket, name: str) -> None:
+    body = (
+        ifinfomsg()
+        + attr(nlc.IFLA_IFNAME, name.encode() + b"\0")
+        + nested(nlc.IFLA_LINKINFO, attr(nlc.IFLA_INFO_KIND, b"wireguard"))
+    )
+    nl.request(
+        nlc.RTM_NEWLINK,
+        nlc.NLM_F_CREATE | nlc.NLM_F_EXCL,
+        body,
+        what=f"ip link add {name} type wireguard",
+    )
+
+
+def ensure_device(nl: NetlinkSocket, name: str, directory: Path = SOCKET_DIR) -> Device:
+    """The device ``name``: reused if it runs, else created (kernel first, then wireguard-go)."""
+    uapi = UapiClient(name, directory)
+    if socket_path(name, directory).exists() and _responds(uapi):
+        return Device(name, "userspace", uapi)
+    link = get_link(nl, name)
+    if link is not None:
+        if link.kind == "wireguard":
+            return Device(name, "kernel", GenlWireguard(name))
+        # A device of another kind (or a TUN whose wireguard-go is gone) holds the name.
+        log.warning("wireguard.device_replaced", device=name, kind=link.kind)
+        delete_link(nl, link.ifindex)
+    try:
+        _create_kernel_link(nl, name)
+    except KernelRefused as exc:
+        if exc.errno not in _NO_MODULE_ERRNOS:
+            raise
+        client = start_wireguard_go(name, directory)
+        log.info("wireguard.userspace_started", device=name, reason="no kernel WireGuard module")
+        return Device(name, "userspace", client)
+    return Device(name, "kernel", GenlWireguard(name))
+
+
+def device_alive(nl: NetlinkSocket, dev: Device) -> bool:
+    """True while the device exists (and, for wireguard-go, its process answers)."""
+    if get_link(nl, dev.name) is None:
+        return False
+    return dev.kind == "kernel" or _responds(dev.client)
+
+
+def _route_body(ifindex: int, network: IPNetwork) -> bytes:
+    family = nlc.AF_INET if network.version == 4 else nlc.AF_INET6
+    return (
+        rtmsg(
+            family,
+            network.prefixlen,
+            protocol=nlc.RTPROT_BOOT,
+            scope=nlc.RT_SCOPE_LINK,
+            rtype=nlc.RTN_UNICAST,
+        )
+        + attr(nlc.RTA_DST, network.network_address.packed)
+        + attr(nlc.RTA_OIF, struct.pack("=I", ifindex))
+    )
+
+
+def link_repairs(
+    nl: NetlinkSocket,
+    name: str,
+    mtu: int,
+    subnets: Sequence[IPNetwork],
+    networks: Sequence[IPNetwork],
+) -> list[str]:
+    """Make the device's MTU, link state, addresses and Network routes what flanneld sets up;
+    return what had to change (empty on a healthy device). InterfaceError if it is gone.
+
+    Addresses: each subnet's network address as /32 or /128; stale IPv4 ones inside the
+    Network and every other global IPv6 one are removed (flanneld's ensure functions). Routes:
+    one ``<Network> dev <name> scope link`` per family (RouteReplace, as flanneld HEAD).
+    """
+    link = get_link(nl, name)
+    if link is None:
+        raise InterfaceError(f"WireGuard device {name} disappeared", hint="it is re-created")
+    changed: list[str] = []
+    if link.mtu != mtu:
+        set_link_mtu(nl, link.ifindex, mtu)
+        changed.append(f"mtu {link.mtu} -> {mtu}")
+    for subnet in subnets:
+        want: ipaddress.IPv4Interface | ipaddress.IPv6Interface
+        if subnet.version == 4:
+            want = ipaddress.IPv4Interface((subnet.network_address, 32))
+            have = list_addresses(nl, link.ifindex)
+            stale: IPNetwork | None = next((n for n in networks if n.version == 4), None)
+        else:
+            want = ipaddress.IPv6Interface((subnet.network_address, 128))
+            have = list_addresses(nl, link.ifindex, nlc.AF_INET6)
+            stale = ipaddress.IPv6Network("::/0")
+        if want not in have or any(
+            a != want and stale is not None and a.ip in stale and not a.ip.is_link_local
+            for a in have
+        ):
+            ensure_address(nl, link.ifindex, want, stale_within=stale)
+            changed.append(f"address {want}")
+    if not link.up:
+        set_link_up(nl, link.ifindex)
+        changed.append("link set up")
+    routes = dump_routes(nl, link.ifindex) + dump_routes(nl, link.ifindex, nlc.AF_INET6)
+    for network in networks:
+        if not any(r.dst == network and r.gw is None for r in routes):
+            nl.request(
+                nlc.RTM_NEWROUTE,
+                nlc.NLM_F_CREATE | nlc.NLM_F_REPLACE,
+                _route_body(link.ifindex, network),
+                what=f"ip route replace {network} dev {name} scope link",
+            )
+            changed.append(f"route {network}")
+    return changed
+
+
+def configure_link(
+    nl: NetlinkSocket,
+    name: str,
+    mtu: int,
+    subnets: Sequence[IPNetwork],
+    networks: Sequence[IPNetwork],
+) -> int:
+    """Set the device up with our addresses and the Network routes; return its ifindex."""
+    link_repairs(nl, name, mtu, subnets, networks)
+    link = get_link(nl, name)
+    if link is None:
+        raise InterfaceError(f"WireGuard device {name} disappeared", hint="it is re-created")
+    return link.ifindex
