@@ -22,6 +22,7 @@ import os
 import shutil
 import struct
 import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -124,20 +125,24 @@ def start_wireguard_go(name: str, directory: Path = SOCKET_DIR) -> UapiClient:
     env.setdefault("LOG_LEVEL", "error")
     # wireguard-go forks its daemon and exits once the device exists; start_new_session keeps
     # the daemon out of our process group and session (it must outlive us).
-    proc = subprocess.run(
-        [_wireguard_go(), name],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
-        start_new_session=True,
-        timeout=_START_TIMEOUT,
-        check=False,
-    )
+    # stderr goes to a file, not a pipe: the forked daemon inherits it and would hold a pipe
+    # open until it exits.
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.run(
+            [_wireguard_go(), name],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=env,
+            start_new_session=True,
+            timeout=_START_TIMEOUT,
+            check=False,
+        )
+        err.seek(0)
+        message = err.read(4096).decode(errors="replace").strip()
     if proc.returncode != 0:
         raise InterfaceError(
-            f"wireguard-go {name} failed (exit {proc.returncode}): "
-            f"{proc.stderr.decode(errors='replace').strip()[-300:]}",
+            f"wireguard-go {name} failed (exit {proc.returncode}): {message[-300:]}",
             hint="check /dev/net/tun exists (modprobe tun) and that no other device is named "
             f"{name}",
         )
