@@ -51,9 +51,7 @@ _log = structlog.get_logger("pyflannel.config")
 DEFAULT_BACKEND_TYPE: Final = "vxlan"
 SUPPORTED_BACKENDS: Final = ("vxlan", "host-gw", "udp", "wireguard")
 # Registered by flanneld (some on Windows only) but not implemented here.
-_UPSTREAM_ONLY_BACKENDS: Final = frozenset(
-    {"ipip", "ipsec", "alloc", "extension", "tencent-vpc"}
-)
+_UPSTREAM_ONLY_BACKENDS: Final = frozenset({"ipip", "ipsec", "alloc", "extension", "tencent-vpc"})
 # Removed from flanneld in v0.20.0; flanneld itself says "unknown backend type" for them.
 _REMOVED_BACKENDS: Final = frozenset({"aws-vpc", "gce", "ali-vpc"})
 

@@ -161,8 +161,10 @@ def test_wireguard_restarts_and_rekeying(tmp_path: Path) -> None:
         for node in (n1, n3):
             wait_for(
                 f"{node.name} re-keyed n2",
-                lambda n=node: new_key in lab.wireguard_peers(n)  # type: ignore[misc]
-                and old_key not in lab.wireguard_peers(n),  # type: ignore[misc]
+                lambda n=node: (
+                    new_key in lab.wireguard_peers(n)  # type: ignore[misc]
+                    and old_key not in lab.wireguard_peers(n)
+                ),  # type: ignore[misc]
                 10,
             )
         wait_for("all pods ping after the rotation", lambda: lab.ping_failures() == [], 15)
