@@ -7,6 +7,7 @@ server turns them into Prometheus series only when ``/metrics`` is scraped.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["METRICS", "Metrics"]
@@ -29,6 +30,9 @@ class Metrics:
     peers_failing: int = 0
     # Kernel refusals of peer entries by errno name (ENETUNREACH, EBUSY, ...).
     peer_apply_failures: dict[str, int] = field(default_factory=dict)
+    # Backend-specific Prometheus metric families, built at scrape time (wireguard: per-peer
+    # handshake age and byte counters, see pyflannel.backend.wireguard.inspect).
+    extra_families: Callable[[], list[object]] | None = None
 
     def count_peer_failure(self, reason: str) -> None:
         """Count one refused peer operation under ``reason``."""

@@ -337,7 +337,7 @@ def check_mtu(
     out: list[Finding] = []
     chain = [f"{ext_name} {ext_mtu}"]
     expected_pod = ext_mtu
-    if backend == "vxlan":
+    if backend in ("vxlan", "wireguard"):
         underlay = cfg_mtu or ext_mtu
         expected_dev = underlay - overhead
         expected_pod = expected_dev
@@ -658,10 +658,15 @@ async def collect(opts: Options) -> DoctorReport:
                 from pyflannel.config import udp_options
 
                 port = udp_options(cfg).port
+            elif cfg is not None and backend == "wireguard":  # issue 17
+                from pyflannel.backend.wireguard.options import wireguard_options
+
+                wg = wireguard_options(cfg.backend)
+                port, cfg_mtu = wg.listen_port, wg.mtu
         except FlannelError:
             pass  # the config finding already says what is wrong
-        device = f"flannel.{vni}"
-        link = node.link(device) if backend == "vxlan" else None
+        device = "flannel-wg" if backend == "wireguard" else f"flannel.{vni}"
+        link = node.link(device) if backend in ("vxlan", "wireguard") else None
         cni = node.link("cni0")
         if chosen is not None:
             add(
@@ -670,7 +675,7 @@ async def collect(opts: Options) -> DoctorReport:
                     ext_name=chosen.name,
                     ext_mtu=chosen.mtu,
                     cfg_mtu=cfg_mtu,
-                    overhead=70 if ipv6 else 50,
+                    overhead=80 if backend == "wireguard" else 70 if ipv6 else 50,
                     device=device,
                     dev_mtu=link.mtu if link is not None else None,
                     env_mtu=env.mtu if env is not None else None,
@@ -698,6 +703,10 @@ async def collect(opts: Options) -> DoctorReport:
                 add(evaluate_device(device, None, None))
             if link is not None:
                 add([check_tx_offload(device, _ethtool_features(device))])
+        elif backend == "wireguard" and own is not None and etcd_error is None:
+            from pyflannel.cli.status import wireguard_findings
+
+            add(wireguard_findings(own, leases))
     finally:
         node.sock.close()
     return report

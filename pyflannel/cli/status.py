@@ -749,6 +749,17 @@ def read_node() -> _Node:
     return _Node(sock, links, _local_addresses(sock, links))
 
 
+def wireguard_findings(own: Lease, leases: Sequence[Lease]) -> list[Finding]:
+    """wireguard: one finding per peer (handshake age, rx/tx bytes) read from the devices."""
+    from pyflannel.backend.wireguard.inspect import peer_checks, peer_stats, read_devices
+
+    stats = peer_stats(read_devices(), leases)
+    return [
+        Finding(c.level, "wireguard", c.subject, c.message, c.fix)
+        for c in peer_checks(stats, leases, own)
+    ]
+
+
 def data_path_findings(
     node: _Node, cfg: NetworkConfig, own: Lease, leases: Sequence[Lease]
 ) -> list[Finding]:
@@ -764,6 +775,8 @@ def data_path_findings(
     if cfg.backend_type == "vxlan":
         vx = vxlan_options(cfg)
         direct, vni = vx.direct_routing, vx.vni
+    elif cfg.backend_type == "wireguard":  # issue 17
+        return wireguard_findings(own, leases)
     elif cfg.backend_type != "host-gw":
         return [
             Finding(

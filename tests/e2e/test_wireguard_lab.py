@@ -19,14 +19,15 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pyflannel.backend.wireguard.keys import public_key
 from pyflannel.lab.command import LabState, down
-from pyflannel.lab.netns import exec_argv, netns_pids, run_in
-from pyflannel.lab.topology import default_state_root
-from tests.e2e.helpers import BackgroundPing, daemon_lab, wait_for
+from pyflannel.lab.netns import exec_argv, http_request, netns_pids, run_in
+from pyflannel.lab.topology import LabNode, default_state_root
+from tests.e2e.helpers import HEALTHZ_PORT, BackgroundPing, DaemonLab, daemon_lab, wait_for
 from tests.harness.fixtures import require_root
 from tests.harness.lab import new_prefix
 
@@ -119,11 +120,43 @@ def _wireguard_go_pids(ns: str) -> list[int]:
     return pids
 
 
+def _tool(lab: DaemonLab, node: LabNode, *args: str) -> tuple[int, dict[str, Any]]:
+    argv = [sys.executable, "-m", "pyflannel.cli.tools", *args, "--output", "json",
+            f"--etcd-endpoints={lab.env.etcd_endpoint}"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLANNELD_")}
+    res = lab.topo.run_in_node(node, argv, check=False, timeout=60, env=env)
+    return res.returncode, json.loads(res.stdout)
+
+
+def _check_status_doctor_metrics(lab: DaemonLab, node: LabNode) -> None:
+    """status and doctor show one wireguard finding per peer with handshake age and counters;
+    /metrics exports them."""
+    for tool in ("status", "doctor"):
+        code, doc = _tool(lab, node, tool)
+        peers = [f for f in doc["findings"] if f["check"] == "wireguard"]
+        assert code == 0 and len(peers) == 2, doc
+        for f in peers:
+            assert f["level"] == "OK" and "handshake" in f["message"] and "rx " in f["message"]
+            assert "never" not in f["message"], f  # the pings made handshakes
+        bad = [f for f in doc["findings"] if f["level"] != "OK"]
+        assert not bad, bad
+
+    def scraped() -> str | None:
+        status, body, _ = http_request(f"http://127.0.0.1:{HEALTHZ_PORT}/metrics", ns=node.ns)
+        text = body.decode() if isinstance(body, bytes) else str(body)
+        ok = status == 200 and text.count("pyflannel_wireguard_peer_handshake_age_seconds{") == 2
+        return text if ok else None
+
+    text = wait_for("per-peer wireguard metrics", scraped, 15, interval=0.5)
+    assert "pyflannel_wireguard_peer_receive_bytes_total{" in text
+
+
 def test_wireguard_restarts_and_rekeying(tmp_path: Path) -> None:
     require_root()
     with daemon_lab(tmp_path, backend="wireguard") as lab:
         assert lab.ping_failures() == []
         n1, n2, n3 = lab.nodes
+        _check_status_doctor_metrics(lab, n1)
         pod1 = lab.pods[n1.name]
         key_before = (n1.run_flannel_dir / "wgkey").read_bytes()
 

@@ -38,6 +38,7 @@ from pyflannel.backend.wireguard.device import (
     ensure_device,
     link_repairs,
 )
+from pyflannel.backend.wireguard.inspect import metric_families, peer_stats
 from pyflannel.backend.wireguard.keys import (
     encode_key,
     key_file_path,
@@ -77,6 +78,7 @@ _RECREATE_MIN: Final = 0.5
 _RECREATE_MAX: Final = 30.0
 _REPAIR_MIN: Final = 1.0
 _REPAIR_MAX: Final = 30.0
+_STATS_INTERVAL: Final = 5.0
 
 
 def _blocking_ensure(specs: Sequence[DeviceSpec], private: bytes, directory: Path) -> list[Device]:
@@ -265,6 +267,9 @@ class WireguardNetwork:
         self.plan = PeerPlan(peers={})
         self.states: dict[str, DeviceState] = {}
         self.states_at = 0.0
+        backend._metrics.extra_families = metric_families(
+            lambda: peer_stats(self.states, self._wanted.leases)
+        )
 
     @property
     def mtu(self) -> int:
@@ -386,12 +391,16 @@ class WireguardNetwork:
         repair = Backoff.of(_REPAIR_MIN, _REPAIR_MAX)
         repair_log = FailureLog(log, "backend.repair_failed")
         next_resync = trio.current_time() + be.resync_interval
+        next_stats = 0.0
         while True:
             await trio.sleep(_HEALTH_INTERVAL)
             lost = await trio.to_thread.run_sync(self._lost_devices)
             for name in lost:
                 await self._recreate(name)
             now = trio.current_time()
+            if now >= next_stats:  # per-peer counters for /metrics
+                await trio.to_thread.run_sync(self._read_states)
+                next_stats = now + _STATS_INTERVAL
             if not (self._dirty or lost or now >= next_resync):
                 continue
             try:
@@ -401,7 +410,6 @@ class WireguardNetwork:
                     log.warning("wireguard.device_repaired", repaired=repaired)
                 async with self._lock:
                     await self._sync_locked("resync")
-                await trio.to_thread.run_sync(self._read_states)
             except (FlannelError, OSError) as exc:
                 self._dirty = True
                 delay = repair.next()
