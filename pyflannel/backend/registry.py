@@ -67,3 +67,10 @@ if TYPE_CHECKING:
         vb: VxlanBackend, hb: HostGwBackend, vn: VxlanNetwork, hn: HostGwNetwork
     ) -> tuple[Backend, Backend, Network, Network]:
         return vb, hb, vn, hn
+
+    from pyflannel.backend.wireguard.network import WireguardBackend, WireguardNetwork
+
+    def _wireguard_conforms(
+        wb: WireguardBackend, wn: WireguardNetwork
+    ) -> tuple[Backend, Network]:  # issue 17
+        return wb, wn
