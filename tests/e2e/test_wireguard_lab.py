@@ -201,3 +201,56 @@ def test_wireguard_restarts_and_rekeying(tmp_path: Path) -> None:
                 10,
             )
         wait_for("all pods ping after the rotation", lambda: lab.ping_failures() == [], 15)
+
+
+def test_single_tunnel_ipv6_mode(prefix: str) -> None:
+    """Mode ipv6 (dual stack, one device): every peer is dialled at its IPv6 address on the port
+    its one device listens on (ListenPort), both families flow, and the lease says so."""
+    from pyflannel.lab import command
+    from pyflannel.lab.topology import Topology
+
+    command.up(prefix, NODES, "wireguard", "dual")
+    topo = Topology(prefix, nodes=NODES, ipv6=True, state_root=default_state_root(prefix))
+    config = {"Network": "10.5.0.0/16", "EnableIPv6": True, "IPv6Network": command.NETWORK6,
+              "Backend": {"Type": "wireguard", "Mode": "ipv6"}}  # fmt: skip
+    # A config change makes the daemons exit (systemd would restart them); restart them here
+    # on fresh devices, as after a reboot.
+    _etcdctl(prefix, "put", f"{ETCD_PREFIX}/config", json.dumps(config))
+    wait_for("daemons exit on the config change", lambda: not _daemon_pids(topo), 30)
+    for node in topo.nodes:
+        for dev in ("flannel-wg", "flannel-wg-v6"):
+            subprocess.run(["ip", "-n", node.ns, "link", "del", dev], capture_output=True)
+        argv = [sys.executable, "-m", "pyflannel", f"--etcd-endpoints={ETCD_URL}", "--ip-masq"]
+        topo.spawn_in_node(node, argv, node.log_dir / "pyflanneld-ipv6-mode.log")
+
+    def endpoints() -> list[str] | None:
+        out = topo.run_in_node("n1", ["wg", "show", "all", "endpoints"], check=False).stdout
+        eps = [line.rsplit("\t", 1)[-1] for line in out.splitlines() if "\t" in line]
+        return eps if len(eps) == NODES - 1 else None
+
+    eps = wait_for("n1 has its peers", endpoints, 20)
+    assert sorted(eps) == ["[2001:db8::2]:51820", "[2001:db8::3]:51820"]
+    check = wait_for(
+        "all pods reach each other",
+        lambda: ((c := _lab("check", "--prefix", prefix)).returncode == 0 and c) or None,
+        20,
+        interval=1.0,
+    )
+    assert check.stdout.count("✓") == NODES * NODES * 2, check.stdout
+    kvs = json.loads(_etcdctl(prefix, "get", "--prefix", f"{ETCD_PREFIX}/subnets", "-w", "json"))
+    for kv in kvs["kvs"]:
+        value = json.loads(base64.b64decode(kv["value"]))
+        assert value["BackendData"]["Port"] == value["BackendV6Data"]["Port"] == 51820
+
+
+def _daemon_pids(topo: Any) -> list[int]:
+    pids = []
+    for node in topo.nodes:
+        for pid in netns_pids(node.ns):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"pyflannel" in argv and b"-m" in argv:
+                pids.append(pid)
+    return pids
