@@ -8,7 +8,8 @@
   generic netlink (:mod:`.genl`);
 * if the kernel refuses the link kind (no module: ``EOPNOTSUPP``), ``wireguard-go <name>`` is
   started as its own process — its own session, so a signal to the daemon's process group
-  does not reach it, and it daemonizes itself — and driven over its UAPI socket (:mod:`.uapi`).
+  does not reach it, and it daemonizes itself; a transient systemd unit where systemd manages
+  the host — and driven over its UAPI socket (:mod:`.uapi`).
 
 The daemon then owns the device's address, MTU, link state and the Network route
 (:func:`configure_link`). All functions here block; the network runs them in worker threads.
@@ -51,17 +52,23 @@ from pyflannel.netlink.ops import IPNetwork
 
 __all__ = [
     "WIREGUARD_GO_ENV",
+    "WIREGUARD_GO_SYSTEMD_ENV",
     "Device",
     "DeviceClient",
     "configure_link",
     "ensure_device",
     "link_repairs",
+    "remove_device",
     "start_wireguard_go",
+    "systemd_manages_us",
+    "unit_name",
+    "wireguard_go_argv",
 ]
 
 log = structlog.get_logger(__name__)
 
 WIREGUARD_GO_ENV: Final = "PYFLANNEL_WIREGUARD_GO"
+WIREGUARD_GO_SYSTEMD_ENV: Final = "PYFLANNEL_WIREGUARD_GO_SYSTEMD"
 _START_TIMEOUT: Final = 10.0
 # The kernel's answers when it has no "wireguard" link kind.
 _NO_MODULE_ERRNOS: Final = frozenset({errno_mod.EOPNOTSUPP, errno_mod.ENOTSUP, errno_mod.ENOENT})
@@ -102,6 +109,51 @@ def _wireguard_go() -> str:
     return found
 
 
+def systemd_manages_us(env: dict[str, str] | None = None) -> bool:
+    """True when wireguard-go should run as a transient systemd unit: systemd is PID 1, we are in
+    its network namespace (a unit starts there: inside a lab node or a container it would create
+    the device in the wrong namespace), and ``$PYFLANNEL_WIREGUARD_GO_SYSTEMD`` is not ``0``.
+
+    A plain detached process would share pyflanneld.service's cgroup, and systemd kills the whole
+    cgroup when the service stops or restarts; a unit of its own survives that.
+    """
+    environ = os.environ if env is None else env
+    if environ.get(WIREGUARD_GO_SYSTEMD_ENV, "1") == "0":
+        return False
+    if not Path("/run/systemd/system").is_dir() or shutil.which("systemd-run") is None:
+        return False
+    try:
+        pid1, me = os.stat("/proc/1/ns/net"), os.stat("/proc/self/ns/net")
+    except OSError:
+        return False
+    return (pid1.st_dev, pid1.st_ino) == (me.st_dev, me.st_ino)
+
+
+def unit_name(device: str) -> str:
+    """The transient unit that runs wireguard-go for ``device``."""
+    return f"pyflannel-wireguard-go-{device}.service"
+
+
+def wireguard_go_argv(device: str, binary: str, *, systemd: bool) -> list[str]:
+    """How wireguard-go is started: ``wireguard-go DEV`` (it daemonizes itself), or in the
+    foreground inside a transient unit when systemd manages the host."""
+    if not systemd:
+        return [binary, device]
+    return [
+        "systemd-run",
+        f"--unit={unit_name(device)}",
+        f"--description=wireguard-go for pyflannel's {device}",
+        "--collect",
+        "--quiet",
+        "--setenv=LOG_LEVEL=error",
+        "-p",
+        "Type=simple",
+        binary,
+        "-f",
+        device,
+    ]
+
+
 def _responds(client: DeviceClient) -> bool:
     try:
         client.get()
@@ -124,12 +176,23 @@ def start_wireguard_go(name: str, directory: Path = SOCKET_DIR) -> UapiClient:
     env = {k: v for k, v in os.environ.items() if k != "WG_PROCESS_FOREGROUND"}
     env.setdefault("LOG_LEVEL", "error")
     # wireguard-go forks its daemon and exits once the device exists; start_new_session keeps
-    # the daemon out of our process group and session (it must outlive us).
+    # the daemon out of our process group and session (it must outlive us). Under systemd it
+    # runs in a transient unit instead (see systemd_manages_us).
+    systemd = systemd_manages_us()
+    if systemd:
+        # a unit left from an earlier run whose process hangs: replace it
+        subprocess.run(
+            ["systemctl", "stop", unit_name(name)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=_START_TIMEOUT,
+            check=False,
+        )
     # stderr goes to a file, not a pipe: the forked daemon inherits it and would hold a pipe
     # open until it exits.
     with tempfile.TemporaryFile() as err:
         proc = subprocess.run(
-            [_wireguard_go(), name],
+            wireguard_go_argv(name, _wireguard_go(), systemd=systemd),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=err,
@@ -192,6 +255,23 @@ def ensure_device(nl: NetlinkSocket, name: str, directory: Path = SOCKET_DIR) ->
         log.info("wireguard.userspace_started", device=name, reason="no kernel WireGuard module")
         return Device(name, "userspace", client)
     return Device(name, "kernel", GenlWireguard(name))
+
+
+def remove_device(nl: NetlinkSocket, name: str, directory: Path = SOCKET_DIR) -> bool:
+    """Delete the device ``name`` if it exists (wireguard-go exits when its TUN goes) and its
+    socket file; True if there was a device."""
+    link = get_link(nl, name)
+    if link is not None:
+        delete_link(nl, link.ifindex)
+    path = socket_path(name, directory)
+    deadline = time.monotonic() + 2.0
+    while path.exists() and _responds(UapiClient(name, directory)):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    if path.exists() and not _responds(UapiClient(name, directory)):
+        path.unlink(missing_ok=True)
+    return link is not None
 
 
 def device_alive(nl: NetlinkSocket, dev: Device) -> bool:

@@ -37,6 +37,7 @@ from pyflannel.backend.wireguard.device import (
     device_alive,
     ensure_device,
     link_repairs,
+    remove_device,
 )
 from pyflannel.backend.wireguard.inspect import metric_families, peer_stats
 from pyflannel.backend.wireguard.keys import (
@@ -45,7 +46,13 @@ from pyflannel.backend.wireguard.keys import (
     load_or_create_private_key,
     public_key,
 )
-from pyflannel.backend.wireguard.options import ENCAP_OVERHEAD, WireguardOptions, wireguard_options
+from pyflannel.backend.wireguard.options import (
+    DEVICE_NAME,
+    DEVICE_NAME_V6,
+    ENCAP_OVERHEAD,
+    WireguardOptions,
+    wireguard_options,
+)
 from pyflannel.backend.wireguard.peers import (
     DeviceSpec,
     PeerPlan,
@@ -79,6 +86,16 @@ _RECREATE_MAX: Final = 30.0
 _REPAIR_MIN: Final = 1.0
 _REPAIR_MAX: Final = 30.0
 _STATS_INTERVAL: Final = 5.0
+
+
+def _remove_unused(specs: Sequence[DeviceSpec], directory: Path) -> None:
+    """Delete our device names the Mode and families no longer use (after a config change from
+    separate to a single tunnel, or IPv6 turned off): their Network routes would compete."""
+    wanted = {s.name for s in specs}
+    with NetlinkSocket() as nl:
+        for name in (DEVICE_NAME, DEVICE_NAME_V6):
+            if name not in wanted and remove_device(nl, name, directory):
+                log.warning("wireguard.device_removed", device=name, reason="unused in this Mode")
 
 
 def _blocking_ensure(specs: Sequence[DeviceSpec], private: bytes, directory: Path) -> list[Device]:
@@ -148,6 +165,7 @@ class WireguardBackend:
         self.specs = device_specs(
             opts.mode, config.enable_ipv4, config.enable_ipv6, opts.listen_port, opts.listen_port_v6
         )
+        await trio.to_thread.run_sync(_remove_unused, self.specs, self.socket_dir)
         self.devices = await trio.to_thread.run_sync(
             _blocking_ensure, self.specs, self.private_key, self.socket_dir
         )
