@@ -288,15 +288,20 @@ class GenlWireguard:
             answers = self._request(encode_get_family(seq), seq)
             if not answers:
                 raise UapiError("the kernel has no wireguard generic netlink family")
-            self._family = parse_family_id(answers[0])
+            try:
+                self._family = parse_family_id(answers[0])
+            except (ValueError, struct.error) as exc:
+                raise UapiError(f"bad generic netlink family answer: {exc}") from exc
         return self._family
 
     def get(self) -> DeviceState:
         """The device's configuration and per-peer counters."""
         seq = self._next()
-        return parse_device_messages(
-            self._request(encode_get_device(self.family(), seq, self.device), seq)
-        )
+        answers = self._request(encode_get_device(self.family(), seq, self.device), seq)
+        try:
+            return parse_device_messages(answers)
+        except (ValueError, KeyError, IndexError, struct.error) as exc:
+            raise UapiError(f"bad wireguard netlink answer for {self.device}: {exc!r}") from exc
 
     def set(self, req: SetDevice) -> None:
         """Apply ``req``."""

@@ -20,6 +20,7 @@ Differences from flanneld, all deliberate (docs/compatibility.md):
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -68,7 +69,7 @@ from pyflannel.errors import ConfigError, FlannelError, InterfaceError, LeaseErr
 from pyflannel.lease import Event, Lease, LeaseAttrs
 from pyflannel.metrics import METRICS, Metrics
 from pyflannel.netlink.nlsocket import NetlinkSocket
-from pyflannel.netlink.ops import IPAddress, IPNetwork
+from pyflannel.netlink.ops import IPNetwork
 from pyflannel.peer_messages import PeerChanges, PeerMessage, PeerSnapshot
 from pyflannel.retry import Backoff, FailureLog
 
@@ -86,6 +87,9 @@ _RECREATE_MAX: Final = 30.0
 _REPAIR_MIN: Final = 1.0
 _REPAIR_MAX: Final = 30.0
 _STATS_INTERVAL: Final = 5.0
+_PERMANENT_ERRNOS: Final = frozenset(
+    {errno.EINVAL, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, errno.ENOKEY, errno.ERANGE}
+)
 
 
 def _remove_unused(specs: Sequence[DeviceSpec], directory: Path) -> None:
@@ -358,7 +362,7 @@ class WireguardNetwork:
             dev.client.set(req)
             return len(req.peers), []
         except UapiError as exc:
-            if exc.errno == 0 or (len(req.peers) == 1 and not _permanent(exc)):
+            if not _permanent(exc):
                 raise
         # Find the peer the device refuses; the others go in.
         refused: list[bytes] = []
@@ -502,11 +506,5 @@ class WireguardNetwork:
 
 
 def _permanent(exc: UapiError) -> bool:
-    import errno
-
-    return exc.errno in (errno.EINVAL, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, errno.ENOKEY)
-
-
-def own_addresses(ext: ExternalInterface) -> tuple[IPAddress | None, IPAddress | None]:
-    """Our external addresses (for auto mode's choice)."""
-    return ext.ipv4_addr, ext.ipv6_addr
+    """A refusal that retrying the same request cannot cure (a value the device rejects)."""
+    return exc.errno in _PERMANENT_ERRNOS

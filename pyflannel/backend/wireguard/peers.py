@@ -25,7 +25,7 @@ flanneld HEAD dials ``ListenPortV6`` for IPv6 there, which only works when both 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -299,15 +299,3 @@ def diff_device(want: Mapping[bytes, PeerSet], have: DeviceState) -> SetDevice:
 def count_peers(plan: PeerPlan) -> int:
     """How many peers the plan programs over all devices."""
     return sum(len(v) for v in plan.peers.values())
-
-
-def owners_by_subnet(plan: PeerPlan) -> dict[bytes, str]:
-    """Peer key → lease key suffix (for status)."""
-    return {k: le.key_suffix for k, le in plan.owners.items()}
-
-
-def describe(req: SetDevice) -> Sequence[str]:
-    """Short, loggable summary of a change (no key material beyond public keys)."""
-    from pyflannel.backend.wireguard.keys import encode_key
-
-    return [("-" if p.remove else "+") + encode_key(p.public_key)[:8] for p in req.peers]

@@ -281,9 +281,10 @@ class UapiClient:
         except ValueError as exc:
             raise UapiError(f"bad UAPI answer from {self.device}: {exc}") from exc
         if err:
+            # wireguard-go answers with a negated errno (errno=-22 for EINVAL)
             raise UapiError(
                 f"{self.device} refused a configuration change (errno {err})",
-                errno=err,
+                errno=abs(err),
                 hint="see the wireguard-go log; a bad endpoint or key is the usual cause",
             )
 
