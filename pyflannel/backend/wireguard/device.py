@@ -278,7 +278,9 @@ def device_alive(nl: NetlinkSocket, dev: Device) -> bool:
     """True while the device exists (and, for wireguard-go, its process answers)."""
     if get_link(nl, dev.name) is None:
         return False
-    return dev.kind == "kernel" or _responds(dev.client)
+    if dev.kind == "kernel" or not isinstance(dev.client, UapiClient):
+        return True
+    return dev.client.listening()
 
 
 def _route_body(ifindex: int, network: IPNetwork) -> bytes:

@@ -265,6 +265,19 @@ class UapiClient:
         finally:
             sock.close()
 
+    def listening(self) -> bool:
+        """True if something accepts connections on the socket (a cheap liveness probe: no
+        request, so wireguard-go serialises nothing)."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self.path))
+        except OSError:
+            return False
+        finally:
+            sock.close()
+        return True
+
     def get(self) -> DeviceState:
         """The device's configuration and per-peer counters."""
         answer = self._exchange(b"get=1\n\n")
