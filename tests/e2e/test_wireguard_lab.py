@@ -211,15 +211,18 @@ def test_wireguard_restarts_and_rekeying(tmp_path: Path) -> None:
 
 
 def test_single_tunnel_ipv6_mode(prefix: str) -> None:
-    """Mode ipv6 (dual stack, one device): every peer is dialled at its IPv6 address on the port
-    its one device listens on (ListenPort), both families flow, and the lease says so."""
+    """Mode ipv6 (dual stack, one device) with a PSK and keepalive: every peer is dialled at its
+    IPv6 address on the port its one device listens on (ListenPort), with the PSK and keepalive,
+    both families flow, and the lease says so."""
     from pyflannel.lab import command
     from pyflannel.lab.topology import Topology
 
     command.up(prefix, NODES, "wireguard", "dual")
     topo = Topology(prefix, nodes=NODES, ipv6=True, state_root=default_state_root(prefix))
+    psk = base64.b64encode(os.urandom(32)).decode()
     config = {"Network": "10.5.0.0/16", "EnableIPv6": True, "IPv6Network": command.NETWORK6,
-              "Backend": {"Type": "wireguard", "Mode": "ipv6"}}  # fmt: skip
+              "Backend": {"Type": "wireguard", "Mode": "ipv6", "PSK": psk,
+                          "PersistentKeepaliveInterval": 25}}  # fmt: skip
     # A config change makes the daemons exit (systemd would restart them); restart them here.
     # flannel-wg is reused (its separate-mode peers reconciled away), flannel-wg-v6 removed.
     _etcdctl(prefix, "put", f"{ETCD_PREFIX}/config", json.dumps(config))
@@ -235,6 +238,9 @@ def test_single_tunnel_ipv6_mode(prefix: str) -> None:
         return eps if len(eps) == NODES - 1 and all(e.startswith("[") for e in eps) else None
 
     eps = wait_for("n1 dials its peers over IPv6", endpoints, 20)
+    for what, want in (("preshared-keys", psk), ("persistent-keepalive", "25")):
+        out = topo.run_in_node("n1", ["wg", "show", "flannel-wg", what]).stdout.split()
+        assert out[1::2] == [want, want], (what, out)
     for node in topo.nodes:
         links = run_in(node.ns, ["ip", "-o", "link", "show"]).stdout
         assert "flannel-wg-v6" not in links and "flannel-wg:" in links, links
