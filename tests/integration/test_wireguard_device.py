@@ -77,3 +77,45 @@ def test_device_lifecycle(netns: Callable[[str | None], str]) -> None:
         assert out["own_session"]  # not in our session: outlives the daemon
         assert out["alive_after_kill"] is False and out["socket_left"] is True
         assert out["fresh_peers"] == 0  # a new process: the daemon re-applies the peers
+
+
+GENL_SCRIPT = textwrap.dedent(
+    """
+    import json, os
+    from pyflannel.backend.wireguard import genl
+    from pyflannel.backend.wireguard.uapi import UapiError
+
+    out = {}
+    # Our CTRL_CMD_GETFAMILY encoding against the real kernel: nlctrl always exists (id 0x10).
+    client = genl.GenlWireguard("flannel-wg")
+    seq = 77
+    answers = client.request(genl.encode_get_family(seq, "nlctrl"), seq)
+    out["nlctrl"] = genl.parse_family_id(answers[0])
+    try:
+        out["wireguard"] = client.family()
+    except UapiError as exc:
+        out["wireguard"] = None
+        out["errno"] = exc.errno
+    print(json.dumps(out))
+    """
+)
+
+
+def test_generic_netlink_family_lookup(netns: Callable[[str | None], str]) -> None:
+    """The family look-up the kernel path starts with, against the real kernel: ``nlctrl`` is
+    found; ``wireguard`` is found exactly when the module is there, else a clean ENOENT."""
+    ns = netns("genl")
+    res = subprocess.run(
+        exec_argv(ns, [sys.executable, "-c", GENL_SCRIPT]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["nlctrl"] == 0x10
+    if out["wireguard"] is None:
+        assert out["errno"] == 2  # ENOENT: no module, the userspace path is taken
+    else:
+        assert out["wireguard"] > 0x10

@@ -244,7 +244,8 @@ class GenlWireguard:
         self._seq = int.from_bytes(os.urandom(2), "little") + 1
         self._family: int | None = None
 
-    def _request(self, msg: bytes, seq: int) -> list[bytes]:
+    def request(self, msg: bytes, seq: int) -> list[bytes]:
+        """Send one generic netlink message (sequence ``seq``); the answer payloads."""
         sock = socket.socket(
             socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_GENERIC
         )
@@ -285,7 +286,7 @@ class GenlWireguard:
         """The ``wireguard`` family id (resolved once)."""
         if self._family is None:
             seq = self._next()
-            answers = self._request(encode_get_family(seq), seq)
+            answers = self.request(encode_get_family(seq), seq)
             if not answers:
                 raise UapiError("the kernel has no wireguard generic netlink family")
             try:
@@ -297,7 +298,7 @@ class GenlWireguard:
     def get(self) -> DeviceState:
         """The device's configuration and per-peer counters."""
         seq = self._next()
-        answers = self._request(encode_get_device(self.family(), seq, self.device), seq)
+        answers = self.request(encode_get_device(self.family(), seq, self.device), seq)
         try:
             return parse_device_messages(answers)
         except (ValueError, KeyError, IndexError, struct.error) as exc:
@@ -306,4 +307,4 @@ class GenlWireguard:
     def set(self, req: SetDevice) -> None:
         """Apply ``req``."""
         seq = self._next()
-        self._request(encode_set_device(self.family(), seq, self.device, req), seq)
+        self.request(encode_set_device(self.family(), seq, self.device, req), seq)
