@@ -286,6 +286,7 @@ class WireguardNetwork:
         self._lock = trio.Lock()
         self._dirty = True
         self._warned: set[tuple[str, str]] = set()
+        self._apply_log = FailureLog(log, "wireguard.peers_apply_failed")
         self.plan = PeerPlan(peers={})
         self.states: dict[str, DeviceState] = {}
         self.states_at = 0.0
@@ -333,7 +334,10 @@ class WireguardNetwork:
             try:
                 await self._sync_locked("snapshot" if isinstance(msg, PeerSnapshot) else "events")
             except (FlannelError, OSError) as exc:
-                log.warning("wireguard.peers_apply_failed", error=str(exc), action="retrying")
+                # run() repairs after a backoff; one line for the first and every 30th failure
+                self._apply_log.failed(error=str(exc), action="repaired by the next resync")
+            else:
+                self._apply_log.resolved()
 
     async def apply_snapshot(self, leases: Sequence[Lease]) -> None:
         """Shorthand for ``apply(PeerSnapshot(leases))``."""
