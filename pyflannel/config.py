@@ -11,7 +11,7 @@ Deliberate differences from flanneld:
 
 - A config without ``Backend`` selects ``vxlan`` (flanneld's code picks ``udp``, its docs say
   vxlan).
-- Backend types flanneld knows but pyflannel does not implement (ipip, wireguard, ...) are
+- Backend types flanneld knows but pyflannel does not implement (ipip, ipsec, ...) are
   refused at parse time instead of after the interface was chosen.
 - ``IPv6Network`` must be an IPv6 CIDR (flanneld silently mis-parses an IPv4 CIDR there), and
   VXLAN ``VNI``/``Port``/``MTU`` and the UDP ``Port`` are range-checked.
@@ -49,11 +49,9 @@ __all__ = [
 _log = structlog.get_logger("pyflannel.config")
 
 DEFAULT_BACKEND_TYPE: Final = "vxlan"
-SUPPORTED_BACKENDS: Final = ("vxlan", "host-gw", "udp")
+SUPPORTED_BACKENDS: Final = ("vxlan", "host-gw", "udp", "wireguard")
 # Registered by flanneld (some on Windows only) but not implemented here.
-_UPSTREAM_ONLY_BACKENDS: Final = frozenset(
-    {"ipip", "wireguard", "ipsec", "alloc", "extension", "tencent-vpc"}
-)
+_UPSTREAM_ONLY_BACKENDS: Final = frozenset({"ipip", "ipsec", "alloc", "extension", "tencent-vpc"})
 # Removed from flanneld in v0.20.0; flanneld itself says "unknown backend type" for them.
 _REMOVED_BACKENDS: Final = frozenset({"aws-vpc", "gce", "ali-vpc"})
 
@@ -63,7 +61,7 @@ _INT64_MAX: Final = 2**63 - 1
 _VNI_MAX: Final = 2**24 - 1
 
 _SUPPORTED_HINT: Final = (
-    'set "Backend": {"Type": "vxlan"}; pyflannel supports vxlan, host-gw and udp'
+    'set "Backend": {"Type": "vxlan"}; pyflannel supports vxlan, host-gw, udp and wireguard'
 )
 
 _FIELD_HINTS: Final = {

@@ -99,6 +99,7 @@ def render_metrics(m: Metrics) -> bytes:
                     value=m.peers_failing,
                 ),
                 _failures(m),
+                *(m.extra_families() if m.extra_families is not None else []),
             ]  # fmt: skip
 
     def _failures(m: Metrics) -> CounterMetricFamily:

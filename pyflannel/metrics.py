@@ -7,6 +7,7 @@ server turns them into Prometheus series only when ``/metrics`` is scraped.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["METRICS", "BackendStats", "Metrics"]
@@ -46,6 +47,9 @@ class Metrics:
     peer_apply_failures: dict[str, int] = field(default_factory=dict)
     # The running backend's counters (the daemon sets it once the backend is configured).
     backend: BackendStats = field(default_factory=BackendStats)
+    # Backend-specific Prometheus metric families, built at scrape time (wireguard: per-peer
+    # handshake age and byte counters, see pyflannel.backend.wireguard.inspect).
+    extra_families: Callable[[], list[object]] | None = None
 
     def count_peer_failure(self, reason: str) -> None:
         """Count one refused peer operation under ``reason``."""

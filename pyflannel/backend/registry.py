@@ -20,6 +20,8 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "vxlan": ("pyflannel.backend.vxlan", "VxlanBackend"),
     "host-gw": ("pyflannel.backend.hostgw", "HostGwBackend"),
     "udp": ("pyflannel.backend.udp", "UdpBackend"),
+    # issue 17: WireGuard (kernel module, else wireguard-go)
+    "wireguard": ("pyflannel.backend.wireguard.network", "WireguardBackend"),
 }
 """Lease ``BackendType`` (lower case, as in the network config) → (module, class)."""
 
@@ -71,3 +73,10 @@ if TYPE_CHECKING:
         un: UdpNetwork,
     ) -> tuple[Backend, Backend, Backend, Network, Network, Network]:
         return vb, hb, ub, vn, hn, un
+
+    from pyflannel.backend.wireguard.network import WireguardBackend, WireguardNetwork
+
+    def _wireguard_conforms(
+        wb: WireguardBackend, wn: WireguardNetwork
+    ) -> tuple[Backend, Network]:  # issue 17
+        return wb, wn

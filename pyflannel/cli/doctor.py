@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from pyflannel.backend import udp, vxlan
+from pyflannel.backend.wireguard import options as wireguard
+from pyflannel.backend.wireguard.options import wireguard_options
 from pyflannel.config import udp_options, vxlan_options
 from pyflannel.inspect.checks import (
     DEFAULT_VXLAN_PORT,
@@ -46,7 +48,7 @@ from pyflannel.inspect.checks import (
     check_udp_port,
     other_candidates,
 )
-from pyflannel.inspect.datapath import evaluate_device
+from pyflannel.inspect.datapath import evaluate_device, wireguard_findings
 from pyflannel.inspect.findings import Finding, count_levels, render_findings
 from pyflannel.inspect.host import (
     bound_udp_ports,
@@ -233,10 +235,13 @@ async def collect(opts: Options) -> DoctorReport:
                 port, vni, cfg_mtu = vx.port or DEFAULT_VXLAN_PORT, vx.vni, vx.mtu
             elif cfg is not None and backend == "udp":
                 port = udp_options(cfg).port
+            elif cfg is not None and backend == "wireguard":
+                wg = wireguard_options(cfg.backend)
+                port, cfg_mtu = wg.listen_port, wg.mtu
         except FlannelError:
             pass  # the config finding already says what is wrong
-        device = vxlan.device_name(4, vni)
-        link = node.link(device) if backend == "vxlan" else None
+        device = wireguard.DEVICE_NAME if backend == "wireguard" else vxlan.device_name(4, vni)
+        link = node.link(device) if backend in ("vxlan", "wireguard") else None
         cni = node.link("cni0")
         if chosen is not None:
             pod_mtu: int | None = None
@@ -244,13 +249,16 @@ async def collect(opts: Options) -> DoctorReport:
                 pod_mtu = vxlan.flannel_mtu(cfg_mtu or chosen.mtu, ipv6=ipv6)
             elif backend == "udp":
                 pod_mtu = udp.tun_mtu(chosen.mtu)
+            overhead = (
+                wireguard.ENCAP_OVERHEAD if backend == "wireguard" else vxlan.encap_overhead(4)
+            )
             add(
                 check_mtu(
                     backend=backend,
                     ext_name=chosen.name,
                     ext_mtu=chosen.mtu,
                     cfg_mtu=cfg_mtu,
-                    overhead=vxlan.encap_overhead(4),
+                    overhead=overhead,
                     device=device,
                     dev_mtu=link.mtu if link is not None else None,
                     env_mtu=env.mtu if env is not None else None,
@@ -279,6 +287,8 @@ async def collect(opts: Options) -> DoctorReport:
                 add(evaluate_device(device, None, None))
             if link is not None:
                 add([check_tx_offload(device, ethtool_features(device))])
+        elif backend == "wireguard" and own is not None:
+            add(wireguard_findings(own, leases))
     finally:
         node.close()
     return report

@@ -263,7 +263,7 @@ def check_mtu(
     out: list[Finding] = []
     chain = [f"{ext_name} {ext_mtu}"]
     expected_pod = ext_mtu if pod_mtu is None else pod_mtu
-    if backend == "vxlan":
+    if backend in ("vxlan", "wireguard"):
         underlay = cfg_mtu or ext_mtu
         expected_dev = underlay - overhead
         expected_pod = expected_dev if pod_mtu is None else pod_mtu

@@ -354,6 +354,17 @@ def _no_family(own: Lease, family: Family) -> Finding:
     )
 
 
+def wireguard_findings(own: Lease, leases: Sequence[Lease]) -> list[Finding]:
+    """wireguard: one finding per peer (handshake age, rx/tx bytes) read from the devices."""
+    from pyflannel.backend.wireguard.inspect import peer_checks, peer_stats, read_devices
+
+    stats = peer_stats(read_devices(), leases)
+    return [
+        Finding(c.level, "wireguard", c.subject, c.message, c.fix)
+        for c in peer_checks(stats, leases, own)
+    ]
+
+
 def data_path_findings(
     node: Node, cfg: NetworkConfig, own: Lease, leases: Sequence[Lease]
 ) -> list[Finding]:
@@ -362,6 +373,8 @@ def data_path_findings(
 
     if cfg.backend_type == "udp":
         return _udp_findings(node, cfg, own, leases)
+    if cfg.backend_type == "wireguard":
+        return wireguard_findings(own, leases)
     out: list[Finding] = []
     v4: Family = 4
     v6: Family = 6

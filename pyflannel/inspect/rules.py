@@ -10,8 +10,8 @@ from pyflannel.inspect.findings import Finding
 from pyflannel.lease import Lease
 
 if TYPE_CHECKING:
-    from pyflannel.options import Options
     from pyflannel.config import NetworkConfig
+    from pyflannel.options import Options
 
 __all__ = ["evaluate_rules", "rule_findings"]
 

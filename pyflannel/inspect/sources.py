@@ -11,8 +11,8 @@ from pyflannel.lease import Lease
 from pyflannel.netlink.ops import IPNetwork
 
 if TYPE_CHECKING:
-    from pyflannel.options import Options
     from pyflannel.config import NetworkConfig
+    from pyflannel.options import Options
     from pyflannel.subnet.etcd.registry import EtcdRegistry
     from pyflannel.subnet.subnet_env import SubnetEnv
 

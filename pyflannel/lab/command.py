@@ -330,7 +330,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="pyflannel lab", description=__doc__.split("\n")[0])
     parser.add_argument("action", choices=["up", "check", "down"])
     parser.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
-    parser.add_argument("--backend", choices=["vxlan", "host-gw", "udp"], default="vxlan")
+    parser.add_argument(
+        "--backend", choices=["vxlan", "host-gw", "udp", "wireguard"], default="vxlan"
+    )
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="namespace name prefix")
     parser.add_argument(
         "--stack",

@@ -83,6 +83,8 @@ GATEWAY_HOST = 254
 MAX_NODES = 249
 RUN_FLANNEL = Path("/run/flannel")
 VAR_LIB_CNI = Path("/var/lib/cni")
+# wireguard-go's UAPI sockets: shared by every namespace unless each node has its own (issue 17).
+RUN_WIREGUARD = Path("/run/wireguard")
 BRIDGE = "br0"
 NODE_IF = "eth0"
 NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
@@ -92,7 +94,8 @@ NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
 # keeps these mounts from leaking out while still letting the host's unmounts (for example of
 # other labs' /run/netns entries) reach in, so we never pin someone else's namespace.
 _NODE_MOUNT_SH = (
-    f'mount --bind "$1" {RUN_FLANNEL} && mount --bind "$2" {VAR_LIB_CNI} && shift 2 && exec "$@"'
+    f'mount --bind "$1" {RUN_FLANNEL} && mount --bind "$2" {VAR_LIB_CNI} && '
+    f'mount --bind "$3" {RUN_WIREGUARD} && shift 3 && exec "$@"'
 )
 
 
@@ -132,6 +135,11 @@ class LabNode:
     def cni_dir(self) -> Path:
         """Host directory the node sees as /var/lib/cni."""
         return self.state_dir / "var-lib-cni"
+
+    @property
+    def run_wireguard_dir(self) -> Path:
+        """Host directory the node sees as /run/wireguard (its wireguard-go UAPI sockets)."""
+        return self.state_dir / "run-wireguard"
 
     @property
     def log_dir(self) -> Path:
@@ -326,8 +334,9 @@ class Topology:
         # filesystem change only; the mounts themselves live in each command's mount namespace.
         RUN_FLANNEL.mkdir(parents=True, exist_ok=True)
         VAR_LIB_CNI.mkdir(parents=True, exist_ok=True)
+        RUN_WIREGUARD.mkdir(parents=True, exist_ok=True)
         for n in self.nodes:
-            for d in (n.run_flannel_dir, n.cni_dir, n.log_dir):
+            for d in (n.run_flannel_dir, n.cni_dir, n.log_dir, n.run_wireguard_dir):
                 d.mkdir(parents=True, exist_ok=True)
         if self.etcd_ns:
             (self.state_root / "etcd").mkdir(parents=True, exist_ok=True)
@@ -446,7 +455,8 @@ class Topology:
             [
                 "unshare", "--mount", "--propagation", "slave",
                 "sh", "-c", _NODE_MOUNT_SH, "pyflannel-node",
-                str(n.run_flannel_dir), str(n.cni_dir), *map(str, argv),
+                str(n.run_flannel_dir), str(n.cni_dir), str(n.run_wireguard_dir),
+                *map(str, argv),
             ],
         )  # fmt: skip
 

@@ -316,12 +316,24 @@ class DaemonLab:
                     lambda n=node: self.vxlan_entries(n) == self.expected_vxlan_entries(n),  # type: ignore[misc]
                     timeout,
                 )
+            elif self.backend == "wireguard":
+                wait_for(
+                    f"{node.name} has every peer on flannel-wg",
+                    lambda n=node: len(self.wireguard_peers(n)) == len(self.leases()) - 1,  # type: ignore[misc]
+                    timeout,
+                )
             else:
                 wait_for(
                     f"{node.name} has a route to every peer",
                     lambda n=node: self.hostgw_routes(n) == self.expected_hostgw_routes(n),  # type: ignore[misc]
                     timeout,
                 )
+
+    def wireguard_peers(self, ref: NodeRef, device: str = "flannel-wg") -> dict[str, str]:
+        """wireguard: the device's peers as ``wg`` shows them inside the node (its private
+        /run/wireguard): public key -> endpoint."""
+        out = self.topo.run_in_node(ref, ["wg", "show", device, "endpoints"], check=False).stdout
+        return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
 
     def expected_hostgw_routes(self, ref: NodeRef) -> set[tuple[str, str | None, str]]:
         """host-gw: each peer subnet via the peer's PublicIP on eth0; our own via cni0 once a pod

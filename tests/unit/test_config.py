@@ -226,7 +226,7 @@ def test_ipv4_checked_before_ipv6() -> None:
         ({"Type": ""}, "unknown backend type: "),
         ({"Type": "Bogus"}, "unknown backend type: bogus"),
         ({"Type": "aws-vpc"}, "unknown backend type: aws-vpc"),
-        ({"Type": "wireguard"}, "backend type wireguard is not supported by pyflannel"),
+        ({"Type": "ipsec"}, "backend type ipsec is not supported by pyflannel"),
         ({"Type": "IPIP"}, "backend type ipip is not supported by pyflannel"),
         ({"Type": "ipsec"}, "backend type ipsec is not supported by pyflannel"),
         ({"Type": "alloc"}, "backend type alloc is not supported by pyflannel"),
