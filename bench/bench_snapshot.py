@@ -173,7 +173,7 @@ def run_daemon(lab: PeerLab, n: int) -> tuple[float, float, float, float, float,
     got = lab.counts(node)
     if got != (n, n, n):
         raise RuntimeError(f"daemon programmed {got} (route, neigh, fdb), want {n} each")
-    ready = lab.log_event(node, "wrote subnet file")
+    ready = lab.log_event(node, "daemon.subnet_file_written")
     listed = lab.log_event(node, "lease.peers_listed")
     assert ready is not None and listed is not None
     lab.stop_daemon(node)

@@ -49,9 +49,9 @@ from pyflannel.lab.topology import LabNode
 TARGET_RATIO = 5.0
 PHASES = (
     ("first log line", None),
-    ("etcd config read", "using interface"),
-    ("lease acquired", "lease acquired"),
-    ("subnet.env written", "wrote subnet file"),
+    ("etcd config read", "daemon.interface_selected"),
+    ("lease acquired", "daemon.lease_acquired"),
+    ("subnet.env written", "daemon.subnet_file_written"),
 )
 
 
@@ -83,7 +83,7 @@ def start_once(
         time.sleep(0.001)
     ready = time.perf_counter() - t0
     # Let the daemon finish the log line it writes right after subnet.env.
-    lab.wait_log_event(node, "wrote subnet file", timeout=10)
+    lab.wait_log_event(node, "daemon.subnet_file_written", timeout=10)
     lab.stop_daemon(node)
     entries = read_json_log(lab.log_path(node))
     phases: dict[str, float] = {}
@@ -100,7 +100,7 @@ def import_profile(lab: PeerLab, node: LabNode, top: int = 15) -> str:
     start_once(lab, node, env={"PYTHONPROFILEIMPORTTIME": "1"})
     text = lab.log_path(node).read_text(errors="replace")
     # Only what was imported before READY (the log line written right after subnet.env).
-    text = text.split('"event": "wrote subnet file"', 1)[0]
+    text = text.split('"event": "daemon.subnet_file_written"', 1)[0]
     rows = []
     for m in re.finditer(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", text):
         rows.append((int(m.group(2)), len(m.group(3)) // 2, m.group(4), int(m.group(1))))

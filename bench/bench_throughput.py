@@ -119,7 +119,7 @@ def start_flannel_pair(
         lab.start_daemon(n, f"--etcd-prefix={prefix}")
     pods = []
     for n in (a, b):
-        lab.wait_log_event(n, "wrote subnet file", timeout=60)
+        lab.wait_log_event(n, "daemon.subnet_file_written", timeout=60)
     for n in (a, b):
         # each must have the other's route before traffic flows
         lab.wait_log_event(n, "backend.peers_programmed", timeout=60)

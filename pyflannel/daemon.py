@@ -79,7 +79,7 @@ class Daemon:
         finally:
             manager.close()
         if self.stopping:
-            log.info("Exiting cleanly...")
+            log.info("daemon.exiting")
 
     # -- start-up steps ------------------------------------------------------------------------
 
@@ -108,7 +108,7 @@ class Daemon:
             enable_ipv6=config.enable_ipv6,
         )
         log.info(
-            "using interface",
+            "daemon.interface_selected",
             iface=ext.name,
             address=str(ext.ipv4_addr or ext.ipv6_addr),
             public_ip=str(ext.public_ip or ext.public_ipv6),
@@ -124,7 +124,7 @@ class Daemon:
         self.lease = await manager.acquire_lease(config, prepared.attrs, previous)
         self._lease_changed(self.lease)
         log.info(
-            "lease acquired",
+            "daemon.lease_acquired",
             subnet=str(self.lease.subnet),
             ipv6_subnet=str(self.lease.ipv6_subnet) if self.lease.ipv6_subnet else None,
             reservation=self.lease.is_reservation,
@@ -144,7 +144,7 @@ class Daemon:
         from pyflannel.sdnotify import notify
 
         if notify("READY=1"):
-            log.info("notified systemd: READY=1")
+            log.info("daemon.ready_notified")
 
     async def _backend_options(
         self, manager: EtcdSubnetManager, config: NetworkConfig, ext: ExternalInterface
@@ -236,7 +236,7 @@ class Daemon:
                 f"could not write {self.opts.subnet_file}: {exc.strerror}",
                 hint="make its directory writable by pyflanneld or pass --subnet-file",
             ) from exc
-        log.info("wrote subnet file", path=self.opts.subnet_file)
+        log.info("daemon.subnet_file_written", path=self.opts.subnet_file)
         return env
 
     # -- long-running tasks ----------------------------------------------------------------------
@@ -272,7 +272,7 @@ class Daemon:
     async def _watch_signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
-                log.info("received signal, shutting down", signal=signal.Signals(signum).name)
+                log.info("daemon.signal_received", signal=signal.Signals(signum).name)
                 self.stopping = True
                 scope.cancel()
                 return
@@ -315,7 +315,7 @@ class Daemon:
         try:
             return read_subnet_env(self.opts.subnet_file, missing_ok=True)
         except ConfigError as exc:
-            log.warning("ignoring the previous subnet file", error=str(exc))
+            log.warning("daemon.previous_subnet_file_ignored", error=str(exc))
             return None
 
 

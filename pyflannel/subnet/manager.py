@@ -245,7 +245,7 @@ class EtcdSubnetManager:
         try:
             leases, _ = await self._registry.list_leases(with_ttl=False)
         except RegistryError as exc:
-            log.info("previous lease unknown", error=str(exc))
+            log.info("lease.previous_unknown", error=str(exc))
             return None
         own = [x for x in leases_of_node(config, leases, attrs) if is_lease_compatible(config, x)]
         return own[0] if own else None

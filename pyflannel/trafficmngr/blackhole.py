@@ -199,7 +199,7 @@ async def resync_loop(
         try:
             repaired = await resync_once()
         except TrafficRuleError as exc:
-            log.error(f"{mode}_resync_failed", error=str(exc))
+            log.error(f"{mode}.resync_failed", error=str(exc))
         else:
             METRICS.masq_resyncs_total += 1
             if repaired:

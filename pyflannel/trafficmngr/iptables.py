@@ -118,7 +118,7 @@ class IptablesManager:
             for family in self.spec.families():
                 if self.prev is not None and self.prev.differs(self.spec, family):
                     log.info(
-                        "iptables_recycling_old_rules",
+                        "iptables.recycling_old_rules",
                         family=family.name,
                         network=str(self.spec.network_of(family)),
                         subnet=str(self.spec.subnet_of(family)),
@@ -130,7 +130,7 @@ class IptablesManager:
                         continue
                     problems = await self._apply(family, table, chains, unwanted, force=True)
                     log.info(
-                        "iptables_rules_applied",
+                        "iptables.rules_applied",
                         family=family.name,
                         table=table,
                         chains=[c.name for c in chains],
@@ -166,7 +166,7 @@ class IptablesManager:
                     problems = await self._apply(family, table, chains, unwanted, force=False)
                     if problems:
                         log.warning(
-                            "iptables_rules_repaired",
+                            "iptables.rules_repaired",
                             family=family.name,
                             table=table,
                             differences=problems,
@@ -218,7 +218,7 @@ class IptablesManager:
             except TrafficRuleError:
                 if attempt == 2:
                     raise
-                log.info("iptables_restore_retry", family=family.name, table=table)
+                log.info("iptables.restore_retry", family=family.name, table=table)
                 continue
             return problems
         raise AssertionError("unreachable")

@@ -71,7 +71,7 @@ class IptablesTool:
             version = parse_version(res.stdout + res.stderr)
             if version is None:
                 log.warning(
-                    "iptables_version_unknown",
+                    "iptables.version_unknown",
                     binary=self.binary,
                     output=res.stdout.strip(),
                     effect="not using --random-fully nor --wait",
@@ -91,7 +91,7 @@ class IptablesTool:
         argv = [f"{self.binary}-restore", "--noflush"]
         if caps.wait:
             argv.append("--wait")
-        log.debug("iptables_restore", binary=argv[0], payload=payload)
+        log.debug("iptables.restore", binary=argv[0], payload=payload)
         await self.runner.run(argv, stdin=payload)
 
 
@@ -108,7 +108,7 @@ async def remove_iptables_chains(
     for family in families:
         tool = IptablesTool(family, runner)
         if not tool.available():
-            log.info("iptables_cleanup_skipped", binary=tool.binary, reason="not installed")
+            log.info("iptables.cleanup_skipped", binary=tool.binary, reason="not installed")
             continue
         for table, chain in (("nat", MASQ_CHAIN), ("filter", FORWARD_CHAIN)):
             try:
@@ -117,8 +117,8 @@ async def remove_iptables_chains(
                 if payload is None:
                     continue
                 await tool.restore(payload)
-                log.info("iptables_chain_removed", binary=tool.binary, table=table, chain=chain)
+                log.info("iptables.chain_removed", binary=tool.binary, table=table, chain=chain)
             except TrafficRuleError as exc:
                 log.warning(
-                    "iptables_cleanup_failed", binary=tool.binary, table=table, error=str(exc)
+                    "iptables.cleanup_failed", binary=tool.binary, table=table, error=str(exc)
                 )

@@ -60,7 +60,7 @@ async def remove_nft_tables(
 ) -> None:
     """Delete flannel's nftables tables (used when switching to iptables mode). Never raises."""
     if not runner.have("nft"):
-        log.info("nftables_cleanup_skipped", reason="nft is not installed")
+        log.info("nftables.cleanup_skipped", reason="nft is not installed")
         return
     try:
         present = await _existing_tables(runner)
@@ -69,6 +69,6 @@ async def remove_nft_tables(
         if script is None:
             return
         await runner.run(["nft", "-f", "-"], stdin=script)
-        log.info("nftables_tables_removed", tables=[f"{f} {n}" for f, n in doomed])
+        log.info("nftables.tables_removed", tables=[f"{f} {n}" for f, n in doomed])
     except TrafficRuleError as exc:
-        log.warning("nftables_cleanup_failed", error=str(exc))
+        log.warning("nftables.cleanup_failed", error=str(exc))

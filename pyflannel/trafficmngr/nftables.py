@@ -99,7 +99,7 @@ class NftablesManager:
                 if family in configured:
                     problems = await self._apply(family, force=True)
                     log.info(
-                        "nftables_rules_applied",
+                        "nftables.rules_applied",
                         table=f"{family.nft_family} {family.nft_table}",
                         differences=problems,
                     )
@@ -124,7 +124,7 @@ class NftablesManager:
                 problems = await self._apply(family, force=False)
                 if problems:
                     log.warning(
-                        "nftables_rules_repaired",
+                        "nftables.rules_repaired",
                         table=f"{family.nft_family} {family.nft_table}",
                         differences=problems,
                     )
@@ -163,7 +163,7 @@ class NftablesManager:
         if diff_nft(table, after):
             if family not in self._baseline:
                 log.warning(
-                    "nftables_listing_not_understood",
+                    "nftables.listing_not_understood",
                     table=f"{table.family} {table.name}",
                     differences=diff_nft(table, after),
                     effect="resync compares with the listing taken after applying",
@@ -191,7 +191,7 @@ class NftablesManager:
             self._fully_random = res.ok
             if not res.ok:
                 log.warning(
-                    "nftables_fully_random_unsupported",
+                    "nftables.fully_random_unsupported",
                     error=res.stderr.strip(),
                     effect="masquerade without fully-random",
                 )

@@ -223,7 +223,7 @@ def test_network_config_change_while_running_exits_1_then_restarts_with_it(
     lab.etcd.put(key, json.dumps(old))
     env = {"PYFLANNEL_CONFIG_CHECK_SECONDS": "0.3"}
     run = _start(lab, "change", ["--etcd-prefix=/change"], env=env)
-    run.wait_line("wrote subnet file")
+    run.wait_line("daemon.subnet_file_written")
     lab.etcd.put(key, json.dumps(old, indent=2))  # same config, other text
     lab.etcd.put(key, '{"Network": "10.6.0.0/40"}')  # invalid: reported once, ignored
     run.wait_line("config.change_ignored")
@@ -235,7 +235,7 @@ def test_network_config_change_while_running_exits_1_then_restarts_with_it(
     assert "network config in etcd changed" in line and "10.6.0.0/16" in line, line
 
     again = _start(lab, "change-restart", ["--etcd-prefix=/change"], env=env)
-    again.wait_line("wrote subnet file")
+    again.wait_line("daemon.subnet_file_written")
     env_text = (lab.node("n1").run_flannel_dir / "subnet.env").read_text()
     assert "FLANNEL_NETWORK=10.6.0.0/16" in env_text, env_text
     assert again.stop() == 0

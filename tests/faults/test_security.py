@@ -76,7 +76,7 @@ def test_daemons_work_with_client_cert_tls_and_auth(tls_lab: DaemonLab) -> None:
     assert tls is not None
     for node in lab.nodes:
         log = log_text(lab, node)
-        assert "connecting to etcd with http" not in log  # no insecure-connection warning
+        assert "etcd.insecure_http" not in log  # no insecure-connection warning
         assert tls.password not in log, "the etcd password must never be logged"
 
 

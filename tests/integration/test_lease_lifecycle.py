@@ -168,7 +168,7 @@ async def test_lost_reply_to_a_renewal_keeps_the_key(
     assert stored is not None, "the key must survive a lost reply (was: revoked -> deleted)"
     assert stored["lease"] == renewed.lease.etcd_lease_id
     assert ttl_left(etcd, renewed.lease.etcd_lease_id) > 50
-    assert any("write was applied" in e["event"] for e in logs)
+    assert any(e["event"] == "etcd.write_reply_lost" for e in logs)
 
 
 async def test_lost_reply_when_read_back_fails_leaves_the_lease_to_expire(
@@ -263,7 +263,7 @@ async def test_unreadable_foreign_value_on_our_key_is_lease_lost_not_a_hot_loop(
     msg = str(outcome)
     assert key in msg and "unreadable" in msg and str(lease.subnet) in msg
     revoked = [e for e in logs if e["event"] == "lease.revoked"]
-    bad = [e for e in logs if e["event"] == "ignoring bad lease"]
+    bad = [e for e in logs if e["event"] == "etcd.bad_lease_ignored"]
     assert len(revoked) <= 1 and len(bad) <= 3, "a handful of rounds, not thousands"
 
 

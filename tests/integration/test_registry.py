@@ -444,7 +444,7 @@ async def test_expired_auth_token_is_renewed() -> None:
             await trio.sleep(2.5)  # the simple token expires after 1 s of idleness
             with capture_logs() as logs:
                 assert (await reg.create_lease(V4("10.5.2.0/24"), None, ME, 60)).ok
-            assert any(e["event"] == "etcd auth token renewed" for e in logs)
+            assert any(e["event"] == "etcd.auth_token_renewed" for e in logs)
             # Watches opened after a renewal use the new token too.
             _, rev = await reg.list_leases()
             await trio.sleep(2.5)

@@ -186,7 +186,7 @@ def _daemon_log_lines(tmp_path: Path, *flags: str) -> list[str]:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 0, lines  # SIGTERM: "Exiting cleanly..." and exit 0
+    assert proc.returncode == 0, lines  # SIGTERM: "daemon.exiting" and exit 0
     return [ln for ln in lines if ln.strip()]
 
 
@@ -198,7 +198,7 @@ def test_log_format_json_gives_json_lines(tmp_path: Path) -> None:
     assert all({"event", "level", "timestamp"} <= set(d) for d in docs), docs
     retry = next(d for d in docs if "network config" in d["event"])
     assert retry["level"] == "error" and "127.0.0.1:1" in retry["error"]
-    assert docs[-1]["event"] == "Exiting cleanly..."
+    assert docs[-1]["event"] == "daemon.exiting"
 
 
 def test_default_log_format_is_key_value(tmp_path: Path) -> None:
@@ -210,4 +210,4 @@ def test_default_log_format_is_key_value(tmp_path: Path) -> None:
     assert not any("\x1b[" in ln for ln in lines)  # no colours when stderr is not a terminal
     retry = next(ln for ln in lines if "network config" in ln)
     assert re.search(r" error='etcd get \S+ failed: could not reach etcd at http://127", retry)
-    assert lines[-1].endswith("Exiting cleanly...")
+    assert lines[-1].endswith("daemon.exiting")

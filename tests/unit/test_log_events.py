@@ -35,25 +35,13 @@ FORWARDED = frozenset({"event", "self.event"})
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "{mode}.resync_failed": ("iptables.resync_failed", "nftables.resync_failed"),
     "{self.event}_resolved": (),  # FailureLog's "<event>_resolved", expanded below
+    "{self.backend}.reconcile_failed": ("vxlan.reconcile_failed", "udp.reconcile_failed"),
+    "{self.backend}.recreate_failed": ("vxlan.recreate_failed", "udp.recreate_failed"),
+    "{self.backend}.device_repaired": ("vxlan.device_repaired", "udp.device_repaired"),
 }
 
-# Files whose events helpers 15a/15b restructure in parallel (issue #15): their renames are in
-# /work/notes/rename-log-events.sed, applied by the merger, who then empties this set.
-EXCLUDED_FOR_MERGE: frozenset[str] = frozenset(
-    {
-        "pyflannel/subnet/registry.py",
-        "pyflannel/daemon.py",
-        "pyflannel/cli/flags.py",
-        "pyflannel/trafficmngr/",
-        "pyflannel/netlink/nsenter.py",
-        "pyflannel/cli/status.py",
-        "pyflannel/cli/doctor.py",
-        "pyflannel/backend/vxlan.py",
-        "pyflannel/backend/udp.py",
-        "pyflannel/backend/hostgw.py",
-        "pyflannel/backend/base.py",
-    }
-)
+# Files left out of the scan (none: every event in pyflannel/ and cni_plugin/ is checked).
+EXCLUDED_FOR_MERGE: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,7 @@ def decode_lease(kv: KeyValue, expiration: float | None) -> Lease | None:
     parsed = parse_kv(kv, expiration)
     if isinstance(parsed, Lease):
         return parsed
-    log.warning("ignoring bad lease", key=parsed.key, error=parsed.error)
+    log.warning("etcd.bad_lease_ignored", key=parsed.key, error=parsed.error)
     return None
 
 

@@ -90,7 +90,7 @@ def _range_all(client: EtcdClient, prefix: str) -> tuple[list[KeyValue], int]:
         except EtcdFailure as exc:
             if not exc.compacted:
                 raise
-            log.info("revision compacted while paging through leases; listing again")
+            log.info("etcd.list_compacted")
             continue
         return kvs, revision
     raise RegistryError(

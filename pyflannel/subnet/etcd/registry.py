@@ -238,7 +238,7 @@ class EtcdRegistry:
         try:
             await self.session.call(f"revoke lease {lease_id:x}", lambda c: c.revoke(lease_id))
         except RegistryError as exc:
-            log.warning("could not revoke unused etcd lease", lease_id=lease_id, error=str(exc))
+            log.warning("etcd.lease_revoke_failed", lease_id=lease_id, error=str(exc))
         self._expiry.forget(lease_id)
 
     # ----------------------------------------------------------------- writing leases
@@ -358,10 +358,10 @@ class EtcdRegistry:
             else result_from_kv(kv, lease_id, expiration, self._expiry.get(kv.lease))
         )
         if result is not None and result.ok:
-            log.info("the reply to a write was lost, but the write was applied", key=key)
+            log.info("etcd.write_reply_lost", key=key)
             return result
         log.info(
-            "the outcome of a write is unknown; its fresh etcd lease is left to expire",
+            "etcd.write_outcome_unknown",
             key=key,
             lease_id=f"{lease_id:x}",
             error=str(error),

@@ -104,11 +104,11 @@ class EtcdSession:
             return TlsMaterial(ca=ca(), key=key, cert=cert)
         if any(e.scheme == "https" for e in self._endpoints):
             log.warning(
-                "no client certificate provided: connecting to https etcd endpoints without one",
+                "etcd.no_client_certificate",
                 endpoints=self.endpoints_text,
             )
             return TlsMaterial(ca=ca())
-        log.warning("no certificate provided: connecting to etcd with http. This is insecure")
+        log.warning("etcd.insecure_http")
         return None
 
     def _get_client(self) -> EtcdClient:
@@ -137,7 +137,7 @@ class EtcdSession:
         with self._auth_lock:
             client.authenticate(self._username, self._password)
             client.renew_watch_stream()
-        log.info("etcd auth token renewed", endpoints=self.endpoints_text)
+        log.info("etcd.auth_token_renewed", endpoints=self.endpoints_text)
 
     def _with_failover(self, client: EtcdClient, fn: Callable[[], _T]) -> _T:
         """Run ``fn`` once per endpoint (+1) until one answers.
@@ -208,4 +208,4 @@ class EtcdSession:
             try:
                 client.close()
             except Exception as exc:  # closing must never fail the caller
-                log.debug("error closing etcd client", error=str(exc))
+                log.debug("etcd.close_failed", error=str(exc))

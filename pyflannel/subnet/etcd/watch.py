@@ -40,7 +40,7 @@ def decode_watch_events(
             try:
                 subnet, ipv6_subnet = parse_subnet_key(ev.kv.key.decode("utf-8"))
             except (LeaseDecodeError, UnicodeDecodeError):
-                log.warning("ignoring delete of a non-lease key", key=repr(ev.kv.key))
+                log.warning("etcd.non_lease_delete_ignored", key=repr(ev.kv.key))
                 continue
             lease = Lease(
                 subnet=subnet,
@@ -145,4 +145,4 @@ def _cancel_quietly(session: EtcdSession, watch_id: int) -> None:
     try:
         client.cancel_watch(watch_id)
     except Exception as exc:  # the stream may already be gone (EtcdFailure included)
-        log.debug("cancelling etcd watch failed", watch_id=watch_id, error=str(exc))
+        log.debug("etcd.watch_cancel_failed", watch_id=watch_id, error=str(exc))
