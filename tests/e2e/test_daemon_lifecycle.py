@@ -88,7 +88,7 @@ def test_deleted_peer_lease_is_unprogrammed_then_retaken_by_its_owner(lab: Daemo
     assert lab.daemons["n3"].poll() is None, "n3 keeps running after re-acquiring"
     lab.wait_converged(timeout=5.0)
     assert lab.ping_failures() == []
-    assert "re-acquir" in lab.log_tail("n3", 20000)
+    assert "lease.reacquired" in lab.log_tail("n3", 20000)
 
 
 def test_deleted_lease_of_a_live_node_flaps_on_peers_and_comes_back(lab: DaemonLab) -> None:
@@ -199,4 +199,4 @@ def test_restart_keeps_data_path_subnet_and_mac_without_losing_packets(
         assert n2.subnet_env.read_text() == env_text
         assert lab.iptables_save(n2, "nat") == nat
         assert lab.ping_failures() == []
-    assert "Exiting cleanly" in lab.log_path(n2).read_text()
+    assert "daemon.exiting" in lab.log_path(n2).read_text()

@@ -6,6 +6,7 @@ that spawned them, so a ``trio.run`` inside a node namespace leaves idle workers
 
 from __future__ import annotations
 
+import functools
 import secrets
 import subprocess
 import threading
@@ -41,9 +42,12 @@ async def _worker_namespaces(n: int) -> set[int]:
         seen.append(netns_inode())
         barrier.wait(timeout=10)
 
+    # Its own limiter: the default one (40 at a time) would starve the barrier when earlier
+    # tests of the session left many workers behind.
+    limiter = trio.CapacityLimiter(n)
     async with trio.open_nursery() as nursery:
         for _ in range(n):
-            nursery.start_soon(trio.to_thread.run_sync, job)
+            nursery.start_soon(functools.partial(trio.to_thread.run_sync, job, limiter=limiter))
     return set(seen)
 
 
