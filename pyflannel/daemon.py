@@ -153,6 +153,13 @@ class Daemon:
         MAC file nor the device has one: a reboot emptied /run and removed the device)."""
         if config.backend_type != "vxlan":
             return {}
+        from pyflannel.backend.mac_store import mac_path
+        from pyflannel.config import vxlan_options
+
+        vni = vxlan_options(config).vni
+        families = [f for f, on in ((4, config.enable_ipv4), (6, config.enable_ipv6)) if on]
+        if all(mac_path(self.state_dir, vni, f).is_file() for f in families):
+            return {}  # a restart: the MAC files decide, no etcd round trip needed
         me = LeaseAttrs(public_ipv6=ext.public_ipv6)
         if ext.public_ip is not None:
             me = LeaseAttrs(public_ip=ext.public_ip, public_ipv6=ext.public_ipv6)

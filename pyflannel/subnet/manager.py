@@ -159,6 +159,7 @@ class EtcdSubnetManager:
         self._margin = float(margin)
         self._renew_retry = float(renew_retry)
         self._max_race_retries = max(1, int(max_race_retries))
+        self._prefetched: tuple[list[Lease], int] | None = None
         self._rng = rng or random.SystemRandom()
         # etcd lease ID -> expiry on trio's monotonic clock (see _note_grant).
         self._expiry_mono: dict[int, float] = {}
@@ -243,10 +244,15 @@ class EtcdSubnetManager:
         emptied (a reboot with /run on tmpfs) keeps its VTEP MAC. Best effort: ``None`` when
         etcd cannot be read (acquire_lease reports that)."""
         try:
-            leases, _ = await self._registry.list_leases(with_ttl=False)
+            listing = await self._registry.list_leases(with_ttl=False)
         except RegistryError as exc:
             log.info("lease.previous_unknown", error=str(exc))
             return None
+        # acquire_lease follows at once: its first attempt plans on this listing instead of
+        # fetching the same 10k leases again (a listing that went stale meanwhile only makes the
+        # create transaction lose a race, which acquire_lease already retries).
+        self._prefetched = listing
+        leases = listing[0]
         own = [x for x in leases_of_node(config, leases, attrs) if is_lease_compatible(config, x)]
         return own[0] if own else None
 
@@ -266,7 +272,10 @@ class EtcdSubnetManager:
         lost: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
         prefix = self._registry.prefix
         for attempt in range(1, self._max_race_retries + 1):
-            leases, revision = await self._registry.list_leases(with_ttl=False)
+            if self._prefetched is not None:
+                (leases, revision), self._prefetched = self._prefetched, None
+            else:
+                leases, revision = await self._registry.list_leases(with_ttl=False)
             plan = plan_acquisition(
                 config,
                 leases,
