@@ -12,8 +12,9 @@ from pyflannel.cli.flags import parse_flags
 from pyflannel.daemon import Daemon
 opts = parse_flags(["--etcd-endpoints=http://127.0.0.1:1"], {})
 d = Daemon(opts)
-d._make_manager() if hasattr(d, "_make_manager") else None
-bad = sorted(m for m in sys.modules if m == "httpx" or m.startswith(("httpx.", "httpcore", "pyflannel.subnet.kube")))
+d._make_manager().close()
+kube = ("httpx", "httpcore", "yaml", "pyflannel.subnet.kube")
+bad = sorted(m for m in sys.modules if m.split(".")[0] in kube or m.startswith(kube[-1]))
 print(",".join(bad))
 """
 
