@@ -111,6 +111,7 @@ def _error(what: str, status: int, reason: str, message: str) -> KubeApiError:
         403: "RBAC forbids it: apply deploy/kube-pyflannel.yml's ClusterRole (nodes get/list/"
         "watch, nodes/status patch, pods get) and its binding",
         404: "it does not exist (yet)",
+        410: "the resourceVersion is too old: list again",
     }.get(status, "check that the API server is up and reachable from this node")
     cls = KubeWatchExpired if status == 410 or reason in ("Expired", "Gone") else KubeApiError
     return cls(f"{what}: HTTP {status} {reason}: {message}".replace(":  :", ":"), hint=hint,
