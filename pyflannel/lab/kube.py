@@ -361,3 +361,96 @@ def pod_cidr_for(index: int, ipv6: bool = False) -> list[str]:
     if ipv6:
         cidrs.append(f"fd00:244:{index:x}::/64")
     return cidrs
+
+
+# -- `pyflannel lab up --kube` -------------------------------------------------------------------
+
+LAB_SERVERS: dict[str, KubeApiServer] = {}  # by lab prefix, for callers in the same process
+
+
+def lab_pod_cidrs(index: int, network: str | None, network6: str | None) -> list[str]:
+    """Node ``n<index>``'s podCIDRs: the index-th /24 of ``network`` and /64 of ``network6``
+    (what a controller manager with --allocate-node-cidrs would assign)."""
+    cidrs: list[str] = []
+    if network:
+        cidrs.append(str(list(ipaddress.IPv4Network(network).subnets(new_prefix=24))[index]))
+    if network6:
+        net6 = ipaddress.IPv6Network(network6)
+        cidrs.append(str(ipaddress.IPv6Network((int(net6.network_address) + (index << 64), 64))))
+    return cidrs
+
+
+def lab_kube_up(
+    topo: Any, root: Path, net_conf: str, network: str | None, network6: str | None
+) -> KubeApiServer:
+    """Start the API server in the lab's etcd namespace (on the underlay address), apply
+    flannel's RBAC, create one Node per lab node with its podCIDRs, and write the kubeconfig
+    (flannel user) and net-conf.json the daemons use."""
+    src = locate_apiserver()
+    if src is None:
+        raise ConfigError(
+            "kube-apiserver not found for `lab up --kube`",
+            hint=f"put {XZ_NAME} in ../shared/tools/kube/ or set ${APISERVER_ENV} to it",
+        )
+    srv = KubeApiServer(topo.etcd_ns, str(topo.etcd_ip), root / "kube", unpack_apiserver(src))
+    srv.start()
+    srv.apply_flannel_rbac()
+    for node in topo.nodes:
+        cidrs = lab_pod_cidrs(node.index, network, network6)
+        srv.create_node(node.name, cidrs, {"lab.pyflannel.dev/prefix": topo.prefix})
+    (root / "net-conf.json").write_text(net_conf)
+    srv.kubeconfig(root / "kubeconfig")
+    LAB_SERVERS[topo.prefix] = srv
+    return srv
+
+
+def lab_daemon_flags(root: Path) -> list[str]:
+    """pyflanneld's kube-mode flags in a lab built by :func:`lab_kube_up`."""
+    return [
+        "--kube-subnet-mgr",
+        f"--kubeconfig-file={root / 'kubeconfig'}",
+        f"--net-config-path={root / 'net-conf.json'}",
+    ]
+
+
+def lab_daemon_env(node: str) -> dict[str, str]:
+    """The daemon's environment on lab node ``node`` (its Node name, as the downward API)."""
+    return {**os.environ, "NODE_NAME": node}
+
+
+def lab_node_rows(root: Path, etcd_ns: str, host: str) -> list[tuple[str, ...]]:
+    """NAME, PODCIDRS, PUBLIC IP, BACKEND, VTEP MAC, NetworkUnavailable of every Node (for
+    ``lab check``), read with the admin token from a lab up in another process."""
+    token = (root / "kube" / "tokens.csv").read_text().split(",", 1)[0]
+    status, body, err = http_request(
+        f"https://{host}:{API_PORT}/api/v1/nodes",
+        ns=etcd_ns,
+        headers={"Authorization": f"Bearer {token}"},
+        cafile=root / "kube" / "certs" / "apiserver.crt",
+        timeout=5.0,
+    )
+    if status != 200:
+        raise KubeApiError(f"cannot list the lab's Nodes: HTTP {status} {err}", hint="lab up again")
+    from pyflannel.subnet.kube.annotations import annotation_keys
+    from pyflannel.subnet.kube.node import parse_node
+
+    keys = annotation_keys()
+    rows: list[tuple[str, ...]] = []
+    for item in json.loads(body).get("items", []):
+        n = parse_node(item)
+        try:
+            mac = str(json.loads(n.annotation(keys.backend_data) or "null")["VtepMAC"])
+        except (ValueError, KeyError, TypeError):
+            mac = "-"
+        cond = n.condition("NetworkUnavailable")
+        rows.append(
+            (
+                n.name,
+                ",".join(n.pod_cidrs or (n.pod_cidr,)) or "-",
+                n.annotation(keys.public_ip) or "-",
+                n.annotation(keys.backend_type) or "-",
+                mac,
+                f"{cond.status} ({cond.reason})" if cond else "-",
+            )
+        )
+    return rows
