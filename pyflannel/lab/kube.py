@@ -150,6 +150,8 @@ class KubeApiServer:
             "--service-cluster-ip-range=10.96.0.0/12",
             "--disable-admission-plugins=ServiceAccount",
             "--allow-privileged=true",
+            # 1.20 keeps only the first of a Node's podCIDRs unless dual stack is enabled.
+            "--feature-gates=IPv6DualStack=true",
             *([] if self.watch_cache else ["--watch-cache=false"]),
         ]
         self._api = spawn_in(self.ns, argv, self.state_dir / "kube-apiserver.log")

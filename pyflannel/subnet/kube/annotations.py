@@ -133,7 +133,9 @@ def own_annotation_patch(node: Node, attrs: LeaseAttrs, keys: AnnotationKeys) ->
             want[keys.public_ipv6] = over6 or public6
         want[keys.kube_managed] = "true"
     # A strategic-merge patch carries only what differs from the cached node.
-    return {k: v for k, v in sorted(want.items()) if node.annotation(k) != v}
+    # An absent key differs from an empty value (udp's backend-type is ""), as in Go's diff.
+    have = node.annotations or {}
+    return {k: v for k, v in sorted(want.items()) if have.get(k) != v}
 
 
 def condition_patch(now: float | None = None) -> dict[str, object]:
