@@ -188,6 +188,18 @@ def test_hostgw_kube_lab(prefix: str) -> None:
     srv = LAB_SERVERS[prefix]
     assert all_ping(state) == []
     assert srv.get_node_json("n1")["metadata"]["annotations"][K.backend_data] == "null"
+    # `pyflannel status` in kube mode, on a node, as the flannel user.
+    root = Path(state.state_root)
+    out = run_in(
+        f"{prefix}-n1",
+        [sys.executable, "-m", "pyflannel.cli.tools", "status", "--kube-subnet-mgr",
+         f"--kubeconfig-file={root / 'kubeconfig'}",
+         f"--net-config-path={root / 'net-conf.json'}", "--node-name=n1"],
+        check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "OK   condition: NetworkUnavailable=False (FlannelIsUp)" in out.stdout
+    assert out.stdout.count("host-gw") == 3
     check_ghost_node(state, srv, "host-gw", "ghost1")
 
 
