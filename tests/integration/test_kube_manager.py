@@ -284,3 +284,23 @@ async def test_kubeconfig_with_token_and_ca_data(kube_api: KubeApiServer, tmp_pa
         listing = await client.list_nodes()
         assert listing.resource_version
         await client.aclose()
+
+
+async def test_node_name_from_pod(kube_api: KubeApiServer, tmp_path: Path) -> None:
+    node, pod = unique(), unique("pod")
+    obj = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": pod, "namespace": "default"},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x"}]},
+    }
+    kube_api.call(lambda c: c.create("/api/v1/namespaces/default/pods", obj))
+    with inside(kube_api):
+        env = {"POD_NAME": pod, "POD_NAMESPACE": "default"}
+        mgr = KubeSubnetManager(conn(kube_api), environ=env)
+        assert await mgr.resolve_node_name() == node
+        await mgr.aclose()
+        bare = KubeSubnetManager(conn(kube_api), environ={})
+        with pytest.raises(Exception, match="POD_NAME and POD_NAMESPACE must be set"):
+            await bare.resolve_node_name()
+        await bare.aclose()

@@ -76,3 +76,21 @@ def test_bad_kubeconfig(tmp_path: Path, text: str, match: str) -> None:
     path.write_text(text)
     with pytest.raises(ConfigError, match=match):
         load_kubeconfig(str(path))
+
+
+def test_daemon_uses_the_kube_manager_with_kube_subnet_mgr(tmp_path: Path) -> None:
+    # Before kube mode, --kube-subnet-mgr was accepted and the daemon fell back to etcd.
+    from pyflannel.cli.flags import parse_flags
+    from pyflannel.daemon import Daemon
+    from pyflannel.subnet.kube.manager import KubeSubnetManager
+
+    path = tmp_path / "kc"
+    path.write_text(
+        "current-context: a\ncontexts: [{name: a, context: {cluster: c, user: u}}]\n"
+        "clusters: [{name: c, cluster: {server: 'https://198.51.100.250:6443', "
+        "insecure-skip-tls-verify: true}}]\nusers: [{name: u, user: {token: t}}]\n"
+    )
+    opts = parse_flags(["--kube-subnet-mgr", f"--kubeconfig-file={path}"], {})
+    manager = Daemon(opts)._make_manager()
+    assert isinstance(manager, KubeSubnetManager)
+    assert manager.client.connection.server == "https://198.51.100.250:6443"
