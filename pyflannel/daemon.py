@@ -31,9 +31,12 @@ if TYPE_CHECKING:
     from pyflannel.config import NetworkConfig
     from pyflannel.iface import ExternalInterface
     from pyflannel.options import Options
+    from pyflannel.subnet.kube.manager import KubeSubnetManager
     from pyflannel.subnet.manager import EtcdSubnetManager
     from pyflannel.subnet.subnet_env import SubnetEnv
     from pyflannel.trafficmngr import PreviousNetworks
+
+    SubnetManagerImpl = EtcdSubnetManager | KubeSubnetManager
 
 __all__ = ["Daemon", "first_flannel_error", "run_daemon"]
 
@@ -52,22 +55,9 @@ class Daemon:
 
     async def run(self) -> None:
         """Run until SIGTERM/SIGINT (returns) or a fatal error (raises FlannelError)."""
-        from pyflannel.subnet.manager import EtcdSubnetManager
-
         opts = self.opts
         previous = self._read_previous_subnet_env()
-        manager = EtcdSubnetManager(
-            opts.etcd_endpoints,
-            opts.etcd_prefix,
-            keyfile=opts.etcd_keyfile,
-            certfile=opts.etcd_certfile,
-            cafile=opts.etcd_cafile,
-            username=opts.etcd_username,
-            password=opts.etcd_password,
-            ttl=opts.subnet_lease_ttl,
-            renew_margin=self._renew_margin_minutes(),
-            renew_retry=float(opts.subnet_lease_renew_retry),
-        )
+        manager = self._make_manager()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_signals, nursery.cancel_scope)
@@ -81,12 +71,35 @@ class Daemon:
         if self.stopping:
             log.info("daemon.exiting")
 
+    def _make_manager(self) -> SubnetManagerImpl:
+        """The etcd manager, or the kube one with --kube-subnet-mgr (imported only then, so
+        etcd mode never loads the Kubernetes client)."""
+        opts = self.opts
+        if opts.kube_subnet_mgr:
+            from pyflannel.subnet.kube.manager import manager_from_options
+
+            return manager_from_options(opts, os.environ)
+        from pyflannel.subnet.manager import EtcdSubnetManager
+
+        return EtcdSubnetManager(
+            opts.etcd_endpoints,
+            opts.etcd_prefix,
+            keyfile=opts.etcd_keyfile,
+            certfile=opts.etcd_certfile,
+            cafile=opts.etcd_cafile,
+            username=opts.etcd_username,
+            password=opts.etcd_password,
+            ttl=opts.subnet_lease_ttl,
+            renew_margin=self._renew_margin_minutes(),
+            renew_retry=float(opts.subnet_lease_renew_retry),
+        )
+
     # -- start-up steps ------------------------------------------------------------------------
 
     async def _start(
         self,
         nursery: trio.Nursery,
-        manager: EtcdSubnetManager,
+        manager: SubnetManagerImpl,
         previous: SubnetEnv | None,
     ) -> None:
         from pyflannel.backend.registry import make_backend
@@ -133,6 +146,12 @@ class Daemon:
         METRICS.backend = network.stats
         await self._setup_traffic(nursery, config, previous)
         env = self._write_subnet_env(config, network)
+        if opts.kube_subnet_mgr:
+            # kube mode: NetworkUnavailable=False once the data path is up (CompleteLease).
+            from pyflannel.subnet.kube.manager import KubeSubnetManager
+
+            assert isinstance(manager, KubeSubnetManager)
+            nursery.start_soon(manager.complete_lease, self.lease)
         METRICS.ready = True
         network.peers.on_failing_change = self._publish_failing
         send, recv = trio.open_memory_channel[PeerMessage](64)
@@ -147,12 +166,14 @@ class Daemon:
             log.info("daemon.ready_notified")
 
     async def _backend_options(
-        self, manager: EtcdSubnetManager, config: NetworkConfig, ext: ExternalInterface
+        self, manager: SubnetManagerImpl, config: NetworkConfig, ext: ExternalInterface
     ) -> dict[str, str | None]:
         """vxlan: the VtepMACs of our previous lease as MAC hints (used only when neither the
         MAC file nor the device has one: a reboot emptied /run and removed the device)."""
-        if config.backend_type != "vxlan":
-            return {}
+        from pyflannel.subnet.manager import EtcdSubnetManager
+
+        if config.backend_type != "vxlan" or not isinstance(manager, EtcdSubnetManager):
+            return {}  # (kube mode: the MAC hint from the Node's annotations is not done yet)
         from pyflannel.backend.mac_store import mac_path
         from pyflannel.config import vxlan_options
 
@@ -174,7 +195,7 @@ class Daemon:
             "mac_hint_v6": v6 if isinstance(v6, str) else None,
         }
 
-    async def _get_config(self, manager: EtcdSubnetManager) -> NetworkConfig:
+    async def _get_config(self, manager: SubnetManagerImpl) -> NetworkConfig:
         from pyflannel.config import parse_network_config
 
         attempts = 0
@@ -258,7 +279,7 @@ class Daemon:
         raise RegistryError("the peer watch stopped unexpectedly", hint="restart pyflanneld")
 
     async def _exit_on_config_change(
-        self, manager: EtcdSubnetManager, config: NetworkConfig
+        self, manager: SubnetManagerImpl, config: NetworkConfig
     ) -> NoReturn:
         # flanneld ignores a changed config until restarted, leaving nodes on different
         # Networks partitioned without a word; we exit so that systemd restarts us with it

@@ -11,7 +11,9 @@ exit code from :attr:`FlannelError.exit_code`. Tracebacks are shown only with ``
     ├── InterfaceError         no usable external interface / public IP
     ├── RegistryError          etcd said no, or could not be reached
     │   ├── EtcdUnavailable    no endpoint answered
-    │   └── EtcdAuthError      TLS or username/password rejected
+    │   ├── EtcdAuthError      TLS or username/password rejected
+    │   └── KubeApiError       the Kubernetes API server said no (kube mode)
+    │       └── KubeWatchExpired  a Node watch expired (410 Gone): re-list
     ├── LeaseError             subnet lease could not be acquired or kept
     │   ├── OutOfSubnets       every subnet in [SubnetMin, SubnetMax] is taken
     │   └── LeaseLost          our lease vanished and another node holds the subnet
@@ -27,6 +29,8 @@ __all__ = [
     "EtcdUnavailable",
     "FlannelError",
     "InterfaceError",
+    "KubeApiError",
+    "KubeWatchExpired",
     "LeaseError",
     "LeaseLost",
     "NetlinkError",
@@ -85,3 +89,24 @@ class NetlinkError(FlannelError):
 
 class TrafficRuleError(FlannelError):
     """iptables / nftables rules could not be installed or repaired."""
+
+
+# -- kube mode (--kube-subnet-mgr, pyflannel/subnet/kube/) ----------------------------------------
+
+
+class KubeApiError(RegistryError):
+    """The Kubernetes API server refused a request or could not be reached.
+
+    ``status`` is the HTTP status (0 when no answer came), ``reason`` the API's ``reason``
+    (e.g. ``NotFound``, ``Expired``)."""
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, status: int = 0, reason: str = ""
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+        self.reason = reason
+
+
+class KubeWatchExpired(KubeApiError):
+    """A watch's resourceVersion is too old (410 Gone / ``Expired``): list again."""

@@ -50,6 +50,13 @@ class Options:
     subnet_lease_ttl: int = 86400  # seconds
     subnet_lease_renew_retry: int = 60  # seconds
     help: bool = False
+    # -- kube mode (--kube-subnet-mgr; pyflannel/subnet/kube/) --
+    kube_subnet_mgr: bool = False
+    kube_api_url: str = ""
+    kubeconfig_file: str = ""
+    kube_annotation_prefix: str = "flannel.alpha.coreos.com"
+    net_config_path: str = "/etc/kube-flannel/net-conf.json"
+    set_node_network_unavailable: bool = True
     # Messages for the log: ignored flags, rejected env values, ignored arguments.
     notices: tuple[Notice, ...] = field(default=(), compare=False)
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.harness.etcd import EtcdServer, start_etcd
+from tests.harness.kube import kube_api  # one API server per session (kube mode)
 from tests.harness.threads import send_idle_workers_home
 
 
@@ -23,3 +24,6 @@ def etcd() -> Iterator[EtcdServer]:
     """A fresh single-member etcd on a free loopback port."""
     with start_etcd() as srv:
         yield srv
+
+
+__all__ = ["etcd", "kube_api"]

@@ -322,6 +322,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     """``pyflannel doctor``; 0 when no check failed, 1 otherwise."""
+    if "--kube-subnet-mgr" in argv or os.environ.get("FLANNELD_KUBE_SUBNET_MGR") == "true":
+        # kube mode: Nodes instead of etcd leases (pyflannel/subnet/kube/inspect.py).
+        from pyflannel.subnet.kube.inspect import main as kube_main
+
+        return kube_main("doctor", argv)
     from pyflannel.cli.etcd_tool_opts import (
         ETCD_FLAGS,
         IFACE_FLAGS,

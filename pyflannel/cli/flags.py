@@ -160,18 +160,31 @@ FLAGS: Final[tuple[Flag, ...]] = (
         "kube-subnet-mgr",
         "bool",
         False,
-        "IGNORED: pyflannel only implements the etcd subnet manager",
-        None,
+        "contact the Kubernetes API for subnet assignment instead of etcd.",
+        "kube_subnet_mgr",
     ),
-    Flag("kube-api-url", "string", "", "IGNORED (kube mode only)", None),
+    Flag(
+        "kube-api-url",
+        "string",
+        "",
+        "Kubernetes API server URL. Does not need to be specified if flannel is running in a pod.",
+        "kube_api_url",
+    ),
     Flag(
         "kube-annotation-prefix",
         "string",
-        "flannel.alpha.coreos.com",
-        "IGNORED (kube mode only)",
-        None,
+        _D.kube_annotation_prefix,
+        'Kubernetes annotation prefix. Can contain single slash "/", otherwise it will be '
+        "appended at the end.",
+        "kube_annotation_prefix",
     ),
-    Flag("kubeconfig-file", "string", "", "IGNORED (kube mode only)", None),
+    Flag(
+        "kubeconfig-file",
+        "string",
+        "",
+        "kubeconfig file location. Does not need to be specified if flannel is running in a pod.",
+        "kubeconfig_file",
+    ),
     Flag("version", "bool", False, "print version and exit", "version"),
     Flag(
         "healthz-ip",
@@ -211,16 +224,16 @@ FLAGS: Final[tuple[Flag, ...]] = (
     Flag(
         "net-config-path",
         "string",
-        "/etc/kube-flannel/net-conf.json",
-        "IGNORED (kube mode only)",
-        None,
+        _D.net_config_path,
+        "path to the network configuration file to use (kube mode)",
+        "net_config_path",
     ),
     Flag(
         "set-node-network-unavailable",
         "bool",
         True,
-        "IGNORED (kube mode only)",
-        None,
+        "set NodeNetworkUnavailable after ready (kube mode)",
+        "set_node_network_unavailable",
     ),
     Flag("v", "level", 0, "number for the log level verbosity", "verbosity"),
     Flag("vmodule", "string", "", "IGNORED (klog per-file verbosity)", None),
@@ -416,7 +429,7 @@ def _apply_env(environ: Mapping[str, str], state: _State) -> None:
 def _ignored_reason(flag: Flag) -> str:
     if flag.name in ("v", "vmodule", "log_backtrace_at"):
         return "klog option not supported by pyflannel"
-    return "kube-mode option; pyflannel only implements the etcd subnet manager"
+    return "not supported by pyflannel"
 
 
 def _show_default(flag: Flag) -> str:

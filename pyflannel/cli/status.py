@@ -250,6 +250,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     """``pyflannel status``; returns 0 when healthy, 1 when problems were found."""
+    if "--kube-subnet-mgr" in argv or os.environ.get("FLANNELD_KUBE_SUBNET_MGR") == "true":
+        # kube mode: Nodes instead of etcd leases (pyflannel/subnet/kube/inspect.py).
+        from pyflannel.subnet.kube.inspect import main as kube_main
+
+        return kube_main("status", argv)
     from pyflannel.cli.etcd_tool_opts import (
         ETCD_FLAGS,
         SUBNET_FILE_FLAGS,

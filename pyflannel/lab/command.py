@@ -75,6 +75,7 @@ class LabState:
     state_root: str
     pods: list[LabPodState]
     stack: Stack = "ipv4"
+    kube: bool = False  # --kube: an API server instead of bare etcd (pyflannel/lab/kube.py)
 
     @classmethod
     def load(cls, path: Path) -> LabState:
@@ -145,7 +146,9 @@ def settle_ipv6(namespaces: list[str], timeout: float = DAD_TIMEOUT) -> list[str
         time.sleep(0.1)
 
 
-def up(prefix: str, nodes: int, backend: str, stack: Stack = "ipv4") -> LabState:
+def up(
+    prefix: str, nodes: int, backend: str, stack: Stack = "ipv4", *, kube: bool = False
+) -> LabState:
     """Build (or rebuild) the lab and return its state once every node is ready.
 
     ``stack``: ``ipv4`` (``Network`` only), ``dual`` (plus ``IPv6Network``, IPv6 underlay) or
@@ -164,11 +167,24 @@ def up(prefix: str, nodes: int, backend: str, stack: Stack = "ipv4") -> LabState
     topo = _topology(prefix, nodes, stack).up()
     root = Path(topo.state_root)
     _say(f"lab {prefix}: {nodes} nodes, switch {topo.switch_ns}, etcd {topo.etcd_ns}")
-    topo.start_etcd()
-    etcdctl = ["etcdctl", f"--endpoints={topo.etcd_client_url}", "--dial-timeout=2s"]
     config = _network_config(backend, stack)
-    run_in(topo.etcd_ns, ["env", "ETCDCTL_API=3", *etcdctl, "put", f"{ETCD_PREFIX}/config", config])
-    _say(f"lab {prefix}: network config {config}")
+    if kube:
+        # --kube: kube-apiserver (+ its etcd) on the etcd host, Node objects with podCIDRs.
+        from pyflannel.lab.kube import lab_daemon_env, lab_daemon_flags, lab_kube_up
+
+        srv = lab_kube_up(
+            topo, root, config, None if stack == "ipv6" else NETWORK,
+            None if stack == "ipv4" else NETWORK6,
+        )  # fmt: skip
+        _say(f"lab {prefix}: kube-apiserver at {srv.url}; net-conf.json {config}")
+    else:
+        topo.start_etcd()
+        etcdctl = ["etcdctl", f"--endpoints={topo.etcd_client_url}", "--dial-timeout=2s"]
+        run_in(
+            topo.etcd_ns,
+            ["env", "ETCDCTL_API=3", *etcdctl, "put", f"{ETCD_PREFIX}/config", config],
+        )
+        _say(f"lab {prefix}: network config {config}")
 
     cni_bin = root / "cni-bin"
     from cni_plugin.install import install
@@ -177,16 +193,18 @@ def up(prefix: str, nodes: int, backend: str, stack: Stack = "ipv4") -> LabState
     cni_path = f"{cni_bin}:/usr/lib/cni"
 
     for node in topo.nodes:
+        mode = lab_daemon_flags(root) if kube else [f"--etcd-endpoints={topo.etcd_client_url}"]
         topo.spawn_in_node(
             node,
             [
                 sys.executable, "-m", "pyflannel",
-                f"--etcd-endpoints={topo.etcd_client_url}",
+                *mode,
                 "--ip-masq",
                 "--healthz-port=10256",
                 "--healthz-ip=127.0.0.1",
             ],
             node.log_dir / "pyflanneld.log",
+            env=lab_daemon_env(node.name) if kube else None,
         )  # fmt: skip
     deadline = time.monotonic() + READY_TIMEOUT
     for node in topo.nodes:
@@ -221,7 +239,7 @@ def up(prefix: str, nodes: int, backend: str, stack: Stack = "ipv4") -> LabState
         pending = settle_ipv6([n.ns for n in topo.nodes] + [p.ns for p in pods])
         if pending:
             _say(f"lab {prefix}: IPv6 addresses still tentative: {', '.join(pending)}")
-    state = LabState(prefix, nodes, backend, str(root), pods, stack)
+    state = LabState(prefix, nodes, backend, str(root), pods, stack, kube)
     state.save(state_file)
     _say(f"lab {prefix}: up in {time.monotonic() - started:.1f}s; logs in {root}/<node>/log/")
     return state
@@ -286,9 +304,18 @@ def check(prefix: str) -> bool:
     if not state_file.exists():
         raise FlannelError(f"no lab named {prefix!r} is up", hint="run `pyflannel lab up` first")
     state = LabState.load(state_file)
-    _say(f"leases in etcd ({ETCD_PREFIX}/subnets):")
     header: tuple[str, ...] = ("SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES IN")
-    leases = _leases(prefix)
+    if state.kube:
+        from pyflannel.lab.kube import lab_node_rows
+        from pyflannel.lab.topology import ETCD_HOST, UNDERLAYS
+
+        _say("Nodes in the API server:")
+        header = ("NODE", "PODCIDRS", "PUBLIC IP", "BACKEND", "VTEP MAC", "NETWORKUNAVAILABLE")
+        host = str(UNDERLAYS[0].network_address + ETCD_HOST)
+        leases = lab_node_rows(Path(state.state_root), f"{prefix}-etcd", host)
+    else:
+        _say(f"leases in etcd ({ETCD_PREFIX}/subnets):")
+        leases = _leases(prefix)
     if leases and len(leases[0]) > len(header):
         header = (*header[:4], "IPV6 SUBNET", "PUBLIC IPV6", "VTEP MAC V6", header[4])
     rows = [header, *leases]
@@ -341,6 +368,12 @@ def main(argv: list[str]) -> int:
         help=f"address families of the pod network (default ipv4; dual/ipv6 add IPv6Network "
         f"{NETWORK6} over a 2001:db8::/64 underlay)",
     )
+    parser.add_argument(
+        "--kube",
+        action="store_true",
+        help="run a kube-apiserver with a Node per node instead of bare etcd; the daemons "
+        "use --kube-subnet-mgr",
+    )
     args = parser.parse_args(argv)
     if shutil.which("ip") is None or shutil.which("etcd") is None:
         print("pyflannel lab: needs iproute2 and etcd (run scripts/setup)", file=sys.stderr)
@@ -350,7 +383,7 @@ def main(argv: list[str]) -> int:
             if not 1 <= args.nodes <= 200:
                 print("pyflannel lab: --nodes must be 1..200", file=sys.stderr)
                 return 2
-            up(args.prefix, args.nodes, args.backend, cast(Stack, args.stack))
+            up(args.prefix, args.nodes, args.backend, cast(Stack, args.stack), kube=args.kube)
             return 0
         if args.action == "check":
             return 0 if check(args.prefix) else 1

@@ -242,12 +242,6 @@ def test_usage_lists_every_flag_with_default() -> None:
 @pytest.mark.parametrize(
     "argv",
     [
-        ["--kube-subnet-mgr"],
-        ["--kube-api-url=https://198.51.100.9:6443"],
-        ["--kubeconfig-file", "/etc/k"],
-        ["--kube-annotation-prefix=x"],
-        ["--net-config-path=/x.json"],
-        ["--set-node-network-unavailable=false"],
         ["-vmodule=foo=2"],
         ["-log_backtrace_at=x.go:1"],
     ],
@@ -322,11 +316,51 @@ def test_flanneld_version_env_has_no_effect() -> None:
     assert parse(FLANNELD_VERSION="true").version is False
 
 
-def test_kube_env_ignored_with_warning() -> None:
-    opts = parse(FLANNELD_KUBE_SUBNET_MGR="true")
-    assert opts == Options()
-    assert opts.notices[0].level == "warning"
-    assert "FLANNELD_KUBE_SUBNET_MGR" in opts.notices[0].message
+def test_kube_flags_are_parsed() -> None:
+    opts = parse(
+        "--kube-subnet-mgr",
+        "--kube-api-url=https://198.51.100.9:6443",
+        "--kubeconfig-file",
+        "/etc/k",
+        "--kube-annotation-prefix=example.com/x",
+        "--net-config-path=/x.json",
+        "--set-node-network-unavailable=false",
+    )
+    assert opts.notices == ()
+    assert opts.kube_subnet_mgr is True
+    assert opts.kube_api_url == "https://198.51.100.9:6443"
+    assert opts.kubeconfig_file == "/etc/k"
+    assert opts.kube_annotation_prefix == "example.com/x"
+    assert opts.net_config_path == "/x.json"
+    assert opts.set_node_network_unavailable is False
+
+
+def test_kube_flag_defaults_are_flanneld_s() -> None:
+    opts = parse()
+    assert opts.kube_subnet_mgr is False
+    assert opts.kube_annotation_prefix == "flannel.alpha.coreos.com"
+    assert opts.net_config_path == "/etc/kube-flannel/net-conf.json"
+    assert opts.set_node_network_unavailable is True
+
+
+def test_kube_env_fallbacks() -> None:
+    opts = parse(
+        FLANNELD_KUBE_SUBNET_MGR="true",
+        FLANNELD_KUBECONFIG_FILE="/k",
+        FLANNELD_NET_CONFIG_PATH="/n.json",
+        FLANNELD_KUBE_ANNOTATION_PREFIX="a.b",
+    )
+    assert opts.notices == ()
+    assert (opts.kube_subnet_mgr, opts.kubeconfig_file, opts.net_config_path) == (
+        True,
+        "/k",
+        "/n.json",
+    )
+    assert opts.kube_annotation_prefix == "a.b"
+    # The command line wins over the environment, as for every flag.
+    assert (
+        parse("--kube-subnet-mgr=false", FLANNELD_KUBE_SUBNET_MGR="true").kube_subnet_mgr is False
+    )
 
 
 def test_unrelated_env_ignored() -> None:
@@ -408,6 +442,6 @@ def test_light_modules_import_only_stdlib(module: str) -> None:
 
 def test_log_notices_callback() -> None:
     seen: list[tuple[str, str]] = []
-    opts = parse("--kube-subnet-mgr", FLANNELD_IP_MASQ="maybe")
+    opts = parse("-vmodule=x=1", FLANNELD_IP_MASQ="maybe")
     log_notices(opts, lambda level, message: seen.append((level, message)))
     assert [level for level, _ in seen] == ["warning", "error"]

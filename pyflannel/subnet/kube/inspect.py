@@ -1,0 +1,274 @@
+"""What ``pyflannel status`` and ``doctor`` show in kube mode: every Node as flannel sees it
+(podCIDRs, annotations, NetworkUnavailable) and findings about this node and its peers.
+
+:func:`collect` reads the API (one list); :func:`render` and :func:`document` are pure, so the
+status/doctor front ends only choose the output. :func:`main` is the whole command for
+``pyflannel status|doctor --kube-subnet-mgr`` (flags as pyflanneld's kube flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from pyflannel.config import parse_network_config
+from pyflannel.errors import FlannelError
+from pyflannel.lease import LeaseDecodeError
+from pyflannel.subnet.kube.annotations import (
+    DEFAULT_PREFIX,
+    AnnotationKeys,
+    annotation_keys,
+    is_managed,
+    lease_from_node,
+)
+from pyflannel.subnet.kube.node import Node
+
+__all__ = ["KubeReport", "NodeRow", "collect", "document", "evaluate", "main", "render"]
+
+DEFAULT_NET_CONF = "/etc/kube-flannel/net-conf.json"
+Level = Literal["OK", "WARN", "FAIL"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRow:
+    """One Node in flannel's terms."""
+
+    name: str
+    pod_cidrs: str
+    managed: bool
+    backend_type: str
+    public_ip: str
+    vtep_mac: str
+    network_unavailable: str
+    refused: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One check: level, what was checked, and the message (with the fix)."""
+
+    level: Level
+    check: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class KubeReport:
+    """Rows and findings for one node's view of the cluster."""
+
+    server: str
+    node: str
+    rows: tuple[NodeRow, ...]
+    findings: tuple[Finding, ...] = field(default=())
+
+    @property
+    def healthy(self) -> bool:
+        """No FAIL finding."""
+        return all(f.level != "FAIL" for f in self.findings)
+
+
+def _mac(node: Node, keys: AnnotationKeys) -> str:
+    try:
+        return str(json.loads(node.annotation(keys.backend_data) or "null")["VtepMAC"])
+    except (ValueError, KeyError, TypeError):
+        return "-"
+
+
+def evaluate(
+    nodes: Sequence[Node], own: str, keys: AnnotationKeys, net_conf: str | None, server: str = ""
+) -> KubeReport:
+    """Rows and findings from a Node listing (pure)."""
+    config = None
+    findings: list[Finding] = []
+    if net_conf is not None:
+        try:
+            config = parse_network_config(net_conf)
+        except FlannelError as exc:
+            findings.append(Finding("FAIL", "net-conf", str(exc)))
+    rows: list[NodeRow] = []
+    for n in sorted(nodes, key=lambda n: n.name):
+        refused = ""
+        if config is not None and is_managed(n, keys) and n.name != own:
+            try:
+                lease_from_node(n, keys, config)
+            except LeaseDecodeError as exc:
+                refused = exc.message
+                findings.append(
+                    Finding(
+                        "WARN", f"peer {n.name}", f"{refused}: not programmed (fix its annotations)"
+                    )
+                )
+        cond = n.condition("NetworkUnavailable")
+        rows.append(
+            NodeRow(
+                name=n.name,
+                pod_cidrs=",".join(n.pod_cidrs or ((n.pod_cidr,) if n.pod_cidr else ())) or "-",
+                managed=is_managed(n, keys),
+                backend_type=n.annotation(keys.backend_type) or "-",
+                public_ip=n.annotation(keys.public_ip) or "-",
+                vtep_mac=_mac(n, keys),
+                network_unavailable=f"{cond.status} ({cond.reason})" if cond else "-",
+                refused=refused,
+            )
+        )
+    if own:
+        me = next((n for n in nodes if n.name == own), None)
+        if me is None:
+            findings.append(
+                Finding(
+                    "FAIL",
+                    "node",
+                    f"Node {own!r} does not exist: the daemon "
+                    "waits for it (is NODE_NAME right? has the kubelet "
+                    "registered?)",
+                )
+            )
+        elif not (me.pod_cidr or me.pod_cidrs):
+            findings.append(
+                Finding(
+                    "FAIL",
+                    "podCIDR",
+                    f"Node {own!r} has no podCIDR: enable the "
+                    "controller manager's --allocate-node-cidrs",
+                )
+            )
+        else:
+            findings.append(
+                Finding(
+                    "OK",
+                    "podCIDR",
+                    f"Node {own!r} has podCIDR(s) {', '.join(me.pod_cidrs or (me.pod_cidr,))}",
+                )
+            )
+            if not is_managed(me, keys):
+                findings.append(
+                    Finding(
+                        "FAIL",
+                        "annotations",
+                        f"Node {own!r} has no "
+                        f"{keys.kube_managed}=true: pyflanneld has not started "
+                        "here (check its log)",
+                    )
+                )
+            else:
+                findings.append(Finding("OK", "annotations", f"published ({keys.prefix}*)"))
+            cond = me.condition("NetworkUnavailable")
+            if cond is None or cond.status != "False":
+                findings.append(
+                    Finding(
+                        "WARN",
+                        "condition",
+                        f"Node {own!r} NetworkUnavailable is "
+                        f"{cond.status if cond else 'unset'}: the daemon is not "
+                        "ready yet or cannot patch "
+                        "nodes/status (RBAC)",
+                    )
+                )
+            else:
+                findings.append(
+                    Finding("OK", "condition", f"NetworkUnavailable=False ({cond.reason})")
+                )
+    return KubeReport(server, own, tuple(rows), tuple(findings))
+
+
+async def collect(conn: Any, own: str, keys: AnnotationKeys, net_conf: str | None) -> KubeReport:
+    """List the Nodes and evaluate them (KubeApiError when the API cannot be read)."""
+    from pyflannel.subnet.kube.client import KubeClient
+
+    client = KubeClient(conn)
+    try:
+        listing = await client.list_nodes()
+    finally:
+        await client.aclose()
+    return evaluate(listing.nodes, own, keys, net_conf, conn.server)
+
+
+def render(report: KubeReport) -> str:
+    """The human table and the findings."""
+    header = (
+        "NODE",
+        "PODCIDRS",
+        "FLANNEL",
+        "BACKEND",
+        "PUBLIC IP",
+        "VTEP MAC",
+        "NETWORKUNAVAILABLE",
+    )
+    rows = [header] + [
+        (
+            r.name + (" *" if r.name == report.node else ""),
+            r.pod_cidrs,
+            "refused" if r.refused else ("yes" if r.managed else "no"),
+            r.backend_type,
+            r.public_ip,
+            r.vtep_mac,
+            r.network_unavailable,
+        )
+        for r in report.rows
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    out = [f"Nodes at {report.server}: {len(report.rows)} (* = this node)"]
+    out += [
+        "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    out += [f"{f.level:<4} {f.check}: {f.message}" for f in report.findings]
+    return "\n".join(out) + "\n"
+
+
+def document(report: KubeReport) -> dict[str, Any]:
+    """The JSON document (``--output json``)."""
+    return {
+        "mode": "kube",
+        "server": report.server,
+        "node": report.node,
+        "healthy": report.healthy,
+        "nodes": [asdict(r) for r in report.rows],
+        "findings": [asdict(f) for f in report.findings],
+    }
+
+
+def main(prog: str, argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
+    """``pyflannel status|doctor --kube-subnet-mgr …``: 0 when healthy, 1 otherwise."""
+    import trio
+
+    from pyflannel.subnet.kube.connection import resolve_connection
+
+    env = dict(os.environ if environ is None else environ)
+    p = argparse.ArgumentParser(
+        prog=f"pyflannel {prog}", description="kube mode: Nodes as flannel sees them"
+    )
+    p.add_argument("--kube-subnet-mgr", action="store_true")
+    p.add_argument("--kube-api-url", default=env.get("FLANNELD_KUBE_API_URL", ""))
+    p.add_argument("--kubeconfig-file", default=env.get("FLANNELD_KUBECONFIG_FILE", ""))
+    p.add_argument(
+        "--kube-annotation-prefix",
+        default=env.get("FLANNELD_KUBE_ANNOTATION_PREFIX", DEFAULT_PREFIX),
+    )
+    p.add_argument(
+        "--net-config-path", default=env.get("FLANNELD_NET_CONFIG_PATH", DEFAULT_NET_CONF)
+    )
+    p.add_argument("--node-name", default=env.get("NODE_NAME", ""), help="this node (NODE_NAME)")
+    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    args = p.parse_args(list(argv))
+    try:
+        keys = annotation_keys(args.kube_annotation_prefix)
+        conn = resolve_connection(args.kube_api_url, args.kubeconfig_file, env)
+        try:
+            with open(args.net_config_path) as f:
+                net_conf: str | None = f.read()
+        except OSError:
+            net_conf = None
+        report = trio.run(collect, conn, args.node_name, keys, net_conf)
+    except FlannelError as exc:
+        print(f"pyflannel {prog}: {exc}", flush=True)
+        return 1
+    if args.output == "json":
+        print(json.dumps(document(report), indent=2))
+    else:
+        print(render(report), end="")
+    return 0 if report.healthy else 1
