@@ -73,6 +73,8 @@ BENCHES = (
           ("--seconds", "2", "--rounds", "1"), tag="p"),
     Bench("200nodes", "bench_200nodes.py", ("--nodes", "200",), ("--nodes", "20",),
           timeout=900.0, tag="n"),
+    Bench("kube", "bench_kube.py", ("--n", "5000", "--events", "50"),
+          ("--n", "500", "--events", "10"), timeout=900.0, tag="k"),
     Bench("wireguard", "bench_wireguard.py", ("--seconds", "10", "--no-record"),
           ("--seconds", "2", "--no-record"), tag="w"),
 )  # fmt: skip
