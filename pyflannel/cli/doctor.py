@@ -22,10 +22,6 @@ tested in ``tests/unit/test_doctor_checks.py``); this module gathers, renders an
 
 from __future__ import annotations
 
-import argparse
-import functools
-import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -53,8 +49,6 @@ from pyflannel.inspect.findings import Finding, count_levels, render_findings
 from pyflannel.inspect.host import (
     bound_udp_ports,
     ethtool_features,
-    parse_ethtool_features,
-    parse_proc_net_udp,
     read_node,
     read_text,
 )
@@ -68,27 +62,7 @@ if TYPE_CHECKING:
     from pyflannel.iface import ExternalInterface, HostNetwork
     from pyflannel.lease import Lease
 
-# The checks live in pyflannel.inspect; re-exported for the callers and tests that know them
-# by this module.
-__all__ = [
-    "DEFAULT_VXLAN_PORT",
-    "SCHEMA",
-    "DoctorReport",
-    "check_br_netfilter",
-    "check_etcd",
-    "check_interfaces",
-    "check_lease",
-    "check_mtu",
-    "check_network_config",
-    "check_tx_offload",
-    "check_udp_port",
-    "main",
-    "other_candidates",
-    "parse_ethtool_features",
-    "parse_proc_net_udp",
-    "render_report",
-    "report_document",
-]
+__all__ = ["SCHEMA", "DoctorReport", "collect", "main", "render_report", "report_document"]
 
 PROG: Final = "pyflannel doctor"
 SCHEMA: Final = "pyflannel-doctor/1"
@@ -300,52 +274,25 @@ def _config_line(cfg: NetworkConfig) -> str:
     return "valid: " + "; ".join(describe_config(cfg))
 
 
-def _parser() -> argparse.ArgumentParser:
-    from pyflannel.cli.etcd_tool_opts import (
-        ETCD_FLAGS,
-        IFACE_FLAGS,
-        SUBNET_FILE_FLAGS,
-        add_flanneld_flags,
-        add_output_flag,
-    )
-
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Check this node for common flannel problems (exit 1 on any FAIL).",
-        allow_abbrev=False,
-    )
-    add_output_flag(parser)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
-    add_flanneld_flags(parser, (*ETCD_FLAGS, *SUBNET_FILE_FLAGS, *IFACE_FLAGS))
-    return parser
-
-
 def main(argv: Sequence[str]) -> int:
     """``pyflannel doctor``; 0 when no check failed, 1 otherwise."""
     from pyflannel.cli.etcd_tool_opts import (
         ETCD_FLAGS,
         IFACE_FLAGS,
         SUBNET_FILE_FLAGS,
-        options_from,
-        print_error,
-        setup_tool_logging,
+        run_report_tool,
+        tool_parser,
     )
-    from pyflannel.errors import FlannelError
 
-    args = _parser().parse_args(list(argv))
-    setup_tool_logging(args.verbose)
-    try:
-        opts = options_from(args, (*ETCD_FLAGS, *SUBNET_FILE_FLAGS, *IFACE_FLAGS), os.environ)
-        import trio
-
-        report = trio.run(functools.partial(collect, opts))
-    except FlannelError as exc:
-        print_error(PROG, exc)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    if args.output == "json":
-        print(json.dumps(report_document(report), indent=2))
-    else:
-        print(render_report(report), end="")
-    return 0 if report.ok else 1
+    flags = (*ETCD_FLAGS, *SUBNET_FILE_FLAGS, *IFACE_FLAGS)
+    description = "Check this node for common flannel problems (exit 1 on any FAIL)."
+    return run_report_tool(
+        PROG,
+        tool_parser(PROG, description, flags),
+        argv,
+        flags,
+        lambda _args, opts: collect(opts),
+        render=render_report,
+        document=report_document,
+        ok=lambda report: report.ok,
+    )

@@ -20,14 +20,15 @@ import argparse
 import base64
 import json
 import logging
+import os
 import shlex
 import ssl
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from pyflannel.cli.flags import FLAGS, Options, env_name, parse_flags
 from pyflannel.errors import ConfigError, FlannelError
@@ -50,8 +51,12 @@ __all__ = [
     "new_registry",
     "options_from",
     "print_error",
+    "run_report_tool",
     "setup_tool_logging",
+    "tool_parser",
 ]
+
+_Report = TypeVar("_Report")
 
 ETCD_FLAGS: Final = (
     "etcd-endpoints",
@@ -238,3 +243,53 @@ def setup_tool_logging(verbose: bool) -> None:
 def print_error(prog: str, exc: FlannelError | ConfigError) -> None:
     """One clear line on stderr: ``prog: message (hint)``."""
     print(f"{prog}: {exc}", file=sys.stderr)
+
+
+def tool_parser(prog: str, description: str, names: Iterable[str]) -> argparse.ArgumentParser:
+    """A report tool's parser: ``--output``, ``--verbose`` and pyflanneld's flags ``names``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
+    add_output_flag(parser)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    add_flanneld_flags(parser, names)
+    return parser
+
+
+def run_report_tool(
+    prog: str,
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str],
+    names: Iterable[str],
+    collect: Callable[[argparse.Namespace, Options], Awaitable[_Report]],
+    *,
+    render: Callable[[_Report], str],
+    document: Callable[[_Report], dict[str, Any]],
+    ok: Callable[[_Report], bool],
+    error_document: Callable[[FlannelError], dict[str, Any]] | None = None,
+) -> int:
+    """The ``main`` of a report tool (``status``, ``doctor``): parse ``argv`` with ``parser``,
+    build the options from the flags ``names`` (and their ``FLANNELD_*`` environment), run
+    ``collect`` under trio and print the report as a table or, with ``--output json``, as its
+    ``document``. Returns the exit code: 0 when ``ok``, 1 otherwise or on a
+    :class:`~pyflannel.errors.FlannelError` (one line on stderr; with ``--output json`` also
+    ``error_document`` on stdout when given), 130 on Ctrl-C.
+    """
+    args = parser.parse_args(list(argv))
+    setup_tool_logging(args.verbose)
+    names = tuple(names)
+    try:
+        opts = options_from(args, names, os.environ)
+        import trio
+
+        report = trio.run(collect, args, opts)
+    except FlannelError as exc:
+        if args.output == "json" and error_document is not None:
+            print(json.dumps(error_document(exc), indent=2))
+        print_error(prog, exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    if args.output == "json":
+        print(json.dumps(document(report), indent=2))
+    else:
+        print(render(report), end="")
+    return 0 if ok(report) else 1
