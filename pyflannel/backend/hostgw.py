@@ -9,7 +9,6 @@ removed; flanneld only re-adds the routes it remembers. The NAT check covers IPv
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,13 +16,12 @@ from typing import TYPE_CHECKING
 from pyflannel.backend.base import BackendStats, Family, PlanContext, Prepared
 from pyflannel.backend.kernel import NetlinkKernel
 from pyflannel.backend.peers import PeerProgrammer
-from pyflannel.backend.wanted import WantedPeers
+from pyflannel.backend.programmed import ProgrammedNetwork
 from pyflannel.errors import ConfigError, InterfaceError, LeaseError
-from pyflannel.lease import Event, Lease, LeaseAttrs
+from pyflannel.lease import Lease, LeaseAttrs
 from pyflannel.metrics import Metrics
 from pyflannel.netlink.ops import IPAddress, IPNetwork
 from pyflannel.netlink.worker import NetlinkWorker
-from pyflannel.peer_messages import PeerMessage
 
 if TYPE_CHECKING:
     from pyflannel.config import NetworkConfig
@@ -150,16 +148,14 @@ class HostGwBackend:
         return HostGwNetwork(lease, ext.mtu, self.resync_interval, programmer)
 
 
-class HostGwNetwork:
+class HostGwNetwork(ProgrammedNetwork):
     """The host-gw data path for our lease."""
 
     def __init__(
         self, lease: Lease, mtu: int, resync_interval: float, programmer: PeerProgrammer
     ) -> None:
-        self._lease = lease
+        super().__init__(lease, programmer, resync_interval)
         self._mtu = mtu
-        self._resync_interval = resync_interval
-        self.programmer = programmer
 
     @property
     def mtu(self) -> int:
@@ -167,32 +163,10 @@ class HostGwNetwork:
         return self._mtu
 
     @property
-    def lease(self) -> Lease:
-        """Our own lease."""
-        return self._lease
-
-    @property
     def stats(self) -> BackendStats:
         """Backend counters."""
         return self.programmer.stats
 
-    @property
-    def peers(self) -> WantedPeers:
-        """The wanted peer set."""
-        return self.programmer.peers
-
-    async def apply(self, msg: PeerMessage) -> None:
-        """Apply one peer message (routes follow)."""
-        await self.programmer.apply(msg)
-
-    async def apply_snapshot(self, leases: Sequence[Lease]) -> None:
-        """Shorthand for ``apply(PeerSnapshot(leases))``."""
-        await self.programmer.apply_snapshot(leases)
-
-    async def apply_events(self, events: Sequence[Event]) -> None:
-        """Shorthand for ``apply(PeerChanges(events))``."""
-        await self.programmer.apply_events(events)
-
     async def run(self) -> None:
         """Re-check (reconcile) the routes every ``resync_interval`` s until cancelled."""
-        await self.programmer.resync_loop(self._resync_interval)
+        await self.resync()
