@@ -118,11 +118,7 @@ def _select_interface(
     try:
         chosen = select_interface_from(
             host,
-            iface=opts.iface,
-            iface_regex=opts.iface_regex,
-            iface_can_reach=opts.iface_can_reach,
-            public_ip=opts.public_ip,
-            public_ipv6=opts.public_ipv6,
+            **opts.interface_flags(),
             enable_ipv4=cfg.enable_ipv4 if cfg is not None else True,
             enable_ipv6=cfg.enable_ipv6 if cfg is not None else False,
         )

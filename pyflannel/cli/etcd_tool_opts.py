@@ -148,11 +148,7 @@ def new_registry(opts: Options, *, timeout: float = TOOL_ETCD_TIMEOUT) -> EtcdRe
     return EtcdRegistry(
         opts.etcd_endpoints,
         opts.etcd_prefix,
-        keyfile=opts.etcd_keyfile,
-        certfile=opts.etcd_certfile,
-        cafile=opts.etcd_cafile,
-        username=opts.etcd_username,
-        password=opts.etcd_password,
+        **opts.etcd_credentials(),
         request_timeout=timeout,
     )
 
