@@ -8,19 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple, TypedDict
+from typing import TYPE_CHECKING, Literal, NamedTuple, TypedDict
 
-__all__ = ["EtcdCredentials", "InterfaceFlags", "Notice", "Options"]
+if TYPE_CHECKING:
+    from pyflannel.subnet.etcd.session import EtcdCredentials
 
-
-class EtcdCredentials(TypedDict):
-    """The TLS files and user of the etcd clients (their keyword arguments)."""
-
-    keyfile: str
-    certfile: str
-    cafile: str
-    username: str
-    password: str
+__all__ = ["InterfaceFlags", "Notice", "Options"]
 
 
 class InterfaceFlags(TypedDict, total=False):
@@ -81,13 +74,13 @@ class Options:
 
     def etcd_credentials(self) -> EtcdCredentials:
         """``--etcd-keyfile/-certfile/-cafile/-username/-password``, for an etcd client."""
-        return EtcdCredentials(
-            keyfile=self.etcd_keyfile,
-            certfile=self.etcd_certfile,
-            cafile=self.etcd_cafile,
-            username=self.etcd_username,
-            password=self.etcd_password,
-        )
+        return {
+            "keyfile": self.etcd_keyfile,
+            "certfile": self.etcd_certfile,
+            "cafile": self.etcd_cafile,
+            "username": self.etcd_username,
+            "password": self.etcd_password,
+        }
 
     def interface_flags(self) -> InterfaceFlags:
         """``--iface``, ``--iface-regex``, ``--iface-can-reach``, ``--public-ip[v6]``, for
