@@ -9,9 +9,10 @@ removed; flanneld only re-adds the routes it remembers. The NAT check covers IPv
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from pyflannel.backend.base import BackendStats, Family, PlanContext, Prepared
 from pyflannel.backend.kernel import NetlinkKernel
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["HostGwBackend", "HostGwNetwork", "HostGwPrepared", "plan_context"]
 
+_Addr = TypeVar("_Addr", ipaddress.IPv4Address, ipaddress.IPv6Address)
 _NAT_MESSAGE = (
     "your PublicIP differs from interface IP, meaning that probably you're on a NAT, which is "
     "not supported by host-gw backend"
@@ -55,6 +57,24 @@ def plan_context(
         ext_index=ext_index,
         underlay=underlay,
     )
+
+
+def _routable_public_ip(name: str, pub: _Addr | None, own: _Addr | None, *, v6: bool) -> _Addr:
+    """The public IP of one family, refused when there is none or it is not the address of the
+    interface ``name`` (``own``): behind NAT, peers could not route to us directly."""
+    if pub is None:
+        word = "IPv6" if v6 else "IPv4"
+        raise InterfaceError(f"interface {name} has no {word} address for host-gw")
+    if pub != own:
+        field, shown, flag = (
+            ("PublicIPv6", "IPv6", "public-ipv6") if v6 else ("PublicIP", "IP", "public-ip")
+        )
+        raise ConfigError(
+            _NAT_MESSAGE.replace("PublicIP", field),
+            hint=f"public {shown} {pub} vs {name} address {own}: use the vxlan backend, or "
+            f"drop --{flag}",
+        )
+    return pub
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,28 +112,16 @@ class HostGwBackend:
         attrs = LeaseAttrs(backend_type=self.backend_type)
         if config.enable_ipv4:
             assert config.network is not None
-            pub, own = ext_iface.public_ip, ext_iface.ipv4_addr
-            if pub is None:
-                raise InterfaceError(f"interface {ext_iface.name} has no IPv4 address for host-gw")
-            if pub != own:
-                raise ConfigError(
-                    _NAT_MESSAGE,
-                    hint=f"public IP {pub} vs {ext_iface.name} address {own}: use the vxlan "
-                    "backend, or drop --public-ip",
-                )
+            pub = _routable_public_ip(
+                ext_iface.name, ext_iface.public_ip, ext_iface.ipv4_addr, v6=False
+            )
             stacks.append((4, config.network, pub))
             attrs = replace(attrs, public_ip=pub)
         if config.enable_ipv6:
             assert config.ipv6_network is not None
-            pub6, own6 = ext_iface.public_ipv6, ext_iface.ipv6_addr
-            if pub6 is None:
-                raise InterfaceError(f"interface {ext_iface.name} has no IPv6 address for host-gw")
-            if pub6 != own6:
-                raise ConfigError(
-                    _NAT_MESSAGE.replace("PublicIP", "PublicIPv6"),
-                    hint=f"public IPv6 {pub6} vs {ext_iface.name} address {own6}: use the vxlan "
-                    "backend, or drop --public-ipv6",
-                )
+            pub6 = _routable_public_ip(
+                ext_iface.name, ext_iface.public_ipv6, ext_iface.ipv6_addr, v6=True
+            )
             stacks.append((6, config.ipv6_network, pub6))
             attrs = replace(attrs, public_ipv6=pub6)
         return HostGwPrepared(ext_iface, tuple(stacks), attrs)
