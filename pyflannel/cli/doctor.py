@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -45,13 +44,14 @@ from pyflannel.inspect.checks import (
     other_candidates,
 )
 from pyflannel.inspect.datapath import evaluate_device, wireguard_findings
-from pyflannel.inspect.findings import Finding, count_levels, render_findings
-from pyflannel.inspect.host import (
-    bound_udp_ports,
-    ethtool_features,
-    read_node,
-    read_text,
+from pyflannel.inspect.findings import (
+    Finding,
+    FindingsReport,
+    count_levels,
+    render_findings,
+    verdict_line,
 )
+from pyflannel.inspect.host import bound_udp_ports, ethtool_features, read_node, read_text
 from pyflannel.inspect.leases import find_own_lease
 from pyflannel.inspect.sources import evaluate_subnet_env, load_config, read_env
 
@@ -69,27 +69,16 @@ SCHEMA: Final = "pyflannel-doctor/1"
 _BRIDGE_SYSCTL: Final = Path("/proc/sys/net/bridge")
 
 
-@dataclass
-class DoctorReport:
+class DoctorReport(FindingsReport):
     """The findings of one run, in check order."""
-
-    findings: list[Finding] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """No FAIL finding."""
-        return not any(f.level == "FAIL" for f in self.findings)
 
 
 def render_report(report: DoctorReport) -> str:
     """The human-readable report."""
-    lines = ["pyflannel doctor:", *render_findings(report.findings, collapse_ok_peers=False), ""]
-    counts = count_levels(report.findings)
-    if report.ok:
-        lines.append(f"no problems found, {counts['warn']} warning(s)")
-    else:
-        lines.append(f"{counts['fail']} problem(s) found, {counts['warn']} warning(s)")
-    return "\n".join(lines) + "\n"
+    warnings = count_levels(report.findings)["warn"]
+    verdict = verdict_line(report.findings, f"no problems found, {warnings} warning(s)")
+    lines = ["pyflannel doctor:", *render_findings(report.findings, collapse_ok_peers=False)]
+    return "\n".join([*lines, "", verdict]) + "\n"
 
 
 def report_document(report: DoctorReport) -> dict[str, Any]:
@@ -277,18 +266,16 @@ def main(argv: Sequence[str]) -> int:
         IFACE_FLAGS,
         SUBNET_FILE_FLAGS,
         run_report_tool,
-        tool_parser,
     )
 
     flags = (*ETCD_FLAGS, *SUBNET_FILE_FLAGS, *IFACE_FLAGS)
     description = "Check this node for common flannel problems (exit 1 on any FAIL)."
     return run_report_tool(
         PROG,
-        tool_parser(PROG, description, flags),
-        argv,
+        description,
         flags,
+        argv,
         lambda _args, opts: collect(opts),
         render=render_report,
         document=report_document,
-        ok=lambda report: report.ok,
     )

@@ -34,6 +34,7 @@ from pyflannel.cli.flags import FLAGS, Options, env_name, parse_flags
 from pyflannel.errors import ConfigError, FlannelError
 
 if TYPE_CHECKING:
+    from pyflannel.inspect.findings import FindingsReport
     from pyflannel.subnet.etcd.registry import EtcdRegistry
 
 __all__ = [
@@ -56,7 +57,7 @@ __all__ = [
     "tool_parser",
 ]
 
-_Report = TypeVar("_Report")
+_Report = TypeVar("_Report", bound="FindingsReport")
 
 ETCD_FLAGS: Final = (
     "etcd-endpoints",
@@ -252,26 +253,25 @@ def tool_parser(prog: str, description: str, names: Iterable[str]) -> argparse.A
 
 def run_report_tool(
     prog: str,
-    parser: argparse.ArgumentParser,
-    argv: Sequence[str],
+    description: str,
     names: Iterable[str],
+    argv: Sequence[str],
     collect: Callable[[argparse.Namespace, Options], Awaitable[_Report]],
     *,
     render: Callable[[_Report], str],
     document: Callable[[_Report], dict[str, Any]],
-    ok: Callable[[_Report], bool],
     error_document: Callable[[FlannelError], dict[str, Any]] | None = None,
 ) -> int:
-    """The ``main`` of a report tool (``status``, ``doctor``): parse ``argv`` with ``parser``,
+    """The ``main`` of a report tool (``status``, ``doctor``): parse ``argv`` (:func:`tool_parser`),
     build the options from the flags ``names`` (and their ``FLANNELD_*`` environment), run
     ``collect`` under trio and print the report as a table or, with ``--output json``, as its
-    ``document``. Returns the exit code: 0 when ``ok``, 1 otherwise or on a
+    ``document``. Returns the exit code: 0 when the report is ``ok``, 1 otherwise or on a
     :class:`~pyflannel.errors.FlannelError` (one line on stderr; with ``--output json`` also
     ``error_document`` on stdout when given), 130 on Ctrl-C.
     """
-    args = parser.parse_args(list(argv))
-    setup_tool_logging(args.verbose)
     names = tuple(names)
+    args = tool_parser(prog, description, names).parse_args(list(argv))
+    setup_tool_logging(args.verbose)
     try:
         opts = options_from(args, names, os.environ)
         import trio
@@ -288,4 +288,4 @@ def run_report_tool(
         print(json.dumps(document(report), indent=2))
     else:
         print(render(report), end="")
-    return 0 if ok(report) else 1
+    return 0 if report.ok else 1

@@ -29,15 +29,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from pyflannel.backend.failing_file import read_failing
-from pyflannel.inspect.datapath import (
-    data_path_findings,
-    is_flannel_device,
-)
+from pyflannel.inspect.datapath import data_path_findings, is_flannel_device
 from pyflannel.inspect.findings import (
     Finding,
+    FindingsReport,
     count_levels,
     format_duration,
     render_findings,
+    verdict_line,
 )
 from pyflannel.inspect.host import read_node
 from pyflannel.inspect.leases import LeaseRow, find_own_lease, lease_rows, subnets_text
@@ -54,22 +53,22 @@ PROG: Final = "pyflannel status"
 SCHEMA: Final = "pyflannel-status/1"
 
 
-@dataclass
-class StatusReport:
-    """Everything ``status`` found; rendered by :func:`render_table` / :func:`report_document`."""
+@dataclass(kw_only=True)
+class StatusReport(FindingsReport):
+    """Everything ``status`` found; rendered by :func:`render_table` / :func:`report_document`.
+    ``healthy`` (the document's word) is :attr:`ok`."""
 
     prefix: str
     endpoints: str
     subnet_file: str
     leases: list[LeaseRow] = field(default_factory=list)
-    findings: list[Finding] = field(default_factory=list)
     config: dict[str, Any] | None = None
     own_subnet: str | None = None
 
     @property
     def healthy(self) -> bool:
         """No FAIL finding."""
-        return not any(f.level == "FAIL" for f in self.findings)
+        return self.ok
 
 
 def render_table(report: StatusReport) -> str:
@@ -110,13 +109,9 @@ def render_table(report: StatusReport) -> str:
     where = f" (lease {report.own_subnet})" if report.own_subnet else ""
     out.append(f"this node{where}:")
     out += render_findings(report.findings)
-    out.append("")
-    counts = count_levels(report.findings)
-    if report.healthy:
-        warn = f", {counts['warn']} warning(s)" if counts["warn"] else ""
-        out.append(f"healthy{warn}")
-    else:
-        out.append(f"{counts['fail']} problem(s) found, {counts['warn']} warning(s)")
+    warnings = count_levels(report.findings)["warn"]
+    healthy = f"healthy, {warnings} warning(s)" if warnings else "healthy"
+    out += ["", verdict_line(report.findings, healthy)]
     return "\n".join(out) + "\n"
 
 
@@ -141,7 +136,7 @@ async def collect(opts: Options, *, ip_masq_known: bool = False) -> StatusReport
     environment rather than the default."""
     from pyflannel.cli.etcd_tool_opts import new_registry
 
-    report = StatusReport(opts.etcd_prefix, "", opts.subnet_file)
+    report = StatusReport(prefix=opts.etcd_prefix, endpoints="", subnet_file=opts.subnet_file)
     async with new_registry(opts) as reg:
         report.prefix = reg.prefix
         report.endpoints = reg.endpoints_text
@@ -214,7 +209,6 @@ def main(argv: Sequence[str]) -> int:
         SUBNET_FILE_FLAGS,
         TRAFFIC_FLAGS,
         run_report_tool,
-        tool_parser,
     )
 
     def collect_status(args: argparse.Namespace, opts: Options) -> Awaitable[StatusReport]:
@@ -225,12 +219,11 @@ def main(argv: Sequence[str]) -> int:
     description = "Leases in etcd and this node's data-path health (exit 1 on problems)."
     return run_report_tool(
         PROG,
-        tool_parser(PROG, description, flags),
-        argv,
+        description,
         flags,
+        argv,
         collect_status,
         render=render_table,
         document=report_document,
-        ok=lambda report: report.healthy,
         error_document=_error_document,
     )
