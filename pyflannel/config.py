@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -235,13 +235,13 @@ def _fold(name: str) -> str:
 
 
 def _match_fields(
-    pairs: Iterable[tuple[str, Any]], fields: dict[str, str]
+    pairs: Iterable[tuple[str, Any]], fields: Mapping[str, object]
 ) -> list[tuple[str, str, Any]]:
     """Map each (key, value) of a JSON object to (Go field, key, value), in source order.
 
-    ``pairs`` is a decoded object (:class:`_Obj`) or a plain dict's ``items()``; ``fields`` maps
-    JSON key (Go tag or field name) to the field's Go type. A key equal to a tag wins over a
-    case-insensitive match, as in Go; unmatched keys are dropped.
+    ``pairs`` is a decoded object (:class:`_Obj`) or a plain dict's ``items()``; ``fields`` is
+    keyed by JSON key (Go tag or field name). A key equal to a tag wins over a case-insensitive
+    match, as in Go; unmatched keys are dropped.
     """
     folded = {_fold(tag): tag for tag in fields}
     out: list[tuple[str, str, Any]] = []
@@ -308,32 +308,30 @@ def _cidr_parts(text: str) -> tuple[str, str] | None:
     return addr, prefix
 
 
-def _parse_ip4net(value: Any) -> ipaddress.IPv4Network:
+def _parse_cidr(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """Go's ``net.ParseCIDR`` of a JSON string (either family; the caller checks which)."""
     text = _unmarshaler_text(value)
     parts = _cidr_parts(text)
     if parts is None:
         raise _JSONError(f"invalid CIDR address: {text}")
     try:
-        net = ipaddress.ip_network(f"{parts[0]}/{int(parts[1])}", strict=False)
+        return ipaddress.ip_network(f"{parts[0]}/{int(parts[1])}", strict=False)
     except ValueError:
         raise _JSONError(f"invalid CIDR address: {text}") from None
+
+
+def _parse_ip4net(value: Any) -> ipaddress.IPv4Network:
+    net = _parse_cidr(value)
     if not isinstance(net, ipaddress.IPv4Network):
         raise _JSONError("invalid IPv4 CIDR format")
     return net
 
 
 def _parse_ip6net(value: Any) -> ipaddress.IPv6Network:
-    text = _unmarshaler_text(value)
-    parts = _cidr_parts(text)
-    if parts is None:
-        raise _JSONError(f"invalid CIDR address: {text}")
-    try:
-        net = ipaddress.ip_network(f"{parts[0]}/{int(parts[1])}", strict=False)
-    except ValueError:
-        raise _JSONError(f"invalid CIDR address: {text}") from None
+    net = _parse_cidr(value)
     if not isinstance(net, ipaddress.IPv6Network):
         # flanneld would store a mangled IPv4 network here; refuse it instead.
-        raise _JSONError(f"invalid IPv6 CIDR format: {text}")
+        raise _JSONError(f"invalid IPv6 CIDR format: {_unmarshaler_text(value)}")
     return net
 
 
@@ -347,11 +345,15 @@ def _parse_go_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | N
         return None
 
 
-def _parse_ip4(value: Any) -> ipaddress.IPv4Address:
-    text = _unmarshaler_text(value)
-    addr = _parse_go_ip(text)
+def _parse_ip_value(value: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    addr = _parse_go_ip(_unmarshaler_text(value))
     if addr is None:
         raise _JSONError("invalid IP address format")
+    return addr
+
+
+def _parse_ip4(value: Any) -> ipaddress.IPv4Address:
+    addr = _parse_ip_value(value)
     if isinstance(addr, ipaddress.IPv6Address):
         if addr.ipv4_mapped is None:
             raise _JSONError("invalid IPv4 address format")
@@ -360,29 +362,27 @@ def _parse_ip4(value: Any) -> ipaddress.IPv4Address:
 
 
 def _parse_ip6(value: Any) -> ipaddress.IPv6Address:
-    text = _unmarshaler_text(value)
-    addr = _parse_go_ip(text)
-    if addr is None:
-        raise _JSONError("invalid IP address format")
+    addr = _parse_ip_value(value)
     if isinstance(addr, ipaddress.IPv4Address):
         return ipaddress.IPv6Address(f"::ffff:{addr}")
     return addr
 
 
-# Go field name -> Go type, for the Config struct (BackendType is json:"-").
+# Go field name -> (Go type, _RawConfig attribute), for the Config struct (BackendType is
+# json:"-").
 _CONFIG_FIELDS: Final = {
-    "EnableIPv4": "bool",
-    "EnableIPv6": "bool",
-    "EnableNFTables": "bool",
-    "Network": "ip4net",
-    "IPv6Network": "ip6net",
-    "SubnetMin": "ip4",
-    "SubnetMax": "ip4",
-    "IPv6SubnetMin": "*ip6",
-    "IPv6SubnetMax": "*ip6",
-    "SubnetLen": "uint",
-    "IPv6SubnetLen": "uint",
-    "Backend": "raw",
+    "EnableIPv4": ("bool", "enable_ipv4"),
+    "EnableIPv6": ("bool", "enable_ipv6"),
+    "EnableNFTables": ("bool", "enable_nftables"),
+    "Network": ("ip4net", "network"),
+    "IPv6Network": ("ip6net", "ipv6_network"),
+    "SubnetMin": ("ip4", "subnet_min"),
+    "SubnetMax": ("ip4", "subnet_max"),
+    "IPv6SubnetMin": ("*ip6", "ipv6_subnet_min"),
+    "IPv6SubnetMax": ("*ip6", "ipv6_subnet_max"),
+    "SubnetLen": ("uint", "subnet_len"),
+    "IPv6SubnetLen": ("uint", "ipv6_subnet_len"),
+    "Backend": ("raw", "backend"),
 }
 
 
@@ -403,20 +403,6 @@ class _RawConfig:
     backend_present: bool = False
 
 
-_ATTR: Final = {
-    "EnableIPv4": "enable_ipv4",
-    "EnableIPv6": "enable_ipv6",
-    "EnableNFTables": "enable_nftables",
-    "Network": "network",
-    "IPv6Network": "ipv6_network",
-    "SubnetMin": "subnet_min",
-    "SubnetMax": "subnet_max",
-    "IPv6SubnetMin": "ipv6_subnet_min",
-    "IPv6SubnetMax": "ipv6_subnet_max",
-    "SubnetLen": "subnet_len",
-    "IPv6SubnetLen": "ipv6_subnet_len",
-}
-
 _CUSTOM_PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
     "ip4net": _parse_ip4net,
     "ip6net": _parse_ip6net,
@@ -435,20 +421,20 @@ def _decode_config(doc: Any) -> _RawConfig:
     # from UnmarshalJSON methods abort at once.
     first_type_error: _JSONError | None = None
     for field, _key, value in _match_fields(doc, _CONFIG_FIELDS):
-        gotype = _CONFIG_FIELDS[field]
+        gotype, attr = _CONFIG_FIELDS[field]
         try:
             if gotype in ("bool", "uint"):
                 decoded = _decode_field(value, "Config", field, gotype)
                 if decoded is not None:
-                    setattr(cfg, _ATTR[field], decoded)
+                    setattr(cfg, attr, decoded)
             elif gotype == "raw":
                 cfg.backend = value
                 cfg.backend_present = True
             elif gotype == "*ip6":
                 # A pointer field: null resets it to nil instead of calling UnmarshalJSON.
-                setattr(cfg, _ATTR[field], None if value is None else _parse_ip6(value))
+                setattr(cfg, attr, None if value is None else _parse_ip6(value))
             else:
-                setattr(cfg, _ATTR[field], _CUSTOM_PARSERS[gotype](value))
+                setattr(cfg, attr, _CUSTOM_PARSERS[gotype](value))
         except _JSONError as err:
             err.field = field
             if not str(err).startswith("json: cannot unmarshal"):

@@ -84,11 +84,7 @@ class Daemon:
         return EtcdSubnetManager(
             opts.etcd_endpoints,
             opts.etcd_prefix,
-            keyfile=opts.etcd_keyfile,
-            certfile=opts.etcd_certfile,
-            cafile=opts.etcd_cafile,
-            username=opts.etcd_username,
-            password=opts.etcd_password,
+            **opts.etcd_credentials(),
             ttl=opts.subnet_lease_ttl,
             renew_margin=self._renew_margin_minutes(),
             renew_retry=float(opts.subnet_lease_renew_retry),
@@ -112,11 +108,7 @@ class Daemon:
             # flanneld's br_netfilter check (§2) happens before the interface is chosen.
             self._check_br_netfilter(config)
         ext = select_interface(
-            iface=opts.iface,
-            iface_regex=opts.iface_regex,
-            iface_can_reach=opts.iface_can_reach,
-            public_ip=opts.public_ip,
-            public_ipv6=opts.public_ipv6,
+            **opts.interface_flags(),
             enable_ipv4=config.enable_ipv4,
             enable_ipv6=config.enable_ipv6,
         )

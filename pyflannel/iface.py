@@ -26,9 +26,10 @@ import socket
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, Unpack
 
 from pyflannel.errors import ConfigError, InterfaceError
+from pyflannel.options import InterfaceFlags
 
 if TYPE_CHECKING:
     from pyflannel.netlink.links import LinkInfo
@@ -561,29 +562,19 @@ def _network_of(link: Link, addr: IPAddress | None, cls: type[_NetT]) -> _NetT |
     return None
 
 
-def select_interface(
-    *,
-    iface: Sequence[str] = (),
-    iface_regex: Sequence[str] = (),
-    iface_can_reach: str = "",
-    public_ip: str = "",
-    public_ipv6: str = "",
-    enable_ipv4: bool = True,
-    enable_ipv6: bool = False,
-) -> ExternalInterface:
+class InterfaceSelection(InterfaceFlags, total=False):
+    """The keyword arguments of :func:`select_interface`/:func:`select_interface_from`: the
+    flags and the config's stacks."""
+
+    enable_ipv4: bool
+    enable_ipv6: bool
+
+
+def select_interface(**selection: Unpack[InterfaceSelection]) -> ExternalInterface:
     """Choose the external interface in the current network namespace, like flanneld.
 
-    Parameters mirror the flags (``Options.iface`` etc.) and the config's stacks. Reads the
-    kernel through pyflannel's own netlink code (:func:`read_host_network`); see
-    :func:`select_interface_from` for the rules and errors.
+    The keyword arguments are :func:`select_interface_from`'s: the flags (``Options.iface``
+    etc.) and the config's stacks. Reads the kernel through pyflannel's own netlink code
+    (:func:`read_host_network`); see :func:`select_interface_from` for the rules and errors.
     """
-    return select_interface_from(
-        read_host_network(),
-        iface=iface,
-        iface_regex=iface_regex,
-        iface_can_reach=iface_can_reach,
-        public_ip=public_ip,
-        public_ipv6=public_ipv6,
-        enable_ipv4=enable_ipv4,
-        enable_ipv6=enable_ipv6,
-    )
+    return select_interface_from(read_host_network(), **selection)

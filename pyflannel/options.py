@@ -6,10 +6,24 @@ on the CLI. Standard library only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple, TypedDict
 
-__all__ = ["Notice", "Options"]
+if TYPE_CHECKING:
+    from pyflannel.subnet.etcd.session import EtcdCredentials
+
+__all__ = ["InterfaceFlags", "Notice", "Options"]
+
+
+class InterfaceFlags(TypedDict, total=False):
+    """The interface-selection flags (keyword arguments of ``pyflannel.iface``'s selection)."""
+
+    iface: Sequence[str]
+    iface_regex: Sequence[str]
+    iface_can_reach: str
+    public_ip: str
+    public_ipv6: str
 
 
 class Notice(NamedTuple):
@@ -64,3 +78,24 @@ class Options:
     def etcd_tls(self) -> bool:
         """flanneld uses TLS only when both the key and the certificate file are given."""
         return bool(self.etcd_keyfile and self.etcd_certfile)
+
+    def etcd_credentials(self) -> EtcdCredentials:
+        """``--etcd-keyfile/-certfile/-cafile/-username/-password``, for an etcd client."""
+        return {
+            "keyfile": self.etcd_keyfile,
+            "certfile": self.etcd_certfile,
+            "cafile": self.etcd_cafile,
+            "username": self.etcd_username,
+            "password": self.etcd_password,
+        }
+
+    def interface_flags(self) -> InterfaceFlags:
+        """``--iface``, ``--iface-regex``, ``--iface-can-reach``, ``--public-ip[v6]``, for
+        :func:`pyflannel.iface.select_interface`."""
+        return InterfaceFlags(
+            iface=self.iface,
+            iface_regex=self.iface_regex,
+            iface_can_reach=self.iface_can_reach,
+            public_ip=self.public_ip,
+            public_ipv6=self.public_ipv6,
+        )

@@ -9,21 +9,20 @@ removed; flanneld only re-adds the routes it remembers. The NAT check covers IPv
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import ipaddress
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from pyflannel.backend.base import BackendStats, Family, PlanContext, Prepared
 from pyflannel.backend.kernel import NetlinkKernel
 from pyflannel.backend.peers import PeerProgrammer
-from pyflannel.backend.wanted import WantedPeers
+from pyflannel.backend.programmed import ProgrammedNetwork
 from pyflannel.errors import ConfigError, InterfaceError, LeaseError
-from pyflannel.lease import Event, Lease, LeaseAttrs
+from pyflannel.lease import Lease, LeaseAttrs
 from pyflannel.metrics import Metrics
 from pyflannel.netlink.ops import IPAddress, IPNetwork
 from pyflannel.netlink.worker import NetlinkWorker
-from pyflannel.peer_messages import PeerMessage
 
 if TYPE_CHECKING:
     from pyflannel.config import NetworkConfig
@@ -31,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["HostGwBackend", "HostGwNetwork", "HostGwPrepared", "plan_context"]
 
+_Addr = TypeVar("_Addr", ipaddress.IPv4Address, ipaddress.IPv6Address)
 _NAT_MESSAGE = (
     "your PublicIP differs from interface IP, meaning that probably you're on a NAT, which is "
     "not supported by host-gw backend"
@@ -57,6 +57,24 @@ def plan_context(
         ext_index=ext_index,
         underlay=underlay,
     )
+
+
+def _routable_public_ip(name: str, pub: _Addr | None, own: _Addr | None, *, v6: bool) -> _Addr:
+    """The public IP of one family, refused when there is none or it is not the address of the
+    interface ``name`` (``own``): behind NAT, peers could not route to us directly."""
+    if pub is None:
+        word = "IPv6" if v6 else "IPv4"
+        raise InterfaceError(f"interface {name} has no {word} address for host-gw")
+    if pub != own:
+        field, shown, flag = (
+            ("PublicIPv6", "IPv6", "public-ipv6") if v6 else ("PublicIP", "IP", "public-ip")
+        )
+        raise ConfigError(
+            _NAT_MESSAGE.replace("PublicIP", field),
+            hint=f"public {shown} {pub} vs {name} address {own}: use the vxlan backend, or "
+            f"drop --{flag}",
+        )
+    return pub
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,28 +112,16 @@ class HostGwBackend:
         attrs = LeaseAttrs(backend_type=self.backend_type)
         if config.enable_ipv4:
             assert config.network is not None
-            pub, own = ext_iface.public_ip, ext_iface.ipv4_addr
-            if pub is None:
-                raise InterfaceError(f"interface {ext_iface.name} has no IPv4 address for host-gw")
-            if pub != own:
-                raise ConfigError(
-                    _NAT_MESSAGE,
-                    hint=f"public IP {pub} vs {ext_iface.name} address {own}: use the vxlan "
-                    "backend, or drop --public-ip",
-                )
+            pub = _routable_public_ip(
+                ext_iface.name, ext_iface.public_ip, ext_iface.ipv4_addr, v6=False
+            )
             stacks.append((4, config.network, pub))
             attrs = replace(attrs, public_ip=pub)
         if config.enable_ipv6:
             assert config.ipv6_network is not None
-            pub6, own6 = ext_iface.public_ipv6, ext_iface.ipv6_addr
-            if pub6 is None:
-                raise InterfaceError(f"interface {ext_iface.name} has no IPv6 address for host-gw")
-            if pub6 != own6:
-                raise ConfigError(
-                    _NAT_MESSAGE.replace("PublicIP", "PublicIPv6"),
-                    hint=f"public IPv6 {pub6} vs {ext_iface.name} address {own6}: use the vxlan "
-                    "backend, or drop --public-ipv6",
-                )
+            pub6 = _routable_public_ip(
+                ext_iface.name, ext_iface.public_ipv6, ext_iface.ipv6_addr, v6=True
+            )
             stacks.append((6, config.ipv6_network, pub6))
             attrs = replace(attrs, public_ipv6=pub6)
         return HostGwPrepared(ext_iface, tuple(stacks), attrs)
@@ -150,16 +156,14 @@ class HostGwBackend:
         return HostGwNetwork(lease, ext.mtu, self.resync_interval, programmer)
 
 
-class HostGwNetwork:
+class HostGwNetwork(ProgrammedNetwork):
     """The host-gw data path for our lease."""
 
     def __init__(
         self, lease: Lease, mtu: int, resync_interval: float, programmer: PeerProgrammer
     ) -> None:
-        self._lease = lease
+        super().__init__(lease, programmer, resync_interval)
         self._mtu = mtu
-        self._resync_interval = resync_interval
-        self.programmer = programmer
 
     @property
     def mtu(self) -> int:
@@ -167,32 +171,10 @@ class HostGwNetwork:
         return self._mtu
 
     @property
-    def lease(self) -> Lease:
-        """Our own lease."""
-        return self._lease
-
-    @property
     def stats(self) -> BackendStats:
         """Backend counters."""
         return self.programmer.stats
 
-    @property
-    def peers(self) -> WantedPeers:
-        """The wanted peer set."""
-        return self.programmer.peers
-
-    async def apply(self, msg: PeerMessage) -> None:
-        """Apply one peer message (routes follow)."""
-        await self.programmer.apply(msg)
-
-    async def apply_snapshot(self, leases: Sequence[Lease]) -> None:
-        """Shorthand for ``apply(PeerSnapshot(leases))``."""
-        await self.programmer.apply_snapshot(leases)
-
-    async def apply_events(self, events: Sequence[Event]) -> None:
-        """Shorthand for ``apply(PeerChanges(events))``."""
-        await self.programmer.apply_events(events)
-
     async def run(self) -> None:
         """Re-check (reconcile) the routes every ``resync_interval`` s until cancelled."""
-        await self.programmer.resync_loop(self._resync_interval)
+        await self.resync()

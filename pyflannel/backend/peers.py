@@ -56,7 +56,7 @@ from pyflannel.netlink.ops import (
     Op,
     RouteReplace,
 )
-from pyflannel.peer_messages import PeerChanges, PeerMessage, PeerSnapshot
+from pyflannel.peer_messages import AppliesPeerMessages, PeerMessage, PeerSnapshot
 from pyflannel.retry import Backoff, FailureLog
 
 __all__ = ["PERMANENT_ERRNOS", "KernelWorker", "PeerProgrammer", "is_permanent"]
@@ -128,7 +128,7 @@ class _Outcome:
     quarantined: int = 0
 
 
-class PeerProgrammer:
+class PeerProgrammer(AppliesPeerMessages):
     """Keeps the kernel's peer entries equal to the wanted peer set it owns."""
 
     def __init__(
@@ -202,14 +202,6 @@ class PeerProgrammer:
             await self._apply_snapshot(msg.leases)
         else:
             await self._apply_changes(msg.events)
-
-    async def apply_snapshot(self, leases: Iterable[Lease]) -> None:
-        """Shorthand for ``apply(PeerSnapshot(leases))``."""
-        await self.apply(PeerSnapshot(tuple(leases)))
-
-    async def apply_events(self, events: Sequence[Event]) -> None:
-        """Shorthand for ``apply(PeerChanges(events))``."""
-        await self.apply(PeerChanges(tuple(events)))
 
     async def _apply_snapshot(self, leases: Iterable[Lease]) -> None:
         async with self._lock:

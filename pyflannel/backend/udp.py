@@ -57,7 +57,7 @@ from pyflannel.backend.udp_packet import PeerAddr, PeerTable
 from pyflannel.backend.validate import Peer, Rejection, validate_peer
 from pyflannel.backend.wanted import WantedPeers
 from pyflannel.errors import ConfigError, InterfaceError, LeaseError
-from pyflannel.lease import Event, Lease, LeaseAttrs
+from pyflannel.lease import Lease, LeaseAttrs
 from pyflannel.metrics import METRICS, Metrics
 from pyflannel.netlink import consts as nlc
 from pyflannel.netlink.addresses import ensure_address, list_addresses
@@ -67,7 +67,7 @@ from pyflannel.netlink.encode import attr, rtmsg
 from pyflannel.netlink.links import get_link, set_link_mtu, set_link_up
 from pyflannel.netlink.nlsocket import KernelRefused, NetlinkSocket
 from pyflannel.netlink.ops import IPNetwork
-from pyflannel.peer_messages import PeerChanges, PeerMessage, PeerSnapshot
+from pyflannel.peer_messages import AppliesPeerMessages, PeerMessage, PeerSnapshot
 
 if TYPE_CHECKING:
     from pyflannel.config import NetworkConfig
@@ -531,7 +531,7 @@ def plan_table(
     return PeerTable.build(((net, addr) for _, net, addr in valid), subnet_len), rejected
 
 
-class UdpNetwork:
+class UdpNetwork(AppliesPeerMessages):
     """The configured udp data path: the peer table and the forwarder, and the TUN (kept by a
     :class:`~pyflannel.backend.device_keeper.DeviceKeeper`)."""
 
@@ -626,14 +626,6 @@ class UdpNetwork:
             self._wanted.update(msg.events)
             self._rebuild("events")
         self._metrics.leases_known = len(self._wanted) + 1
-
-    async def apply_snapshot(self, leases: Sequence[Lease]) -> None:
-        """Shorthand for ``apply(PeerSnapshot(leases))`` (ours is skipped)."""
-        await self.apply(PeerSnapshot(tuple(leases)))
-
-    async def apply_events(self, events: Sequence[Event]) -> None:
-        """Shorthand for ``apply(PeerChanges(events))``."""
-        await self.apply(PeerChanges(tuple(events)))
 
     def _rebuild(self, reason: str) -> None:
         p = self._prepared

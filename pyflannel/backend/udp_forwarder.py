@@ -345,6 +345,20 @@ class Forwarder:
             log.warning("udp.gso_disabled", error=str(exc), peer=addr[0])
             return self._send_group(parts, size, addr)
 
+    def _flush_group(
+        self, parts: list[memoryview], size: int, total: int, addr: PeerAddr, counts: list[int]
+    ) -> None:
+        """Send one group of :meth:`_out_burst` (``total`` bytes) and count it: sent packets
+        and bytes, or the packets lost to a send error (logged)."""
+        try:
+            self._send_group(parts, size, addr)
+        except OSError as exc:
+            counts[9] += len(parts)
+            self._log_error("udp.send_failed", peer=str(addr), error=str(exc))
+            return
+        counts[0] += len(parts)
+        counts[1] += total
+
     def _out_burst(self, slots: list[_Slot], counts: list[int]) -> int:
         """Forward up to BURST packets TUN → UDP; the number read (0: the TUN is drained).
 
@@ -354,7 +368,7 @@ class Forwarder:
         """
         readv = os.readv
         tun_fd = self.tun_fd
-        send_group = self._send_group
+        flush = self._flush_group
         unusual = self._unusual_vnet
         unpack_hdr = _IP_HDR_FROM
         pack_ttl = _TTL_PROTO_CSUM_INTO
@@ -367,7 +381,6 @@ class Forwarder:
         g_addr: PeerAddr | None = None
         g_size = g_total = 0
         g_open = False
-        tx_p = tx_b = 0
         slot = 0
         done = 0
         try:
@@ -406,13 +419,7 @@ class Forwarder:
                     g_open = n == g_size and len(parts) < _GSO_MAX_SEGMENTS
                     continue
                 if parts:
-                    try:
-                        send_group(parts, g_size, g_addr)  # type: ignore[arg-type]
-                        tx_p += len(parts)
-                        tx_b += g_total
-                    except OSError as exc:
-                        counts[9] += len(parts)
-                        self._log_error("udp.send_failed", peer=str(g_addr), error=str(exc))
+                    flush(parts, g_size, g_total, g_addr, counts)  # type: ignore[arg-type]
                 parts = [view[:n]]
                 g_addr = addr
                 g_size = g_total = n
@@ -421,15 +428,7 @@ class Forwarder:
             pass  # drained
         finally:
             if parts:
-                try:
-                    send_group(parts, g_size, g_addr)  # type: ignore[arg-type]
-                    tx_p += len(parts)
-                    tx_b += g_total
-                except OSError as exc:
-                    counts[9] += len(parts)
-                    self._log_error("udp.send_failed", peer=str(g_addr), error=str(exc))
-            counts[0] += tx_p
-            counts[1] += tx_b
+                flush(parts, g_size, g_total, g_addr, counts)  # type: ignore[arg-type]
         return done
 
     def _in_burst(

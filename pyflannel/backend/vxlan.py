@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,9 +37,9 @@ from pyflannel.backend.device_keeper import DeviceKeeper
 from pyflannel.backend.kernel import NetlinkKernel
 from pyflannel.backend.mac_store import choose_vtep_mac, mac_path
 from pyflannel.backend.peers import PeerProgrammer
-from pyflannel.backend.wanted import WantedPeers
+from pyflannel.backend.programmed import ProgrammedNetwork
 from pyflannel.errors import ConfigError, InterfaceError, LeaseError, NetlinkError
-from pyflannel.lease import Event, Lease, LeaseAttrs
+from pyflannel.lease import Lease, LeaseAttrs
 from pyflannel.metrics import Metrics
 from pyflannel.netlink.addresses import ensure_address, list_addresses
 from pyflannel.netlink.links import (
@@ -58,7 +57,6 @@ from pyflannel.netlink.monitor import LinkMonitor
 from pyflannel.netlink.nlsocket import NetlinkSocket
 from pyflannel.netlink.ops import IPAddress, IPNetwork
 from pyflannel.netlink.worker import NetlinkWorker
-from pyflannel.peer_messages import PeerMessage
 
 if TYPE_CHECKING:
     from pyflannel.config import NetworkConfig
@@ -357,7 +355,7 @@ def _context(ext: ExternalInterface, dev: VxlanDevice, own: IPNetwork) -> PlanCo
     )
 
 
-class VxlanNetwork:
+class VxlanNetwork(ProgrammedNetwork):
     """The configured vxlan data path for our lease: the peers (its programmer) and the
     devices (kept by a :class:`~pyflannel.backend.device_keeper.DeviceKeeper`)."""
 
@@ -371,14 +369,12 @@ class VxlanNetwork:
         resync_interval: float,
         stats: BackendStats,
     ) -> None:
+        super().__init__(lease, programmer, resync_interval)
         self._prepared = prepared
-        self._lease = lease
         self._sock = sock
         self._devices = {d.family: d for d in prepared.devices}
-        self._resync_interval = resync_interval
         self._stats = stats
         self._keeper = DeviceKeeper("vxlan", stats)
-        self.programmer = programmer
 
     @property
     def mtu(self) -> int:
@@ -386,36 +382,14 @@ class VxlanNetwork:
         return self._prepared.mtu
 
     @property
-    def lease(self) -> Lease:
-        """Our own lease."""
-        return self._lease
-
-    @property
     def stats(self) -> BackendStats:
         """Backend counters (rejections, device re-creations, resyncs)."""
         return self._stats
 
-    @property
-    def peers(self) -> WantedPeers:
-        """The wanted peer set."""
-        return self.programmer.peers
-
-    async def apply(self, msg: PeerMessage) -> None:
-        """Apply one peer message (neighbour, FDB and route entries follow)."""
-        await self.programmer.apply(msg)
-
-    async def apply_snapshot(self, leases: Sequence[Lease]) -> None:
-        """Shorthand for ``apply(PeerSnapshot(leases))`` (ours may be in it; it is skipped)."""
-        await self.programmer.apply_snapshot(leases)
-
-    async def apply_events(self, events: Sequence[Event]) -> None:
-        """Shorthand for ``apply(PeerChanges(events))``."""
-        await self.programmer.apply_events(events)
-
     async def run(self) -> None:
         """Re-create deleted devices (re-programming every peer) and resync, until cancelled."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.programmer.resync_loop, self._resync_interval)
+            nursery.start_soon(self.resync)
             nursery.start_soon(self._keep_devices)
 
     async def _keep_devices(self) -> None:

@@ -22,13 +22,8 @@ tested in ``tests/unit/test_doctor_checks.py``); this module gathers, renders an
 
 from __future__ import annotations
 
-import argparse
-import functools
-import json
-import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -49,15 +44,14 @@ from pyflannel.inspect.checks import (
     other_candidates,
 )
 from pyflannel.inspect.datapath import evaluate_device, wireguard_findings
-from pyflannel.inspect.findings import Finding, count_levels, render_findings
-from pyflannel.inspect.host import (
-    bound_udp_ports,
-    ethtool_features,
-    parse_ethtool_features,
-    parse_proc_net_udp,
-    read_node,
-    read_text,
+from pyflannel.inspect.findings import (
+    Finding,
+    FindingsReport,
+    count_levels,
+    render_findings,
+    verdict_line,
 )
+from pyflannel.inspect.host import bound_udp_ports, ethtool_features, read_node, read_text
 from pyflannel.inspect.leases import find_own_lease
 from pyflannel.inspect.sources import evaluate_subnet_env, load_config, read_env
 
@@ -68,54 +62,23 @@ if TYPE_CHECKING:
     from pyflannel.iface import ExternalInterface, HostNetwork
     from pyflannel.lease import Lease
 
-# The checks live in pyflannel.inspect; re-exported for the callers and tests that know them
-# by this module.
-__all__ = [
-    "DEFAULT_VXLAN_PORT",
-    "SCHEMA",
-    "DoctorReport",
-    "check_br_netfilter",
-    "check_etcd",
-    "check_interfaces",
-    "check_lease",
-    "check_mtu",
-    "check_network_config",
-    "check_tx_offload",
-    "check_udp_port",
-    "main",
-    "other_candidates",
-    "parse_ethtool_features",
-    "parse_proc_net_udp",
-    "render_report",
-    "report_document",
-]
+__all__ = ["SCHEMA", "DoctorReport", "collect", "main", "render_report", "report_document"]
 
 PROG: Final = "pyflannel doctor"
 SCHEMA: Final = "pyflannel-doctor/1"
 _BRIDGE_SYSCTL: Final = Path("/proc/sys/net/bridge")
 
 
-@dataclass
-class DoctorReport:
+class DoctorReport(FindingsReport):
     """The findings of one run, in check order."""
-
-    findings: list[Finding] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """No FAIL finding."""
-        return not any(f.level == "FAIL" for f in self.findings)
 
 
 def render_report(report: DoctorReport) -> str:
     """The human-readable report."""
-    lines = ["pyflannel doctor:", *render_findings(report.findings, collapse_ok_peers=False), ""]
-    counts = count_levels(report.findings)
-    if report.ok:
-        lines.append(f"no problems found, {counts['warn']} warning(s)")
-    else:
-        lines.append(f"{counts['fail']} problem(s) found, {counts['warn']} warning(s)")
-    return "\n".join(lines) + "\n"
+    warnings = count_levels(report.findings)["warn"]
+    verdict = verdict_line(report.findings, f"no problems found, {warnings} warning(s)")
+    lines = ["pyflannel doctor:", *render_findings(report.findings, collapse_ok_peers=False)]
+    return "\n".join([*lines, "", verdict]) + "\n"
 
 
 def report_document(report: DoctorReport) -> dict[str, Any]:
@@ -144,11 +107,7 @@ def _select_interface(
     try:
         chosen = select_interface_from(
             host,
-            iface=opts.iface,
-            iface_regex=opts.iface_regex,
-            iface_can_reach=opts.iface_can_reach,
-            public_ip=opts.public_ip,
-            public_ipv6=opts.public_ipv6,
+            **opts.interface_flags(),
             enable_ipv4=cfg.enable_ipv4 if cfg is not None else True,
             enable_ipv6=cfg.enable_ipv6 if cfg is not None else False,
         )
@@ -300,26 +259,6 @@ def _config_line(cfg: NetworkConfig) -> str:
     return "valid: " + "; ".join(describe_config(cfg))
 
 
-def _parser() -> argparse.ArgumentParser:
-    from pyflannel.cli.etcd_tool_opts import (
-        ETCD_FLAGS,
-        IFACE_FLAGS,
-        SUBNET_FILE_FLAGS,
-        add_flanneld_flags,
-        add_output_flag,
-    )
-
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Check this node for common flannel problems (exit 1 on any FAIL).",
-        allow_abbrev=False,
-    )
-    add_output_flag(parser)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
-    add_flanneld_flags(parser, (*ETCD_FLAGS, *SUBNET_FILE_FLAGS, *IFACE_FLAGS))
-    return parser
-
-
 def main(argv: Sequence[str]) -> int:
     """``pyflannel doctor``; 0 when no check failed, 1 otherwise."""
     if "--kube-subnet-mgr" in argv or os.environ.get("FLANNELD_KUBE_SUBNET_MGR") == "true":
@@ -331,26 +270,17 @@ def main(argv: Sequence[str]) -> int:
         ETCD_FLAGS,
         IFACE_FLAGS,
         SUBNET_FILE_FLAGS,
-        options_from,
-        print_error,
-        setup_tool_logging,
+        run_report_tool,
     )
-    from pyflannel.errors import FlannelError
 
-    args = _parser().parse_args(list(argv))
-    setup_tool_logging(args.verbose)
-    try:
-        opts = options_from(args, (*ETCD_FLAGS, *SUBNET_FILE_FLAGS, *IFACE_FLAGS), os.environ)
-        import trio
-
-        report = trio.run(functools.partial(collect, opts))
-    except FlannelError as exc:
-        print_error(PROG, exc)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    if args.output == "json":
-        print(json.dumps(report_document(report), indent=2))
-    else:
-        print(render_report(report), end="")
-    return 0 if report.ok else 1
+    flags = (*ETCD_FLAGS, *SUBNET_FILE_FLAGS, *IFACE_FLAGS)
+    description = "Check this node for common flannel problems (exit 1 on any FAIL)."
+    return run_report_tool(
+        PROG,
+        description,
+        flags,
+        argv,
+        lambda _args, opts: collect(opts),
+        render=render_report,
+        document=report_document,
+    )

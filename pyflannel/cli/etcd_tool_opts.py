@@ -20,19 +20,21 @@ import argparse
 import base64
 import json
 import logging
+import os
 import shlex
 import ssl
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from pyflannel.cli.flags import FLAGS, Options, env_name, parse_flags
 from pyflannel.errors import ConfigError, FlannelError
 
 if TYPE_CHECKING:
+    from pyflannel.inspect.findings import FindingsReport
     from pyflannel.subnet.etcd.registry import EtcdRegistry
 
 __all__ = [
@@ -50,8 +52,12 @@ __all__ = [
     "new_registry",
     "options_from",
     "print_error",
+    "run_report_tool",
     "setup_tool_logging",
+    "tool_parser",
 ]
+
+_Report = TypeVar("_Report", bound="FindingsReport")
 
 ETCD_FLAGS: Final = (
     "etcd-endpoints",
@@ -143,11 +149,7 @@ def new_registry(opts: Options, *, timeout: float = TOOL_ETCD_TIMEOUT) -> EtcdRe
     return EtcdRegistry(
         opts.etcd_endpoints,
         opts.etcd_prefix,
-        keyfile=opts.etcd_keyfile,
-        certfile=opts.etcd_certfile,
-        cafile=opts.etcd_cafile,
-        username=opts.etcd_username,
-        password=opts.etcd_password,
+        **opts.etcd_credentials(),
         request_timeout=timeout,
     )
 
@@ -238,3 +240,52 @@ def setup_tool_logging(verbose: bool) -> None:
 def print_error(prog: str, exc: FlannelError | ConfigError) -> None:
     """One clear line on stderr: ``prog: message (hint)``."""
     print(f"{prog}: {exc}", file=sys.stderr)
+
+
+def tool_parser(prog: str, description: str, names: Iterable[str]) -> argparse.ArgumentParser:
+    """A report tool's parser: ``--output``, ``--verbose`` and pyflanneld's flags ``names``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
+    add_output_flag(parser)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    add_flanneld_flags(parser, names)
+    return parser
+
+
+def run_report_tool(
+    prog: str,
+    description: str,
+    names: Iterable[str],
+    argv: Sequence[str],
+    collect: Callable[[argparse.Namespace, Options], Awaitable[_Report]],
+    *,
+    render: Callable[[_Report], str],
+    document: Callable[[_Report], dict[str, Any]],
+    error_document: Callable[[FlannelError], dict[str, Any]] | None = None,
+) -> int:
+    """The ``main`` of a report tool (``status``, ``doctor``): parse ``argv`` (:func:`tool_parser`),
+    build the options from the flags ``names`` (and their ``FLANNELD_*`` environment), run
+    ``collect`` under trio and print the report as a table or, with ``--output json``, as its
+    ``document``. Returns the exit code: 0 when the report is ``ok``, 1 otherwise or on a
+    :class:`~pyflannel.errors.FlannelError` (one line on stderr; with ``--output json`` also
+    ``error_document`` on stdout when given), 130 on Ctrl-C.
+    """
+    names = tuple(names)
+    args = tool_parser(prog, description, names).parse_args(list(argv))
+    setup_tool_logging(args.verbose)
+    try:
+        opts = options_from(args, names, os.environ)
+        import trio
+
+        report = trio.run(collect, args, opts)
+    except FlannelError as exc:
+        if args.output == "json" and error_document is not None:
+            print(json.dumps(error_document(exc), indent=2))
+        print_error(prog, exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    if args.output == "json":
+        print(json.dumps(document(report), indent=2))
+    else:
+        print(render(report), end="")
+    return 0 if report.ok else 1

@@ -21,87 +21,54 @@ The judging is :mod:`pyflannel.inspect`'s (pure parts tested in
 from __future__ import annotations
 
 import argparse
-import functools
-import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from pyflannel.backend.failing_file import read_failing
-from pyflannel.backend.kernel import KernelView
-from pyflannel.inspect.datapath import (
-    data_path_findings,
-    evaluate_device,
-    evaluate_peers,
-    is_flannel_device,
-)
-from pyflannel.inspect.entries import describe_entry, fix_command
+from pyflannel.inspect.datapath import data_path_findings, is_flannel_device
 from pyflannel.inspect.findings import (
-    MAX_OK_PEER_LINES,
     Finding,
-    Level,
+    FindingsReport,
     count_levels,
     format_duration,
     render_findings,
+    verdict_line,
 )
 from pyflannel.inspect.host import read_node
 from pyflannel.inspect.leases import LeaseRow, find_own_lease, lease_rows, subnets_text
-from pyflannel.inspect.rules import evaluate_rules, rule_findings
+from pyflannel.inspect.rules import rule_findings
 from pyflannel.inspect.sources import config_summary, evaluate_subnet_env, load_config, read_env
 
 if TYPE_CHECKING:
     from pyflannel.cli.flags import Options
+    from pyflannel.errors import FlannelError
 
-# The pure functions below live in pyflannel.inspect; they are re-exported for the callers and
-# tests that know them by this module.
-__all__ = [
-    "MAX_OK_PEER_LINES",
-    "SCHEMA",
-    "Finding",
-    "KernelView",
-    "LeaseRow",
-    "Level",
-    "StatusReport",
-    "count_levels",
-    "describe_entry",
-    "evaluate_device",
-    "evaluate_peers",
-    "evaluate_rules",
-    "evaluate_subnet_env",
-    "find_own_lease",
-    "fix_command",
-    "format_duration",
-    "lease_rows",
-    "main",
-    "render_findings",
-    "render_table",
-    "report_document",
-    "rule_findings",
-]
+__all__ = ["SCHEMA", "StatusReport", "collect", "main", "render_table", "report_document"]
 
 PROG: Final = "pyflannel status"
 SCHEMA: Final = "pyflannel-status/1"
 
 
-@dataclass
-class StatusReport:
-    """Everything ``status`` found; rendered by :func:`render_table` / :func:`report_document`."""
+@dataclass(kw_only=True)
+class StatusReport(FindingsReport):
+    """Everything ``status`` found; rendered by :func:`render_table` / :func:`report_document`.
+    ``healthy`` (the document's word) is :attr:`ok`."""
 
     prefix: str
     endpoints: str
     subnet_file: str
     leases: list[LeaseRow] = field(default_factory=list)
-    findings: list[Finding] = field(default_factory=list)
     config: dict[str, Any] | None = None
     own_subnet: str | None = None
 
     @property
     def healthy(self) -> bool:
         """No FAIL finding."""
-        return not any(f.level == "FAIL" for f in self.findings)
+        return self.ok
 
 
 def render_table(report: StatusReport) -> str:
@@ -142,13 +109,9 @@ def render_table(report: StatusReport) -> str:
     where = f" (lease {report.own_subnet})" if report.own_subnet else ""
     out.append(f"this node{where}:")
     out += render_findings(report.findings)
-    out.append("")
-    counts = count_levels(report.findings)
-    if report.healthy:
-        warn = f", {counts['warn']} warning(s)" if counts["warn"] else ""
-        out.append(f"healthy{warn}")
-    else:
-        out.append(f"{counts['fail']} problem(s) found, {counts['warn']} warning(s)")
+    warnings = count_levels(report.findings)["warn"]
+    healthy = f"healthy, {warnings} warning(s)" if warnings else "healthy"
+    out += ["", verdict_line(report.findings, healthy)]
     return "\n".join(out) + "\n"
 
 
@@ -173,7 +136,7 @@ async def collect(opts: Options, *, ip_masq_known: bool = False) -> StatusReport
     environment rather than the default."""
     from pyflannel.cli.etcd_tool_opts import new_registry
 
-    report = StatusReport(opts.etcd_prefix, "", opts.subnet_file)
+    report = StatusReport(prefix=opts.etcd_prefix, endpoints="", subnet_file=opts.subnet_file)
     async with new_registry(opts) as reg:
         report.prefix = reg.prefix
         report.endpoints = reg.endpoints_text
@@ -228,24 +191,15 @@ async def collect(opts: Options, *, ip_masq_known: bool = False) -> StatusReport
         node.close()
 
 
-def _parser() -> argparse.ArgumentParser:
-    from pyflannel.cli.etcd_tool_opts import (
-        ETCD_FLAGS,
-        SUBNET_FILE_FLAGS,
-        TRAFFIC_FLAGS,
-        add_flanneld_flags,
-        add_output_flag,
-    )
-
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Leases in etcd and this node's data-path health (exit 1 on problems).",
-        allow_abbrev=False,
-    )
-    add_output_flag(parser)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
-    add_flanneld_flags(parser, (*ETCD_FLAGS, *SUBNET_FILE_FLAGS, *TRAFFIC_FLAGS))
-    return parser
+def _error_document(exc: FlannelError) -> dict[str, Any]:
+    # Scripts reading --output json get a document even when etcd could not be read.
+    return {
+        "schema": SCHEMA,
+        "healthy": False,
+        "error": exc.message,
+        "hint": exc.hint,
+        "findings": [Finding("FAIL", "etcd", "etcd", str(exc)).as_dict()],
+    }
 
 
 def main(argv: Sequence[str]) -> int:
@@ -259,38 +213,22 @@ def main(argv: Sequence[str]) -> int:
         ETCD_FLAGS,
         SUBNET_FILE_FLAGS,
         TRAFFIC_FLAGS,
-        options_from,
-        print_error,
-        setup_tool_logging,
+        run_report_tool,
     )
-    from pyflannel.errors import FlannelError
 
-    args = _parser().parse_args(list(argv))
-    setup_tool_logging(args.verbose)
-    try:
-        opts = options_from(args, (*ETCD_FLAGS, *SUBNET_FILE_FLAGS, *TRAFFIC_FLAGS), os.environ)
-        import trio
-
+    def collect_status(args: argparse.Namespace, opts: Options) -> Awaitable[StatusReport]:
         masq_known = args.ff_ip_masq is not None or bool(os.environ.get("FLANNELD_IP_MASQ"))
-        report = trio.run(functools.partial(collect, opts, ip_masq_known=masq_known))
-    except FlannelError as exc:
-        if args.output == "json":
-            doc = {
-                "schema": SCHEMA,
-                "healthy": False,
-                "error": exc.message,
-                "hint": exc.hint,
-                "findings": [
-                    Finding("FAIL", "etcd", "etcd", str(exc)).as_dict(),
-                ],
-            }
-            print(json.dumps(doc, indent=2))
-        print_error(PROG, exc)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    if args.output == "json":
-        print(json.dumps(report_document(report), indent=2))
-    else:
-        print(render_table(report), end="")
-    return 0 if report.healthy else 1
+        return collect(opts, ip_masq_known=masq_known)
+
+    flags = (*ETCD_FLAGS, *SUBNET_FILE_FLAGS, *TRAFFIC_FLAGS)
+    description = "Leases in etcd and this node's data-path health (exit 1 on problems)."
+    return run_report_tool(
+        PROG,
+        description,
+        flags,
+        argv,
+        collect_status,
+        render=render_table,
+        document=report_document,
+        error_document=_error_document,
+    )

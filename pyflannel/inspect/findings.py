@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 __all__ = [
     "MAX_OK_PEER_LINES",
     "Finding",
+    "FindingsReport",
     "Level",
     "count_levels",
     "format_duration",
     "render_findings",
+    "verdict_line",
 ]
 
 # Above this many healthy peers the table shows one summary line instead of one line each.
@@ -68,6 +70,26 @@ def count_levels(findings: Iterable[Finding]) -> dict[str, int]:
     for f in findings:
         counts[f.level.lower()] += 1
     return counts
+
+
+@dataclass
+class FindingsReport:
+    """What a tool run found, in order: the base of the ``status`` and ``doctor`` reports."""
+
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """No FAIL finding (the tool exits 0)."""
+        return count_levels(self.findings)["fail"] == 0
+
+
+def verdict_line(findings: Sequence[Finding], ok: str) -> str:
+    """A report's last line: ``ok`` when nothing failed, else the problem and warning counts."""
+    counts = count_levels(findings)
+    if not counts["fail"]:
+        return ok
+    return f"{counts['fail']} problem(s) found, {counts['warn']} warning(s)"
 
 
 def render_findings(findings: Sequence[Finding], *, collapse_ok_peers: bool = True) -> list[str]:

@@ -11,6 +11,9 @@ does not pull in the others):
 - ``dump``      routes / neighbours / FDB back as entries; ``route_get``
 - ``links``     the vxlan device (create/ensure/compare), up, MTU, delete, look-ups
 - ``addresses`` address list/add/delete/ensure
+- ``subscription`` ``Subscription``: a non-blocking socket on multicast groups, drained by
+                the monitors below
 - ``monitor``   ``LinkMonitor`` for RTM_NEWLINK/RTM_DELLINK (trio or blocking)
+- ``changes``   ``ChangeMonitor``: did anything peer programming depends on change?
 - ``nsenter``   run code in a named network namespace (tests, benchmarks, lab)
 """

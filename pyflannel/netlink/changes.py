@@ -22,10 +22,10 @@ import errno as errno_mod
 import struct
 from collections.abc import Collection
 from dataclasses import dataclass
-from types import TracebackType
 
 from pyflannel.netlink import consts as c
-from pyflannel.netlink.nlsocket import NetlinkSocket, iter_messages
+from pyflannel.netlink.nlsocket import iter_messages
+from pyflannel.netlink.subscription import Subscription
 
 __all__ = ["ChangeMonitor", "KernelChanges"]
 
@@ -80,31 +80,11 @@ class KernelChanges:
     node: bool
 
 
-class ChangeMonitor:
+class ChangeMonitor(Subscription):
     """Link/address/route/neighbour notifications of the current thread's network namespace."""
 
     def __init__(self, bufsize: int = 1 << 20) -> None:
-        self._nl = NetlinkSocket(groups=GROUPS, bufsize=bufsize, timeout=None)
-        self._nl.sock.setblocking(False)
-
-    def close(self) -> None:
-        """Stop monitoring."""
-        self._nl.close()
-
-    def fileno(self) -> int:
-        """File descriptor that becomes readable when a notification is queued."""
-        return self._nl.fileno()
-
-    def __enter__(self) -> ChangeMonitor:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        super().__init__(GROUPS, bufsize)
 
     def changed(self, neigh_ifindexes: Collection[int]) -> bool:
         """Drain every queued notification; True if one of them is relevant (see the module
@@ -115,32 +95,30 @@ class ChangeMonitor:
         """Drain every queued notification and say what kind of change arrived (lost
         notifications count as every kind)."""
         relevant = node = False
-        while True:
-            try:
-                buf = self._nl.recv_nowait()
-            except OSError as exc:
-                if exc.errno in (errno_mod.ENOBUFS, errno_mod.EBADF):
+        try:
+            for buf in self.pending():
+                if buf is None:
                     relevant = node = True
-                    if exc.errno == errno_mod.EBADF:
-                        return KernelChanges(relevant, node)
                     continue
+                if node:
+                    continue  # keep draining; the answer is already "everything"
+                for mtype, _flags, _seq, start, end in iter_messages(buf):
+                    if mtype in (_RTM_NEWLINK, _RTM_DELLINK, _RTM_NEWADDR, _RTM_DELADDR):
+                        relevant = node = True
+                        break
+                    if relevant:
+                        continue
+                    if mtype in (_RTM_NEWROUTE, _RTM_DELROUTE):
+                        relevant = _route_table(buf, start, end) == _RT_TABLE_MAIN
+                    elif mtype in (_RTM_NEWNEIGH, _RTM_DELNEIGH) and end - start >= 10:
+                        # The kernel's own NOARP entries (IPv6 multicast groups of the device's
+                        # link-local address) come and go with neighbour GC, about a minute after
+                        # start: never ours (we program PERMANENT entries), so no full reconcile.
+                        relevant = _I32.unpack_from(buf, start + 4)[0] in neigh_ifindexes and (
+                            _U16.unpack_from(buf, start + 8)[0] != _NUD_NOARP
+                        )
+        except OSError as exc:
+            if exc.errno != errno_mod.EBADF:
                 raise
-            if buf is None:
-                return KernelChanges(relevant, node)
-            if node:
-                continue  # keep draining; the answer is already "everything"
-            for mtype, _flags, _seq, start, end in iter_messages(buf):
-                if mtype in (_RTM_NEWLINK, _RTM_DELLINK, _RTM_NEWADDR, _RTM_DELADDR):
-                    relevant = node = True
-                    break
-                if relevant:
-                    continue
-                if mtype in (_RTM_NEWROUTE, _RTM_DELROUTE):
-                    relevant = _route_table(buf, start, end) == _RT_TABLE_MAIN
-                elif mtype in (_RTM_NEWNEIGH, _RTM_DELNEIGH) and end - start >= 10:
-                    # The kernel's own NOARP entries (IPv6 multicast groups of the device's
-                    # link-local address) come and go with neighbour GC, about a minute after
-                    # start: never ours (we program PERMANENT entries), so no full reconcile.
-                    relevant = _I32.unpack_from(buf, start + 4)[0] in neigh_ifindexes and (
-                        _U16.unpack_from(buf, start + 8)[0] != _NUD_NOARP
-                    )
+            return KernelChanges(True, True)  # closed: never raises, everything may have changed
+        return KernelChanges(relevant, node)

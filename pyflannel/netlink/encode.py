@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Callable
 
 from pyflannel.netlink import consts as c
 from pyflannel.netlink.ops import (
@@ -225,46 +224,6 @@ def encode_fdb(entry: FdbEntry, *, delete: bool, seq: int, ack: bool) -> bytes:
     return NLMSGHDR.pack(16 + len(body), mtype, flags, seq, 0) + body
 
 
-def _route_replace(op: Op, seq: int, ack: bool) -> bytes:
-    assert isinstance(op, RouteReplace)
-    return encode_route(op.entry, delete=False, seq=seq, ack=ack)
-
-
-def _route_del(op: Op, seq: int, ack: bool) -> bytes:
-    assert isinstance(op, RouteDel)
-    return encode_route(op.entry, delete=True, seq=seq, ack=ack)
-
-
-def _neigh_replace(op: Op, seq: int, ack: bool) -> bytes:
-    assert isinstance(op, NeighReplace)
-    return encode_neigh(op.entry, delete=False, seq=seq, ack=ack)
-
-
-def _neigh_del(op: Op, seq: int, ack: bool) -> bytes:
-    assert isinstance(op, NeighDel)
-    return encode_neigh(op.entry, delete=True, seq=seq, ack=ack)
-
-
-def _fdb_replace(op: Op, seq: int, ack: bool) -> bytes:
-    assert isinstance(op, FdbReplace)
-    return encode_fdb(op.entry, delete=False, seq=seq, ack=ack)
-
-
-def _fdb_del(op: Op, seq: int, ack: bool) -> bytes:
-    assert isinstance(op, FdbDel)
-    return encode_fdb(op.entry, delete=True, seq=seq, ack=ack)
-
-
-_ENCODERS: dict[type, Callable[[Op, int, bool], bytes]] = {
-    RouteReplace: _route_replace,
-    RouteDel: _route_del,
-    NeighReplace: _neigh_replace,
-    NeighDel: _neigh_del,
-    FdbReplace: _fdb_replace,
-    FdbDel: _fdb_del,
-}
-
-
 def encode_op(op: Op, seq: int, ack: bool = True) -> bytes:
     """Encode one :data:`~pyflannel.netlink.ops.Op` as a netlink message with sequence ``seq``.
 
@@ -272,8 +231,10 @@ def encode_op(op: Op, seq: int, ack: bool = True) -> bytes:
     relies on that to keep the ACK traffic of a batch down to one message).
     Raises ValueError for an op that cannot be encoded (bad MAC, unknown type).
     """
-    try:
-        enc = _ENCODERS[type(op)]
-    except KeyError:
-        raise ValueError(f"not a netlink operation: {op!r}") from None
-    return enc(op, seq, ack)
+    if isinstance(op, RouteReplace | RouteDel):
+        return encode_route(op.entry, delete=isinstance(op, RouteDel), seq=seq, ack=ack)
+    if isinstance(op, NeighReplace | NeighDel):
+        return encode_neigh(op.entry, delete=isinstance(op, NeighDel), seq=seq, ack=ack)
+    if isinstance(op, FdbReplace | FdbDel):
+        return encode_fdb(op.entry, delete=isinstance(op, FdbDel), seq=seq, ack=ack)
+    raise ValueError(f"not a netlink operation: {op!r}")

@@ -12,16 +12,15 @@ When the kernel drops notifications because the socket buffer filled up (``ENOBU
 
 from __future__ import annotations
 
-import errno as errno_mod
 import select
 import time
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Literal
 
 from pyflannel.netlink import consts as c
 from pyflannel.netlink.links import parse_link
-from pyflannel.netlink.nlsocket import NetlinkSocket, iter_messages
+from pyflannel.netlink.nlsocket import iter_messages
+from pyflannel.netlink.subscription import Subscription
 
 __all__ = ["LinkEvent", "LinkMonitor"]
 
@@ -38,51 +37,26 @@ class LinkEvent:
     flags: int = 0
 
 
-class LinkMonitor:
+class LinkMonitor(Subscription):
     """Subscribes to link events in the current thread's network namespace."""
 
     def __init__(self) -> None:
-        self._nl = NetlinkSocket(groups=c.RTMGRP_LINK, bufsize=4 << 20, timeout=None)
-        self._nl.sock.setblocking(False)
-
-    def fileno(self) -> int:
-        """File descriptor to wait on for readability."""
-        return self._nl.fileno()
-
-    def close(self) -> None:
-        """Stop monitoring."""
-        self._nl.close()
-
-    def __enter__(self) -> LinkMonitor:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        super().__init__(c.RTMGRP_LINK, 4 << 20)
 
     def poll(self) -> list[LinkEvent]:
         """Every event queued right now (possibly none); never blocks."""
         events: list[LinkEvent] = []
-        while True:
-            try:
-                buf = self._nl.recv_nowait()
-            except OSError as exc:
-                if exc.errno != errno_mod.ENOBUFS:
-                    raise
+        for buf in self.pending():
+            if buf is None:
                 events.append(LinkEvent("overflow"))
                 continue
-            if buf is None:
-                return events
             for mtype, _flags, _seq, start, end in iter_messages(buf):
                 if mtype not in (c.RTM_NEWLINK, c.RTM_DELLINK):
                     continue
                 link = parse_link(buf, start, end)
                 kind: EventKind = "new" if mtype == c.RTM_NEWLINK else "deleted"
                 events.append(LinkEvent(kind, link.ifindex, link.name, link.flags))
+        return events
 
     def wait(self, timeout: float | None = None) -> list[LinkEvent]:
         """Block (in a thread) until at least one event arrives or ``timeout`` passes."""
@@ -94,7 +68,7 @@ class LinkMonitor:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return []
-            select.select([self._nl.sock], [], [], remaining)
+            select.select([self.sock], [], [], remaining)
 
     async def next_events(self) -> list[LinkEvent]:
         """Wait (trio) until at least one event is available and return all queued ones."""
@@ -104,4 +78,4 @@ class LinkMonitor:
             events = self.poll()
             if events:
                 return events
-            await trio.lowlevel.wait_readable(self._nl.sock)
+            await trio.lowlevel.wait_readable(self.sock)

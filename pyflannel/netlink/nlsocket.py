@@ -20,6 +20,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from types import TracebackType
+from typing import Self
 
 from pyflannel.errors import NetlinkError
 from pyflannel.netlink import consts as c
@@ -191,7 +192,7 @@ class NetlinkSocket:
         """Close the socket; further use raises."""
         self._sock.close()
 
-    def __enter__(self) -> NetlinkSocket:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

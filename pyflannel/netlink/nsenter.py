@@ -55,19 +55,25 @@ def netns_exists(name: str) -> bool:
 
 
 @contextlib.contextmanager
+def _in_fd_netns(fd: int) -> Iterator[None]:
+    orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _setns(fd)
+        try:
+            yield
+        finally:
+            _setns(orig)
+    finally:
+        os.close(orig)
+
+
+@contextlib.contextmanager
 def in_netns(name: str) -> Iterator[None]:
     """Switch the current thread into network namespace ``name`` for the ``with`` body."""
     target = os.open(os.path.join(_NETNS_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
     try:
-        orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(target)
-            try:
-                yield
-            finally:
-                _setns(orig)
-        finally:
-            os.close(orig)
+        with _in_fd_netns(target):
+            yield
     finally:
         os.close(target)
 
@@ -113,19 +119,6 @@ def socket_in_current_netns(sock: socket.socket) -> bool:
         return os.stat(fd).st_ino == os.stat("/proc/thread-self/ns/net").st_ino
     finally:
         os.close(fd)
-
-
-@contextlib.contextmanager
-def _in_fd_netns(fd: int) -> Iterator[None]:
-    orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        _setns(fd)
-        try:
-            yield
-        finally:
-            _setns(orig)
-    finally:
-        os.close(orig)
 
 
 def run_in_socket_netns(

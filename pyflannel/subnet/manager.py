@@ -27,7 +27,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn, Unpack
 
 import structlog
 import trio
@@ -53,6 +53,9 @@ from pyflannel.subnet.etcd.watch import WatchStream
 from pyflannel.subnet.protocols import Registry
 from pyflannel.subnet.subnet_env import SubnetEnv
 from pyflannel.subnet.watch import PeerFeed
+
+if TYPE_CHECKING:
+    from pyflannel.subnet.etcd.session import EtcdCredentials
 
 __all__ = [
     "CONFIG_CHECK_SECONDS",
@@ -119,11 +122,6 @@ class EtcdSubnetManager:
         endpoints: str | Sequence[str] = DEFAULT_ENDPOINTS,
         prefix: str = DEFAULT_PREFIX,
         *,
-        keyfile: str = "",
-        certfile: str = "",
-        cafile: str = "",
-        username: str = "",
-        password: str = "",
         ttl: int = DEFAULT_TTL,
         renew_margin: float = DEFAULT_RENEW_MARGIN_MINUTES,
         renew_margin_seconds: float | None = None,
@@ -132,6 +130,7 @@ class EtcdSubnetManager:
         max_race_retries: int = DEFAULT_RACE_RETRIES,
         rng: random.Random | None = None,
         registry: Registry | None = None,
+        **credentials: Unpack[EtcdCredentials],
     ) -> None:
         margin = renew_margin * 60.0 if renew_margin_seconds is None else renew_margin_seconds
         if ttl < 1:
@@ -146,14 +145,7 @@ class EtcdSubnetManager:
                 f"invalid renew retry interval {renew_retry:g}s", hint="use a positive interval"
             )
         self._registry: Registry = registry or EtcdRegistry(
-            endpoints,
-            prefix,
-            keyfile=keyfile,
-            certfile=certfile,
-            cafile=cafile,
-            username=username,
-            password=password,
-            request_timeout=request_timeout,
+            endpoints, prefix, request_timeout=request_timeout, **credentials
         )
         self._ttl = int(ttl)
         self._margin = float(margin)

@@ -5,20 +5,20 @@ One transaction per table and family (``nat`` for masquerade, ``filter`` for for
 jump rules including order and duplicates, and re-applies the whole table set atomically on any
 difference (flanneld only checks existence with ``-C``: flannel issue #1337).
 
-Rules are never removed on shutdown (flanneld v0.27+). At start-up, the other mode's nftables
-tables are deleted (:meth:`IptablesManager.cleanup_other_mode`).
+At start-up, the other mode's nftables tables are deleted
+(:meth:`IptablesManager.cleanup_other_mode`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Unpack
 
 import structlog
-import trio
 
 from pyflannel.errors import TrafficRuleError
-from pyflannel.trafficmngr.blackhole import BlackholeRoutes, resync_loop
 from pyflannel.trafficmngr.iptables_tool import IptablesCaps, IptablesTool, remove_iptables_chains
+from pyflannel.trafficmngr.keeper import KeeperOptions, RuleKeeper
 from pyflannel.trafficmngr.nft_tool import remove_nft_tables
 from pyflannel.trafficmngr.plan import (
     diff_iptables,
@@ -33,7 +33,6 @@ from pyflannel.trafficmngr.rules import (
     iptables_chains,
     iptables_unwanted_chains,
 )
-from pyflannel.trafficmngr.runner import Runner
 
 __all__ = [
     "IptablesCaps",
@@ -48,34 +47,16 @@ log = structlog.get_logger(__name__)
 _TABLES = ("nat", "filter")
 
 
-class IptablesManager:
-    """Installs and keeps flannel's iptables rules (see module docstring).
-
-    ``netns``: run every command through ``ip netns exec <netns>`` (tests); None for the daemon.
-    ``prev``: FLANNEL_NETWORK/FLANNEL_SUBNET of the previous run, from the old subnet.env.
-    """
+class IptablesManager(RuleKeeper):
+    """Installs and keeps flannel's iptables rules (see module docstring)."""
 
     mode = "iptables"
 
-    def __init__(
-        self,
-        spec: TrafficSpec,
-        *,
-        prev: PreviousNetworks | None = None,
-        netns: str | None = None,
-        timeout: float = 30.0,
-    ) -> None:
-        self.spec = spec
-        self.prev = prev
-        self.netns = netns
-        self.repairs_total = 0
-        self._runner = Runner(netns, timeout=timeout)
+    def __init__(self, spec: TrafficSpec, **options: Unpack[KeeperOptions]) -> None:
+        super().__init__(spec, **options)
         self._tools = {f: IptablesTool(f, self._runner) for f in Family}
-        # setup() and a resync must not interleave: each reads state and then changes it
-        self._lock = trio.Lock()
         # nf_tables generation seen by the last resync that found every rule in place
         self._verified_generation: int | None = None
-        self._blackhole = BlackholeRoutes.for_spec(spec, prev, netns=netns)
 
     async def cleanup_other_mode(self) -> None:
         """Delete nftables tables ``ip flannel-ipv4`` / ``ip6 flannel-ipv6``. Never raises."""
@@ -140,9 +121,7 @@ class IptablesManager:
             others = tuple(f for f in Family if f not in set(self.spec.families()))
             if others:
                 await remove_iptables_chains(self._runner, others)
-        if self._blackhole is not None:
-            # now, not one resync period later; also drops the previous lease's blackhole
-            await self._blackhole.ensure()
+        await self._ensure_blackhole()
 
     async def resync_once(self) -> list[str]:
         """Compare every table with the wanted rules; re-apply where they differ.
@@ -185,14 +164,6 @@ class IptablesManager:
         from pyflannel.trafficmngr.nftgen import ruleset_generation
 
         return ruleset_generation(self.netns)
-
-    async def resync_forever(
-        self, period: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Every ``period`` seconds (first after one period): resync, and keep the blackhole
-        route when ``--ip-blackhole-route``. Errors are logged and the loop goes on."""
-        task_status.started()
-        await resync_loop(self.resync_once, self._blackhole, period, "iptables")
 
     async def _apply(
         self,

@@ -4,19 +4,19 @@ Each table is written in one ``nft -f -`` transaction (add table; add chain; flu
 rules), built by :mod:`.plan`. Unlike flanneld, which never looks again, a resync compares
 ``nft -j list table`` with the wanted rules and rewrites the table on any difference.
 
-Rules are never removed on shutdown (flanneld v0.27+). At start-up, the other mode's iptables
-chains are removed (:meth:`NftablesManager.cleanup_other_mode`).
+At start-up, the iptables chains of the other mode are removed
+(:meth:`NftablesManager.cleanup_other_mode`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Unpack
 
 import structlog
-import trio
 
-from pyflannel.trafficmngr.blackhole import BlackholeRoutes, resync_loop
 from pyflannel.trafficmngr.iptables_tool import remove_iptables_chains
+from pyflannel.trafficmngr.keeper import KeeperOptions, RuleKeeper
 from pyflannel.trafficmngr.nft_tool import list_nft_table, remove_nft_tables
 from pyflannel.trafficmngr.plan import (
     NftListing,
@@ -27,46 +27,28 @@ from pyflannel.trafficmngr.plan import (
 from pyflannel.trafficmngr.rules import (
     Family,
     NftTable,
-    PreviousNetworks,
     TrafficSpec,
     nft_table,
 )
-from pyflannel.trafficmngr.runner import Runner
 
 __all__ = ["NftablesManager", "list_nft_table", "remove_nft_tables"]
 
 log = structlog.get_logger(__name__)
 
 
-class NftablesManager:
-    """Installs and keeps flannel's nftables tables (see module docstring).
-
-    ``netns``: run every command through ``ip netns exec <netns>`` (tests); None for the daemon.
-    ``prev`` is accepted for symmetry with iptables mode and unused: the chains are flushed and
-    refilled, so rules of a previous subnet cannot survive.
-    """
+class NftablesManager(RuleKeeper):
+    """Installs and keeps flannel's nftables tables (see module docstring). ``prev`` is only
+    used for the blackhole route: the chains are flushed and refilled, so rules of a previous
+    subnet cannot survive."""
 
     mode = "nftables"
 
-    def __init__(
-        self,
-        spec: TrafficSpec,
-        *,
-        prev: PreviousNetworks | None = None,
-        netns: str | None = None,
-        timeout: float = 30.0,
-    ) -> None:
-        self.spec = spec
-        self.prev = prev
-        self.netns = netns
-        self.repairs_total = 0
-        self._runner = Runner(netns, timeout=timeout)
-        self._lock = trio.Lock()
+    def __init__(self, spec: TrafficSpec, **options: Unpack[KeeperOptions]) -> None:
+        super().__init__(spec, **options)
         self._fully_random: bool | None = None
         # If this nft prints a rule differently from what plan.py expects, the listing taken
         # right after our own transaction becomes the reference for that family.
         self._baseline: dict[Family, NftListing] = {}
-        self._blackhole = BlackholeRoutes.for_spec(spec, prev, netns=netns)
 
     async def cleanup_other_mode(self) -> None:
         """Remove iptables chains FLANNEL-POSTRTG (nat) and FLANNEL-FWD (filter), IPv4 and
@@ -107,9 +89,7 @@ class NftablesManager:
                 self._runner,
                 tuple((f.nft_family, f.nft_table) for f in Family if f not in configured),
             )
-        if self._blackhole is not None:
-            # now, not one resync period later; also drops the previous lease's blackhole
-            await self._blackhole.ensure()
+        await self._ensure_blackhole()
 
     async def resync_once(self) -> list[str]:
         """Compare each table with the wanted one; rewrite it where they differ.
@@ -131,14 +111,6 @@ class NftablesManager:
                     repaired += problems
                     self.repairs_total += len(problems)
         return repaired
-
-    async def resync_forever(
-        self, period: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Every ``period`` seconds (first after one period): resync, and keep the blackhole
-        route when ``--ip-blackhole-route``. Errors are logged and the loop goes on."""
-        task_status.started()
-        await resync_loop(self.resync_once, self._blackhole, period, "nftables")
 
     def _differences(
         self, family: Family, table: NftTable, listing: NftListing | None

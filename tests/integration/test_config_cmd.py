@@ -420,8 +420,8 @@ def test_set_asks_on_a_terminal(etcd: EtcdServer, tmp_path: Path) -> None:
 
 def test_validate_warns_for_a_link_local_network(tmp_path: Path) -> None:
     """Issue 14: 169.254.0.0/16 was accepted silently; doctor says the same sentence."""
-    from pyflannel.cli.doctor import check_network_config
     from pyflannel.config import network_warnings
+    from pyflannel.inspect.checks import check_network_config
 
     path = tmp_path / "net.json"
     path.write_text('{"Network": "169.254.0.0/16"}')

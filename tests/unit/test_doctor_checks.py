@@ -8,22 +8,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from pyflannel.cli.doctor import (
-    SCHEMA,
-    DoctorReport,
-    check_br_netfilter,
-    check_etcd,
-    check_interfaces,
-    check_lease,
-    check_mtu,
-    check_tx_offload,
-    check_udp_port,
-    other_candidates,
-    parse_ethtool_features,
-    parse_proc_net_udp,
-    render_report,
-    report_document,
-)
+from pyflannel.cli.doctor import SCHEMA, DoctorReport, render_report, report_document
 from pyflannel.cli.etcd_tool_opts import (
     ETCD_FLAGS,
     IFACE_FLAGS,
@@ -34,9 +19,20 @@ from pyflannel.cli.etcd_tool_opts import (
     options_from,
 )
 from pyflannel.cli.flags import Options
-from pyflannel.cli.status import Finding
 from pyflannel.errors import ConfigError
 from pyflannel.iface import Addr, ExternalInterface, HostNetwork, Link
+from pyflannel.inspect.checks import (
+    check_br_netfilter,
+    check_etcd,
+    check_interfaces,
+    check_lease,
+    check_mtu,
+    check_tx_offload,
+    check_udp_port,
+    other_candidates,
+)
+from pyflannel.inspect.findings import Finding
+from pyflannel.inspect.host import parse_ethtool_features, parse_proc_net_udp
 from pyflannel.lease import Lease, LeaseAttrs
 
 PROC_NET_UDP = """\
@@ -359,12 +355,12 @@ def test_etcdctl_command() -> None:
 def test_network_config_findings_say_what_the_daemon_and_validate_say() -> None:
     """Issue 14: doctor refuses a Network holding the node's underlay address, warns for
     link-local, with the same sentences as the daemon and ``config validate``."""
-    from pyflannel.cli.doctor import check_network_config
     from pyflannel.config import (
         check_network_for_node,
         network_warnings,
         parse_network_config,
     )
+    from pyflannel.inspect.checks import check_network_config
 
     ip = IPv4Address("203.0.113.7")
     chosen = ExternalInterface("eth0", 2, ip, None, ip, None, 1500)

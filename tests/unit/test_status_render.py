@@ -8,26 +8,14 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_network
 import pytest
 
 from pyflannel.backend.base import PlanContext
-from pyflannel.cli.status import (
-    SCHEMA,
-    Finding,
-    KernelView,
-    LeaseRow,
-    StatusReport,
-    count_levels,
-    describe_entry,
-    evaluate_device,
-    evaluate_peers,
-    evaluate_rules,
-    evaluate_subnet_env,
-    find_own_lease,
-    fix_command,
-    format_duration,
-    lease_rows,
-    render_findings,
-    render_table,
-    report_document,
-)
+from pyflannel.backend.kernel import KernelView
+from pyflannel.cli.status import SCHEMA, StatusReport, render_table, report_document
+from pyflannel.inspect.datapath import evaluate_device, evaluate_peers
+from pyflannel.inspect.entries import describe_entry, fix_command
+from pyflannel.inspect.findings import Finding, count_levels, format_duration, render_findings
+from pyflannel.inspect.leases import LeaseRow, find_own_lease, lease_rows
+from pyflannel.inspect.rules import evaluate_rules
+from pyflannel.inspect.sources import evaluate_subnet_env
 from pyflannel.lease import Lease, LeaseAttrs
 from pyflannel.netlink import consts as c
 from pyflannel.netlink.links import LinkInfo, VxlanAttrs

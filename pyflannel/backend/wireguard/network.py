@@ -66,11 +66,11 @@ from pyflannel.backend.wireguard.peers import (
 )
 from pyflannel.backend.wireguard.uapi import SOCKET_DIR, DeviceState, PeerSet, SetDevice, UapiError
 from pyflannel.errors import ConfigError, FlannelError, InterfaceError, LeaseError, NetlinkError
-from pyflannel.lease import Event, Lease, LeaseAttrs
+from pyflannel.lease import Lease, LeaseAttrs
 from pyflannel.metrics import METRICS, Metrics
 from pyflannel.netlink.nlsocket import NetlinkSocket
 from pyflannel.netlink.ops import IPNetwork
-from pyflannel.peer_messages import PeerChanges, PeerMessage, PeerSnapshot
+from pyflannel.peer_messages import AppliesPeerMessages, PeerMessage, PeerSnapshot
 from pyflannel.retry import Backoff, FailureLog
 
 if TYPE_CHECKING:
@@ -288,7 +288,7 @@ class WireguardBackend:
         return WireguardNetwork(self, lease, ctx, self._metrics)
 
 
-class WireguardNetwork:
+class WireguardNetwork(AppliesPeerMessages):
     """The configured WireGuard data path: keeps every device's peers equal to the plan."""
 
     def __init__(
@@ -354,14 +354,6 @@ class WireguardNetwork:
                 self._apply_log.failed(error=str(exc), action="repaired by the next resync")
             else:
                 self._apply_log.resolved()
-
-    async def apply_snapshot(self, leases: Sequence[Lease]) -> None:
-        """Shorthand for ``apply(PeerSnapshot(leases))``."""
-        await self.apply(PeerSnapshot(tuple(leases)))
-
-    async def apply_events(self, events: Sequence[Event]) -> None:
-        """Shorthand for ``apply(PeerChanges(events))``."""
-        await self.apply(PeerChanges(tuple(events)))
 
     def _log_rejections(self, plan: PeerPlan) -> None:
         for lease, rej in plan.rejected:

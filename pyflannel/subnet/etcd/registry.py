@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Final
+from typing import Final, Unpack
 
 import structlog
 
@@ -51,7 +51,7 @@ from pyflannel.subnet.etcd.leases import (
     result_from_kv,
 )
 from pyflannel.subnet.etcd.listing import Listing
-from pyflannel.subnet.etcd.session import EtcdSession
+from pyflannel.subnet.etcd.session import EtcdCredentials, EtcdSession
 from pyflannel.subnet.etcd.watch import WatchStream, decode_watch_events, open_watch
 
 __all__ = ["DEFAULT_REQUEST_TIMEOUT", "EtcdRegistry"]
@@ -81,23 +81,12 @@ class EtcdRegistry:
         endpoints: str | Sequence[str] = DEFAULT_ENDPOINTS,
         prefix: str = DEFAULT_PREFIX,
         *,
-        keyfile: str = "",
-        certfile: str = "",
-        cafile: str = "",
-        username: str = "",
-        password: str = "",
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        **credentials: Unpack[EtcdCredentials],
     ) -> None:
         self._prefix = clean_prefix(prefix)
         self.session = EtcdSession(
-            parse_endpoints(endpoints),
-            prefix=self._prefix,
-            keyfile=keyfile,
-            certfile=certfile,
-            cafile=cafile,
-            username=username,
-            password=password,
-            timeout=request_timeout,
+            parse_endpoints(endpoints), prefix=self._prefix, timeout=request_timeout, **credentials
         )
         self._expiry = ExpiryCache()
         self._listing = Listing(self._expiry)

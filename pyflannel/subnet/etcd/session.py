@@ -17,7 +17,7 @@ import functools
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypedDict, TypeVar
 
 import structlog
 import trio
@@ -36,6 +36,17 @@ log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
 
 
+class EtcdCredentials(TypedDict, total=False):
+    """flanneld's ``--etcd-keyfile/-certfile/-cafile/-username/-password`` (empty: not used);
+    the keyword arguments the registry and the subnet manager pass down to the session."""
+
+    keyfile: str
+    certfile: str
+    cafile: str
+    username: str
+    password: str
+
+
 class EtcdSession:
     """Lazily connected etcd client plus the policy around every call (see module doc).
 
@@ -50,12 +61,12 @@ class EtcdSession:
         endpoints: Sequence[EndpointSpec],
         *,
         prefix: str,
-        keyfile: str,
-        certfile: str,
-        cafile: str,
-        username: str,
-        password: str,
         timeout: float,
+        keyfile: str = "",
+        certfile: str = "",
+        cafile: str = "",
+        username: str = "",
+        password: str = "",
     ) -> None:
         self._endpoints = list(endpoints)
         self._keyfile = keyfile
