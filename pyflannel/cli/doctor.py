@@ -22,6 +22,7 @@ tested in ``tests/unit/test_doctor_checks.py``); this module gathers, renders an
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
