@@ -7,7 +7,8 @@ import sys
 
 _PROBE = """
 import sys
-import pyflannel.__main__, pyflannel.daemon, pyflannel.subnet.manager, pyflannel.subnet.etcd.registry
+import pyflannel.__main__, pyflannel.daemon, pyflannel.subnet.manager
+import pyflannel.subnet.etcd.registry
 from pyflannel.cli.flags import parse_flags
 from pyflannel.daemon import Daemon
 opts = parse_flags(["--etcd-endpoints=http://127.0.0.1:1"], {})
