@@ -8,6 +8,8 @@ request per connection.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import structlog
 import trio
 
@@ -26,81 +28,108 @@ def render_metrics(m: Metrics) -> bytes:
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+    # (kind, name, help, value): one row per metric, read at scrape time.
+    families: list[tuple[str, str, str, Callable[[Metrics], float]]] = [
+        ("gauge", "pyflannel_leases_known", "Subnet leases seen in etcd", lambda m: m.leases_known),
+        (
+            "gauge",
+            "pyflannel_peers_programmed",
+            "Peers whose data-path entries are programmed",
+            lambda m: m.peers_programmed,
+        ),
+        (
+            "counter",
+            "pyflannel_netlink_operations",
+            "Netlink operations sent",
+            lambda m: m.netlink_ops_total,
+        ),
+        (
+            "counter",
+            "pyflannel_netlink_errors",
+            "Netlink operations the kernel refused",
+            lambda m: m.netlink_errors_total,
+        ),
+        (
+            "counter",
+            "pyflannel_etcd_watch_restarts",
+            "Times the etcd lease watch was re-created",
+            lambda m: m.watch_restarts_total,
+        ),
+        (
+            "gauge",
+            "pyflannel_lease_expires_in_seconds",
+            "Seconds until our subnet lease expires (+Inf for a reservation)",
+            lambda m: m.lease_expires_in(),
+        ),
+        (
+            "gauge",
+            "pyflannel_last_snapshot_apply_seconds",
+            "Wall time of the last full peer snapshot apply",
+            lambda m: m.backend.last_snapshot_apply_seconds,
+        ),
+        (
+            "gauge",
+            "pyflannel_last_snapshot_ops",
+            "Data-path operations the last full peer snapshot apply needed",
+            lambda m: m.backend.last_snapshot_ops,
+        ),
+        (
+            "counter",
+            "pyflannel_leases_rejected",
+            "Peer leases refused as invalid or hostile",
+            lambda m: m.backend.leases_rejected_total,
+        ),
+        (
+            "counter",
+            "pyflannel_device_recreations",
+            "Times the backend device was re-created",
+            lambda m: m.backend.device_recreations_total,
+        ),
+        (
+            "counter",
+            "pyflannel_backend_resyncs",
+            "Backend reconcile passes against the kernel",
+            lambda m: m.backend.resyncs_total,
+        ),
+        (
+            "counter",
+            "pyflannel_backend_resync_repairs",
+            "Backend reconcile passes that had to repair the data path",
+            lambda m: m.backend.resync_repairs_total,
+        ),
+        (
+            "counter",
+            "pyflannel_masq_resyncs",
+            "Traffic-rule resync passes",
+            lambda m: m.masq_resyncs_total,
+        ),
+        (
+            "counter",
+            "pyflannel_masq_repairs",
+            "Traffic-rule resyncs that had to repair rules",
+            lambda m: m.masq_repairs_total,
+        ),
+        ("gauge", "pyflannel_ready", "1 once subnet.env is written", lambda m: 1 if m.ready else 0),
+        (
+            "gauge",
+            "pyflannel_peers_failing",
+            "Peer leases quarantined because the kernel refuses their entries",
+            lambda m: m.peers_failing,
+        ),
+    ]
+
     class _Collector:
         def collect(self) -> list[object]:
-            expires = m.lease_expires_in()
-            b = m.backend
-            return [
-                GaugeMetricFamily(
-                    "pyflannel_leases_known", "Subnet leases seen in etcd", value=m.leases_known
-                ),
-                GaugeMetricFamily(
-                    "pyflannel_peers_programmed",
-                    "Peers whose data-path entries are programmed",
-                    value=m.peers_programmed,
-                ),
-                CounterMetricFamily(
-                    "pyflannel_netlink_operations", "Netlink operations sent",
-                    value=m.netlink_ops_total,
-                ),
-                CounterMetricFamily(
-                    "pyflannel_netlink_errors", "Netlink operations the kernel refused",
-                    value=m.netlink_errors_total,
-                ),
-                CounterMetricFamily(
-                    "pyflannel_etcd_watch_restarts", "Times the etcd lease watch was re-created",
-                    value=m.watch_restarts_total,
-                ),
-                GaugeMetricFamily(
-                    "pyflannel_lease_expires_in_seconds",
-                    "Seconds until our subnet lease expires (+Inf for a reservation)",
-                    value=expires,
-                ),
-                GaugeMetricFamily(
-                    "pyflannel_last_snapshot_apply_seconds",
-                    "Wall time of the last full peer snapshot apply",
-                    value=b.last_snapshot_apply_seconds,
-                ),
-                GaugeMetricFamily(
-                    "pyflannel_last_snapshot_ops",
-                    "Data-path operations the last full peer snapshot apply needed",
-                    value=b.last_snapshot_ops,
-                ),
-                CounterMetricFamily(
-                    "pyflannel_leases_rejected", "Peer leases refused as invalid or hostile",
-                    value=b.leases_rejected_total,
-                ),
-                CounterMetricFamily(
-                    "pyflannel_device_recreations", "Times the backend device was re-created",
-                    value=b.device_recreations_total,
-                ),
-                CounterMetricFamily(
-                    "pyflannel_backend_resyncs", "Backend reconcile passes against the kernel",
-                    value=b.resyncs_total,
-                ),
-                CounterMetricFamily(
-                    "pyflannel_backend_resync_repairs",
-                    "Backend reconcile passes that had to repair the data path",
-                    value=b.resync_repairs_total,
-                ),
-                CounterMetricFamily(
-                    "pyflannel_masq_resyncs", "Traffic-rule resync passes",
-                    value=m.masq_resyncs_total,
-                ),
-                CounterMetricFamily(
-                    "pyflannel_masq_repairs", "Traffic-rule resyncs that had to repair rules",
-                    value=m.masq_repairs_total,
-                ),
-                GaugeMetricFamily("pyflannel_ready", "1 once subnet.env is written",
-                                  value=1 if m.ready else 0),
-                GaugeMetricFamily(
-                    "pyflannel_peers_failing",
-                    "Peer leases quarantined because the kernel refuses their entries",
-                    value=m.peers_failing,
-                ),
-                _failures(m),
-                *(m.extra_families() if m.extra_families is not None else []),
-            ]  # fmt: skip
+            out: list[object] = [
+                (GaugeMetricFamily if kind == "gauge" else CounterMetricFamily)(
+                    name, help_, value=value(m)
+                )
+                for kind, name, help_, value in families
+            ]
+            out.append(_failures(m))
+            if m.extra_families is not None:
+                out.extend(m.extra_families())
+            return out
 
     def _failures(m: Metrics) -> CounterMetricFamily:
         family = CounterMetricFamily(
