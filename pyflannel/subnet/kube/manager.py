@@ -55,6 +55,7 @@ log = structlog.get_logger(__name__)
 
 NODE_WAIT_SECONDS = 5.0  # how often a missing Node / podCIDR is looked for again (and logged)
 WATCH_RETRY_MAX = 5.0
+HEALTHY_WATCH_SECONDS = 1.0
 WRITE_RETRY_MAX = 30.0
 _DUAL_STACK_BACKENDS = frozenset({"vxlan", "host-gw", "wireguard"})
 
@@ -281,18 +282,27 @@ class KubeSubnetManager:
 
         async with send_channel:
             while True:
+                # A watch counts as healthy once it delivered something or stayed open a while;
+                # one that ends (or expires) at once, again and again, is a failure like any
+                # other: without this a misbehaving API server made the loop spin.
+                started = trio.current_time()
+                progressed = False
                 try:
                     if not rv:
                         listing = await self.client.list_nodes()
                         rv = listing.resource_version
                         snapshot = feed.snapshot(listing.nodes, _revision(rv))
                         report_refusals()
-                        log.info("kube.nodes_listed", peers=len(snapshot.leases), revision=rv)
+                        # (While the watch keeps failing, re-listings are not news.)
+                        peers = len(snapshot.leases)
+                        if flog.failures:
+                            log.debug("kube.nodes_listed", peers=peers, revision=rv)
+                        else:
+                            log.info("kube.nodes_listed", peers=peers, revision=rv)
                         await send_channel.send(snapshot)
                     async with self.client.watch_nodes(rv) as events:
-                        flog.resolved(resource_version=rv)
-                        backoff.reset()
                         async for item in events:
+                            progressed = True
                             if isinstance(item, str):
                                 rv = item or rv
                                 continue
@@ -300,15 +310,26 @@ class KubeSubnetManager:
                             await self._forward(feed, item, rv, send_channel)
                             report_refusals()
                     # The server ended the watch (timeoutSeconds): resume from rv.
+                    error = "the API server ended the watch at once"
                 except KubeWatchExpired as exc:
                     METRICS.watch_restarts_total += 1
-                    log.warning("kube.node_watch_expired", resource_version=rv, error=exc.message)
-                    rv = ""
+                    expired_rv, rv = rv, ""
+                    if progressed or trio.current_time() - started >= HEALTHY_WATCH_SECONDS:
+                        # The normal case (compaction while we watched): re-list at once.
+                        log.info("kube.node_watch_expired", resource_version=expired_rv)
+                        continue
+                    error = f"resourceVersion {expired_rv} expired at once: {exc.message}"
                 except KubeApiError as exc:
                     METRICS.watch_restarts_total += 1
-                    delay = backoff.next()
-                    flog.failed(error=exc.message, resource_version=rv or None, retry_in=delay)
-                    await trio.sleep(delay)
+                    error = exc.message
+                else:
+                    if progressed or trio.current_time() - started >= HEALTHY_WATCH_SECONDS:
+                        flog.resolved(resource_version=rv)
+                        backoff.reset()
+                        continue
+                delay = backoff.next()
+                flog.failed(error=error, resource_version=rv or None, retry_in=delay)
+                await trio.sleep(delay)
 
     @staticmethod
     async def _forward(
