@@ -448,3 +448,27 @@ def daemon_lab(
                 lab.add_pod(node)
         # start_lab's teardown kills every spawned daemon (topology-owned) and the namespaces.
         yield lab
+
+
+LAB_ETCD_URL = "http://198.51.100.250:2379"
+"""Where ``pyflannel lab up`` serves etcd (the etcd host's underlay address)."""
+
+
+def run_lab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``pyflannel lab ARGS`` (``python -m pyflannel.cli.tools`` is the console script of this
+    interpreter); never raises on a non-zero exit: tests assert on it."""
+    return subprocess.run(
+        [sys.executable, "-m", "pyflannel.cli.tools", "lab", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def lab_etcdctl(prefix: str, *args: str) -> str:
+    """``etcdctl ARGS`` (v3 API) run on the lab's etcd host; its stdout."""
+    from pyflannel.lab.netns import run_in
+
+    argv = ["env", "ETCDCTL_API=3", "etcdctl", f"--endpoints={LAB_ETCD_URL}", *args]
+    return run_in(f"{prefix}-etcd", argv).stdout

@@ -26,6 +26,7 @@ from pyflannel.lab.kube import LAB_SERVERS, KubeApiServer, lab_daemon_env, lab_d
 from pyflannel.lab.netns import netns_pids, ping, run_in
 from pyflannel.lab.topology import Topology
 from pyflannel.subnet.kube.annotations import annotation_keys
+from tests.e2e.helpers import wait_for as wait_until
 from tests.harness.kube import require_kube
 from tests.harness.lab import new_prefix
 
@@ -47,11 +48,8 @@ def prefix() -> Iterator[str]:
 
 
 def wait_for(what: str, probe: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not probe():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
+    """helpers.wait_for with this module's default timeout and a 0.1 s poll."""
+    wait_until(what, probe, timeout, 0.1)
 
 
 def all_ping(state: LabState) -> list[str]:

@@ -4,46 +4,21 @@ run as commands, as the README tells a user to."""
 from __future__ import annotations
 
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pyflannel.lab.command import down
 from pyflannel.lab.netns import netns_pids, prefixed_netns
 from pyflannel.lab.topology import default_state_root
-from tests.harness.fixtures import require_root
-from tests.harness.lab import new_prefix
+from tests.e2e.helpers import run_lab
 
 pytestmark = pytest.mark.root
 
 NODES = 3
 
 
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    require_root()
-    p = new_prefix()
-    try:
-        yield p
-    finally:
-        down(p)
-
-
-def _lab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    # `python -m pyflannel.cli.tools` is the `pyflannel` console script of this interpreter.
-    return subprocess.run(
-        [sys.executable, "-m", "pyflannel.cli.tools", "lab", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 def _check_all_good(prefix: str) -> None:
-    proc = _lab("check", "--prefix", prefix)
+    proc = run_lab("check", "--prefix", prefix)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     # NODES leases, each listed with its vxlan VTEP MAC
@@ -69,14 +44,14 @@ def _alive(pid: int, cmdline: bytes) -> bool:
 def test_lab_up_check_up_again_down(prefix: str) -> None:
     state_dir = default_state_root(prefix)
 
-    up = _lab("up", "--nodes", str(NODES), "--prefix", prefix)
+    up = run_lab("up", "--nodes", str(NODES), "--prefix", prefix)
     assert up.returncode == 0, up.stdout + up.stderr
     assert f"lab {prefix}: up in" in up.stdout
     assert state_dir.is_dir()
     _check_all_good(prefix)
 
     # idempotent: a second `up` of the same prefix works and the lab is whole again
-    again = _lab("up", "--nodes", str(NODES), "--prefix", prefix)
+    again = run_lab("up", "--nodes", str(NODES), "--prefix", prefix)
     assert again.returncode == 0, again.stdout + again.stderr
     _check_all_good(prefix)
 
@@ -92,7 +67,7 @@ def test_lab_up_check_up_again_down(prefix: str) -> None:
     assert len(daemons) == NODES, procs
     assert sum(1 for c in procs.values() if c.split(b"\0")[0].endswith(b"etcd")) == 1
 
-    gone = _lab("down", "--prefix", prefix)
+    gone = run_lab("down", "--prefix", prefix)
     assert gone.returncode == 0, gone.stdout + gone.stderr
     assert prefixed_netns(prefix) == []
     assert not [p for p, c in procs.items() if _alive(p, c)]
@@ -103,6 +78,6 @@ def test_lab_up_check_up_again_down(prefix: str) -> None:
 
 
 def test_lab_check_without_a_lab_fails_clearly(prefix: str) -> None:
-    proc = _lab("check", "--prefix", prefix)
+    proc = run_lab("check", "--prefix", prefix)
     assert proc.returncode == 1
     assert f"no lab named {prefix!r} is up" in proc.stderr

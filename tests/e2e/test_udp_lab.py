@@ -9,50 +9,21 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pyflannel.lab.command import LabState, down
+from pyflannel.lab.command import LabState
 from pyflannel.lab.netns import netns_pids, run_in
 from pyflannel.lab.topology import default_state_root
-from tests.harness.fixtures import require_root
-from tests.harness.lab import new_prefix
+from tests.e2e.helpers import lab_etcdctl, run_lab
 from tests.integration.test_udp_backend import tcp_transfer
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 NODES = 3
-ETCD_URL = "http://198.51.100.250:2379"
 ETCD_PREFIX = "/coreos.com/network"
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    require_root()
-    p = new_prefix()
-    try:
-        yield p
-    finally:
-        down(p)
-
-
-def _lab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pyflannel.cli.tools", "lab", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def _etcdctl(prefix: str, *args: str) -> str:
-    argv = ["env", "ETCDCTL_API=3", "etcdctl", f"--endpoints={ETCD_URL}", *args]
-    return run_in(f"{prefix}-etcd", argv).stdout
 
 
 def _ping_output(ns: str, dst: str) -> str:
@@ -66,19 +37,19 @@ def _ping_output(ns: str, dst: str) -> str:
 
 
 def test_udp_lab(prefix: str) -> None:
-    up = _lab("up", "--backend", "udp", "--nodes", str(NODES), "--prefix", prefix)
+    up = run_lab("up", "--backend", "udp", "--nodes", str(NODES), "--prefix", prefix)
     assert up.returncode == 0, up.stdout + up.stderr
     state = LabState.load(default_state_root(prefix) / "lab.json")
     assert state.backend == "udp" and len(state.pods) == NODES
 
-    check = _lab("check", "--prefix", prefix)
+    check = run_lab("check", "--prefix", prefix)
     out = check.stdout
     assert check.returncode == 0, out + check.stderr
     assert out.count(" udp ") == NODES, out  # no BackendType: listed as udp
     assert out.count("✓") == NODES * NODES and "✗" not in out, out
 
     # The leases are byte for byte what flanneld's udp backend writes.
-    kvs = json.loads(_etcdctl(prefix, "get", "--prefix", f"{ETCD_PREFIX}/subnets", "-w", "json"))
+    kvs = json.loads(lab_etcdctl(prefix, "get", "--prefix", f"{ETCD_PREFIX}/subnets", "-w", "json"))
     values = sorted(base64.b64decode(kv["value"]).decode() for kv in kvs["kvs"])
     assert values == sorted(
         f'{{"PublicIP":"198.51.100.{i}","PublicIPv6":null}}' for i in range(1, NODES + 1)
@@ -108,7 +79,7 @@ def test_udp_lab(prefix: str) -> None:
         for kv in kvs["kvs"]
         if b"198.51.100.3" in base64.b64decode(kv["value"])
     )
-    _etcdctl(prefix, "del", key)
+    lab_etcdctl(prefix, "del", key)
     deadline = time.monotonic() + 15
     while "Destination Net Unreachable" not in (last := _ping_output(p1.ns, p3.ip)):
         assert time.monotonic() < deadline, last

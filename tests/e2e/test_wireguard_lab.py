@@ -17,54 +17,35 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pyflannel.backend.wireguard.keys import public_key
-from pyflannel.lab.command import LabState, down
+from pyflannel.lab.command import LabState
 from pyflannel.lab.netns import exec_argv, http_request, netns_pids, run_in
 from pyflannel.lab.topology import LabNode, default_state_root
-from tests.e2e.helpers import HEALTHZ_PORT, BackgroundPing, DaemonLab, daemon_lab, wait_for
+from tests.e2e.helpers import (
+    HEALTHZ_PORT,
+    LAB_ETCD_URL,
+    BackgroundPing,
+    DaemonLab,
+    daemon_lab,
+    lab_etcdctl,
+    run_lab,
+    wait_for,
+)
 from tests.harness.fixtures import require_root
-from tests.harness.lab import new_prefix
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 NODES = 3
-ETCD_URL = "http://198.51.100.250:2379"
 ETCD_PREFIX = "/coreos.com/network"
 
 
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    require_root()
-    p = new_prefix()
-    try:
-        yield p
-    finally:
-        down(p)
-
-
-def _lab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pyflannel.cli.tools", "lab", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def _etcdctl(prefix: str, *args: str) -> str:
-    argv = ["env", "ETCDCTL_API=3", "etcdctl", f"--endpoints={ETCD_URL}", *args]
-    return run_in(f"{prefix}-etcd", argv).stdout
-
-
 def test_wireguard_lab_dual_stack(prefix: str) -> None:
-    up = _lab("up", "--backend", "wireguard", "--stack", "dual", "--prefix", prefix)
+    up = run_lab("up", "--backend", "wireguard", "--stack", "dual", "--prefix", prefix)
     assert up.returncode == 0, up.stdout + up.stderr
     state = LabState.load(default_state_root(prefix) / "lab.json")
     assert state.backend == "wireguard"
@@ -77,7 +58,7 @@ def test_wireguard_lab_dual_stack(prefix: str) -> None:
         text=True,
     )
     time.sleep(1.0)  # tcpdump attaches
-    check = _lab("check", "--prefix", prefix)
+    check = run_lab("check", "--prefix", prefix)
     out = check.stdout
     assert check.returncode == 0, out + check.stderr
     assert out.count("✓") == NODES * NODES * 2 and "✗" not in out, out
@@ -91,7 +72,7 @@ def test_wireguard_lab_dual_stack(prefix: str) -> None:
     assert not plain, plain[:5]
 
     # Leases: flanneld HEAD's bytes (separate mode: v4 port 51820, v6 port 51821, one key).
-    kvs = json.loads(_etcdctl(prefix, "get", "--prefix", f"{ETCD_PREFIX}/subnets", "-w", "json"))
+    kvs = json.loads(lab_etcdctl(prefix, "get", "--prefix", f"{ETCD_PREFIX}/subnets", "-w", "json"))
     values = {base64.b64decode(kv["value"]).decode() for kv in kvs["kvs"]}
     for i in range(1, NODES + 1):
         keyfile = default_state_root(prefix) / f"n{i}" / "run-flannel" / "wgkey"
@@ -225,10 +206,10 @@ def test_single_tunnel_ipv6_mode(prefix: str) -> None:
                           "PersistentKeepaliveInterval": 25}}  # fmt: skip
     # A config change makes the daemons exit (systemd would restart them); restart them here.
     # flannel-wg is reused (its separate-mode peers reconciled away), flannel-wg-v6 removed.
-    _etcdctl(prefix, "put", f"{ETCD_PREFIX}/config", json.dumps(config))
+    lab_etcdctl(prefix, "put", f"{ETCD_PREFIX}/config", json.dumps(config))
     wait_for("daemons exit on the config change", lambda: not _daemon_pids(topo), 30)
     for node in topo.nodes:
-        argv = [sys.executable, "-m", "pyflannel", f"--etcd-endpoints={ETCD_URL}", "--ip-masq"]
+        argv = [sys.executable, "-m", "pyflannel", f"--etcd-endpoints={LAB_ETCD_URL}", "--ip-masq"]
         topo.spawn_in_node(node, argv, node.log_dir / "pyflanneld-ipv6-mode.log")
 
     def endpoints() -> list[str] | None:
@@ -247,12 +228,12 @@ def test_single_tunnel_ipv6_mode(prefix: str) -> None:
     assert sorted(eps) == ["[2001:db8::2]:51820", "[2001:db8::3]:51820"]
     check = wait_for(
         "all pods reach each other",
-        lambda: ((c := _lab("check", "--prefix", prefix)).returncode == 0 and c) or None,
+        lambda: ((c := run_lab("check", "--prefix", prefix)).returncode == 0 and c) or None,
         20,
         interval=1.0,
     )
     assert check.stdout.count("✓") == NODES * NODES * 2, check.stdout
-    kvs = json.loads(_etcdctl(prefix, "get", "--prefix", f"{ETCD_PREFIX}/subnets", "-w", "json"))
+    kvs = json.loads(lab_etcdctl(prefix, "get", "--prefix", f"{ETCD_PREFIX}/subnets", "-w", "json"))
     for kv in kvs["kvs"]:
         value = json.loads(base64.b64decode(kv["value"]))
         assert value["BackendData"]["Port"] == value["BackendV6Data"]["Port"] == 51820
