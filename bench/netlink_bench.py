@@ -36,12 +36,10 @@ from pyflannel.netlink.nlsocket import NetlinkSocket
 from pyflannel.netlink.nsenter import create_netns, delete_netns, in_netns
 from pyflannel.netlink.ops import (
     FdbEntry,
-    FdbReplace,
     NeighEntry,
-    NeighReplace,
     Op,
+    Replace,
     RouteEntry,
-    RouteReplace,
 )
 
 TARGET_RATIO = 2.0
@@ -141,9 +139,9 @@ def peer_ops(peers: list[Peer], ifindex: int) -> list[Op]:
     ops: list[Op] = []
     for p in peers:
         gw = p.subnet.network_address
-        ops.append(NeighReplace(NeighEntry(gw, p.mac, ifindex)))
-        ops.append(FdbReplace(FdbEntry(p.mac, p.public_ip, ifindex)))
-        ops.append(RouteReplace(RouteEntry(p.subnet, gw, ifindex, onlink=True)))
+        ops.append(Replace(NeighEntry(gw, p.mac, ifindex)))
+        ops.append(Replace(FdbEntry(p.mac, p.public_ip, ifindex)))
+        ops.append(Replace(RouteEntry(p.subnet, gw, ifindex, onlink=True)))
     return ops
 
 

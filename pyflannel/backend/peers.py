@@ -49,13 +49,7 @@ from pyflannel.netlink import consts as nlc
 from pyflannel.netlink.addresses import IPInterface
 from pyflannel.netlink.changes import ChangeMonitor, KernelChanges
 from pyflannel.netlink.executor import OpFailure
-from pyflannel.netlink.ops import (
-    FdbReplace,
-    IPAddress,
-    NeighReplace,
-    Op,
-    RouteReplace,
-)
+from pyflannel.netlink.ops import IPAddress, Op, Replace
 from pyflannel.peer_messages import AppliesPeerMessages, PeerMessage, PeerSnapshot
 from pyflannel.retry import Backoff, FailureLog
 
@@ -568,7 +562,7 @@ def _node_addresses(kernel: PeerKernel, families: list[int]) -> frozenset[tuple[
 
 def _owner(state: ProgrammedState, op: Op) -> Lease | None:
     """The lease whose entry ``op`` wrote (None for deletes and entries nobody owns)."""
-    if not isinstance(op, RouteReplace | NeighReplace | FdbReplace):
+    if not isinstance(op, Replace):
         return None
     owners = state.owners.get(entry_key(op.entry))
     if not owners:

@@ -49,18 +49,15 @@ from pyflannel.backend.base import PlanContext
 from pyflannel.backend.validate import Peer, Rejection, validate_peer
 from pyflannel.lease import Event, EventKind, Lease
 from pyflannel.netlink.ops import (
-    FdbDel,
+    Delete,
+    Entry,
     FdbEntry,
-    FdbReplace,
     IPAddress,
     IPNetwork,
-    NeighDel,
     NeighEntry,
-    NeighReplace,
     Op,
-    RouteDel,
+    Replace,
     RouteEntry,
-    RouteReplace,
 )
 
 __all__ = [
@@ -80,7 +77,6 @@ __all__ = [
     "plan_reprogram",
 ]
 
-Entry = RouteEntry | NeighEntry | FdbEntry
 EntryKey = tuple[int, int, int | str, int]
 """(kind, IP version, address as int / MAC, prefix length / ifindex): cheap to hash."""
 PeerId = tuple[int, int, int]
@@ -203,7 +199,7 @@ def plan_peer_add(lease: Lease, ctx: PlanContext) -> list[Op]:
     peer = validate_peer(lease, ctx)
     if isinstance(peer, Rejection):
         return []
-    return [_replace(e) for e in peer_entries(peer, ctx)]
+    return [Replace(e) for e in peer_entries(peer, ctx)]
 
 
 def plan_peer_remove(lease: Lease, ctx: PlanContext) -> list[Op]:
@@ -214,7 +210,7 @@ def plan_peer_remove(lease: Lease, ctx: PlanContext) -> list[Op]:
     peer = validate_peer(lease, ctx)
     if isinstance(peer, Rejection):
         return []
-    return [_delete(e) for e in reversed(peer_entries(peer, ctx))]
+    return [Delete(e) for e in reversed(peer_entries(peer, ctx))]
 
 
 def plan_events(
@@ -370,14 +366,14 @@ def plan_reconcile(
     for key, have in kernel.items():
         if key not in wanted:
             dels.extend(e for e in have if _is_ours(e, ctx))
-    ops = [_replace(e) for e in sorted(adds, key=_add_rank)]
-    ops += [_delete(e) for e in sorted(dels, key=_del_rank)]
+    ops: list[Op] = [Replace(e) for e in sorted(adds, key=_add_rank)]
+    ops += [Delete(e) for e in sorted(dels, key=_del_rank)]
     return Plan(ops, state, rejected)
 
 
 def plan_reprogram(state: ProgrammedState) -> list[Op]:
     """Replace every programmed entry (after the device was re-created and lost them all)."""
-    return [_replace(e) for e in sorted(state.programmed_entries().values(), key=_add_rank)]
+    return [Replace(e) for e in sorted(state.programmed_entries().values(), key=_add_rank)]
 
 
 # --- internals -------------------------------------------------------------------------------
@@ -457,22 +453,6 @@ def _del_rank(e: Entry) -> int:
     return 2 - _ADD_ORDER[type(e)]
 
 
-def _replace(e: Entry) -> Op:
-    if isinstance(e, RouteEntry):
-        return RouteReplace(e)
-    if isinstance(e, NeighEntry):
-        return NeighReplace(e)
-    return FdbReplace(e)
-
-
-def _delete(e: Entry) -> Op:
-    if isinstance(e, RouteEntry):
-        return RouteDel(e)
-    if isinstance(e, NeighEntry):
-        return NeighDel(e)
-    return FdbDel(e)
-
-
 class _Writer:
     """Copy-on-write edits of a ProgrammedState that record the kernel operations they imply."""
 
@@ -544,8 +524,8 @@ class _Writer:
         # Every replace (neighbour, FDB, route), then every delete (route, FDB, neighbour). A
         # key both written and then released in this batch is replaced, then deleted: the
         # delete must name what the kernel will hold by then.
-        ops: list[Op] = [_replace(e) for e in sorted(self._adds.values(), key=_add_rank)]
-        ops += [_delete(e) for e in sorted(self._dels.values(), key=_del_rank)]
+        ops: list[Op] = [Replace(e) for e in sorted(self._adds.values(), key=_add_rank)]
+        ops += [Delete(e) for e in sorted(self._dels.values(), key=_del_rank)]
         return ops
 
     def set_peer(self, subnet: IPNetwork, new: ProgrammedPeer, *, emit: bool = True) -> None:

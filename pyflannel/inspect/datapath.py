@@ -24,16 +24,7 @@ from pyflannel.inspect.findings import Finding
 from pyflannel.inspect.host import Node, bound_udp_ports
 from pyflannel.inspect.leases import vtep_mac
 from pyflannel.lease import Lease
-from pyflannel.netlink.ops import (
-    FdbDel,
-    FdbReplace,
-    IPNetwork,
-    NeighDel,
-    NeighReplace,
-    RouteDel,
-    RouteEntry,
-    RouteReplace,
-)
+from pyflannel.netlink.ops import Delete, IPNetwork, Replace, RouteEntry
 
 if TYPE_CHECKING:
     from pyflannel.config import NetworkConfig
@@ -170,7 +161,7 @@ def evaluate_peers(
     wrong: dict[IPNetwork, list[Finding]] = {}
     stale: list[Finding] = []
     for op in plan.ops:
-        if isinstance(op, RouteReplace | NeighReplace | FdbReplace):
+        if isinstance(op, Replace):
             want = op.entry
             peers = owners.get(want, [])
             subject = str(peers[0]) if peers else describe_entry(want, names)
@@ -187,7 +178,7 @@ def evaluate_peers(
                 stale.append(finding)
             for p in peers:
                 wrong.setdefault(p, []).append(finding)
-        elif isinstance(op, RouteDel | NeighDel | FdbDel):
+        elif isinstance(op, Delete):
             e = op.entry
             stale.append(
                 Finding(

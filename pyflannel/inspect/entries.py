@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pyflannel.netlink.ops import FdbEntry, NeighEntry, RouteEntry
+from pyflannel.netlink.ops import Entry, NeighEntry, RouteEntry
 
 __all__ = ["Entry", "describe_entry", "entry_kind", "fix_command"]
-
-Entry = RouteEntry | NeighEntry | FdbEntry
 
 
 def _name(ifindex: int, names: Mapping[int, str]) -> str:

@@ -16,19 +16,7 @@ import ipaddress
 import struct
 
 from pyflannel.netlink import consts as c
-from pyflannel.netlink.ops import (
-    FdbDel,
-    FdbEntry,
-    FdbReplace,
-    IPAddress,
-    NeighDel,
-    NeighEntry,
-    NeighReplace,
-    Op,
-    RouteDel,
-    RouteEntry,
-    RouteReplace,
-)
+from pyflannel.netlink.ops import Delete, FdbEntry, IPAddress, NeighEntry, Op, Replace, RouteEntry
 
 __all__ = [
     "REPLACE_FLAGS",
@@ -231,10 +219,17 @@ def encode_op(op: Op, seq: int, ack: bool = True) -> bytes:
     relies on that to keep the ACK traffic of a batch down to one message).
     Raises ValueError for an op that cannot be encoded (bad MAC, unknown type).
     """
-    if isinstance(op, RouteReplace | RouteDel):
-        return encode_route(op.entry, delete=isinstance(op, RouteDel), seq=seq, ack=ack)
-    if isinstance(op, NeighReplace | NeighDel):
-        return encode_neigh(op.entry, delete=isinstance(op, NeighDel), seq=seq, ack=ack)
-    if isinstance(op, FdbReplace | FdbDel):
-        return encode_fdb(op.entry, delete=isinstance(op, FdbDel), seq=seq, ack=ack)
+    if isinstance(op, Replace):
+        delete = False
+    elif isinstance(op, Delete):
+        delete = True
+    else:
+        raise ValueError(f"not a netlink operation: {op!r}")
+    entry = op.entry
+    if isinstance(entry, RouteEntry):
+        return encode_route(entry, delete=delete, seq=seq, ack=ack)
+    if isinstance(entry, NeighEntry):
+        return encode_neigh(entry, delete=delete, seq=seq, ack=ack)
+    if isinstance(entry, FdbEntry):
+        return encode_fdb(entry, delete=delete, seq=seq, ack=ack)
     raise ValueError(f"not a netlink operation: {op!r}")

@@ -34,15 +34,7 @@ from pyflannel.netlink.nlsocket import (
     iter_messages,
     parse_error_payload,
 )
-from pyflannel.netlink.ops import (
-    FdbDel,
-    FdbReplace,
-    NeighDel,
-    NeighReplace,
-    Op,
-    RouteDel,
-    RouteReplace,
-)
+from pyflannel.netlink.ops import Delete, NeighEntry, Op, RouteEntry
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -56,7 +48,6 @@ __all__ = [
 
 DEFAULT_BATCH_SIZE = 1024
 _ABSENT_OK = frozenset({errno_mod.ENOENT, errno_mod.ESRCH})
-_DELETES = (RouteDel, NeighDel, FdbDel)
 
 
 def _dev(ifindex: int, names: Mapping[int, str] | None) -> str:
@@ -68,20 +59,18 @@ def _dev(ifindex: int, names: Mapping[int, str] | None) -> str:
 
 def describe_op(op: Op, names: Mapping[int, str] | None = None) -> str:
     """The op as the equivalent ``ip``/``bridge`` command line (for messages and logs)."""
-    if isinstance(op, RouteReplace | RouteDel):
-        r = op.entry
-        verb = "replace" if isinstance(op, RouteReplace) else "del"
-        via = f" via {r.gw}" if r.gw is not None else ""
-        onlink = " onlink" if r.onlink else ""
-        return f"ip route {verb} {r.dst}{via}{_dev(r.ifindex, names)}{onlink}"
-    if isinstance(op, NeighReplace):
-        n = op.entry
-        return f"ip neigh replace {n.ip} lladdr {n.mac}{_dev(n.ifindex, names)} nud permanent"
-    if isinstance(op, NeighDel):
-        return f"ip neigh del {op.entry.ip}{_dev(op.entry.ifindex, names)}"
-    f = op.entry
-    verb = "replace" if isinstance(op, FdbReplace) else "del"
-    return f"bridge fdb {verb} {f.mac}{_dev(f.ifindex, names)} dst {f.dst} self permanent"
+    e = op.entry
+    delete = isinstance(op, Delete)
+    verb = "del" if delete else "replace"
+    if isinstance(e, RouteEntry):
+        via = f" via {e.gw}" if e.gw is not None else ""
+        onlink = " onlink" if e.onlink else ""
+        return f"ip route {verb} {e.dst}{via}{_dev(e.ifindex, names)}{onlink}"
+    if isinstance(e, NeighEntry):
+        if delete:
+            return f"ip neigh del {e.ip}{_dev(e.ifindex, names)}"
+        return f"ip neigh replace {e.ip} lladdr {e.mac}{_dev(e.ifindex, names)} nud permanent"
+    return f"bridge fdb {verb} {e.mac}{_dev(e.ifindex, names)} dst {e.dst} self permanent"
 
 
 def _ifindex_of(op: Op) -> int:
@@ -153,7 +142,7 @@ def _resolve_names(sock: NetlinkSocket, failures: list[OpFailure]) -> list[OpFai
 
 
 def _is_failure(op: Op, err: int) -> bool:
-    return not (err in _ABSENT_OK and isinstance(op, _DELETES))
+    return not (err in _ABSENT_OK and isinstance(op, Delete))
 
 
 def _apply_one_by_one(

@@ -5,6 +5,10 @@ messages and sends them in batches; the dump functions read the kernel's state b
 same types so that reconciliation is a set difference. Order within a list matters: the
 executor applies operations in list order (neighbour → FDB → route when adding a peer, the
 reverse when removing one).
+
+An op is two independent facts: what to do (:class:`Replace` or :class:`Delete`) and the entry
+to do it to, whose type (:class:`RouteEntry`, :class:`NeighEntry`, :class:`FdbEntry`) says which
+kernel table it lives in.
 """
 
 from __future__ import annotations
@@ -13,18 +17,15 @@ import ipaddress
 from dataclasses import dataclass
 
 __all__ = [
-    "FdbDel",
+    "Delete",
+    "Entry",
     "FdbEntry",
-    "FdbReplace",
     "IPAddress",
     "IPNetwork",
-    "NeighDel",
     "NeighEntry",
-    "NeighReplace",
     "Op",
-    "RouteDel",
+    "Replace",
     "RouteEntry",
-    "RouteReplace",
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -63,34 +64,22 @@ class FdbEntry:
     ifindex: int
 
 
-@dataclass(frozen=True, slots=True)
-class RouteReplace:
-    entry: RouteEntry
+Entry = RouteEntry | NeighEntry | FdbEntry
+"""One kernel table entry; its type says which table (routes, neighbours or the FDB)."""
 
 
 @dataclass(frozen=True, slots=True)
-class RouteDel:
-    entry: RouteEntry
+class Replace:
+    """Create ``entry``, or overwrite the entry with the same key (``ip ... replace``)."""
+
+    entry: Entry
 
 
 @dataclass(frozen=True, slots=True)
-class NeighReplace:
-    entry: NeighEntry
+class Delete:
+    """Remove ``entry``; an entry that is already absent counts as removed."""
+
+    entry: Entry
 
 
-@dataclass(frozen=True, slots=True)
-class NeighDel:
-    entry: NeighEntry
-
-
-@dataclass(frozen=True, slots=True)
-class FdbReplace:
-    entry: FdbEntry
-
-
-@dataclass(frozen=True, slots=True)
-class FdbDel:
-    entry: FdbEntry
-
-
-Op = RouteReplace | RouteDel | NeighReplace | NeighDel | FdbReplace | FdbDel
+Op = Replace | Delete

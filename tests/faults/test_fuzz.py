@@ -43,11 +43,10 @@ from pyflannel.errors import ConfigError, OutOfSubnets
 from pyflannel.lease import Event, EventKind, Lease, LeaseAttrs
 from pyflannel.netlink.ops import (
     FdbEntry,
-    FdbReplace,
     NeighEntry,
     Op,
+    Replace,
     RouteEntry,
-    RouteReplace,
 )
 from pyflannel.subnet.allocation import PreviousSubnets, plan_acquisition
 from pyflannel.subnet.etcd.client import KeyValue
@@ -273,7 +272,7 @@ def assert_ops_safe(ops: list[Op], ctx: PlanContext) -> None:
             assert e.dst.version == 4 and e.dst.subnet_of(network), op  # type: ignore[arg-type]
             assert e.dst.prefixlen > 0 and not e.dst.overlaps(own), op
             assert e.ifindex in ctx.managed_ifindexes, op
-            if isinstance(op, RouteReplace):
+            if isinstance(op, Replace):
                 assert e.gw is not None and e.gw != ctx.own_public_ip, op
         elif isinstance(e, NeighEntry):
             assert ctx.is_vxlan and e.ifindex == ctx.dev_index, op
@@ -282,7 +281,7 @@ def assert_ops_safe(ops: list[Op], ctx: PlanContext) -> None:
             assert ctx.is_vxlan and e.ifindex == ctx.dev_index, op
             first = int(e.mac[:2], 16)
             assert not first & 1 and e.mac not in (OWN_MAC, "00:00:00:00:00:00"), op
-            if isinstance(op, FdbReplace):
+            if isinstance(op, Replace):
                 assert e.dst != ctx.own_public_ip, op
 
 

@@ -53,17 +53,13 @@ from pyflannel.netlink.links import (
 from pyflannel.netlink.nlsocket import NetlinkSocket
 from pyflannel.netlink.nsenter import in_netns
 from pyflannel.netlink.ops import (
-    FdbDel,
+    Delete,
     FdbEntry,
-    FdbReplace,
     IPAddress,
-    NeighDel,
     NeighEntry,
-    NeighReplace,
     Op,
-    RouteDel,
+    Replace,
     RouteEntry,
-    RouteReplace,
 )
 from tests.integration.netlink.nltopo import sh
 
@@ -105,15 +101,15 @@ def _peer_ops(ifindex: int, ifindex6: int) -> list[Op]:
         under4 = IPv4Address(int(LOCAL4) + 10 + i)
         under6 = IPv6Address(int(LOCAL6) + 10 + i)
         ops += [
-            NeighReplace(NeighEntry(gw4, mac, ifindex)),
-            FdbReplace(FdbEntry(mac, under4, ifindex)),
-            RouteReplace(RouteEntry(IPv4Network(f"10.8.{i}.0/24"), gw4, ifindex, onlink=True)),
-            NeighReplace(NeighEntry(gw6, mac6, ifindex6)),
-            FdbReplace(FdbEntry(mac6, under6, ifindex6)),
-            RouteReplace(RouteEntry(IPv6Network(f"fd00:8:{i:x}::/64"), gw6, ifindex6, True)),
+            Replace(NeighEntry(gw4, mac, ifindex)),
+            Replace(FdbEntry(mac, under4, ifindex)),
+            Replace(RouteEntry(IPv4Network(f"10.8.{i}.0/24"), gw4, ifindex, onlink=True)),
+            Replace(NeighEntry(gw6, mac6, ifindex6)),
+            Replace(FdbEntry(mac6, under6, ifindex6)),
+            Replace(RouteEntry(IPv6Network(f"fd00:8:{i:x}::/64"), gw6, ifindex6, True)),
             # host-gw / DirectRouting: no device, the kernel picks the underlay
-            RouteReplace(RouteEntry(IPv4Network(f"10.9.{i}.0/24"), under4, 0)),
-            RouteReplace(RouteEntry(IPv6Network(f"fd00:9:{i:x}::/64"), under6, 0)),
+            Replace(RouteEntry(IPv4Network(f"10.9.{i}.0/24"), under4, 0)),
+            Replace(RouteEntry(IPv6Network(f"fd00:9:{i:x}::/64"), under6, 0)),
         ]
     return ops
 
@@ -551,18 +547,16 @@ def peer_sets(draw: st.DrawFn) -> list[Op]:
         under6 = IPv6Address(int(LOCAL6) + draw(st.integers(2, 2**16)))
         vx4 = vx6 = -1  # set by _on_devices (ifindexes are per lab)
         ops += [
-            NeighReplace(NeighEntry(gw4, mac4, vx4)),
-            FdbReplace(FdbEntry(mac4, under4, vx4)),
-            RouteReplace(RouteEntry(net4, gw4, vx4, onlink=True)),
-            NeighReplace(NeighEntry(gw6, mac6, vx6)),
-            FdbReplace(FdbEntry(mac6, under6, vx6)),
-            RouteReplace(RouteEntry(net6, gw6, vx6, onlink=True)),
+            Replace(NeighEntry(gw4, mac4, vx4)),
+            Replace(FdbEntry(mac4, under4, vx4)),
+            Replace(RouteEntry(net4, gw4, vx4, onlink=True)),
+            Replace(NeighEntry(gw6, mac6, vx6)),
+            Replace(FdbEntry(mac6, under6, vx6)),
+            Replace(RouteEntry(net6, gw6, vx6, onlink=True)),
         ]
         if draw(st.booleans()):  # host-gw for this peer too, on another prefix
-            ops.append(
-                RouteReplace(RouteEntry(IPv4Network((int(gw4) + (64 << 16), 24)), under4, 0))
-            )
-            ops.append(RouteReplace(RouteEntry(IPv6Network((int(gw6) | 1 << 80, 64)), under6, 0)))
+            ops.append(Replace(RouteEntry(IPv4Network((int(gw4) + (64 << 16), 24)), under4, 0)))
+            ops.append(Replace(RouteEntry(IPv6Network((int(gw6) | 1 << 80, 64)), under6, 0)))
     return ops
 
 
@@ -580,8 +574,7 @@ def _on_devices(ops: list[Op], vx4: int, vx6: int) -> list[Op]:
 
 
 def _deletes(ops: list[Op]) -> list[Op]:
-    inverse = {RouteReplace: RouteDel, NeighReplace: NeighDel, FdbReplace: FdbDel}
-    return [inverse[type(op)](op.entry) for op in reversed(ops)]
+    return [Delete(op.entry) for op in reversed(ops)]
 
 
 def _all_dumps(lab: Lab) -> tuple[list[Any], ...]:

@@ -47,15 +47,11 @@ from pyflannel.netlink.encode import (
 )
 from pyflannel.netlink.nlsocket import NetlinkSocket
 from pyflannel.netlink.ops import (
-    FdbDel,
+    Delete,
     FdbEntry,
-    FdbReplace,
-    NeighDel,
     NeighEntry,
-    NeighReplace,
-    RouteDel,
+    Replace,
     RouteEntry,
-    RouteReplace,
 )
 
 NLMSGHDR = struct.Struct("=IHHII")
@@ -248,12 +244,12 @@ def test_encode_op_produces_the_same_messages_as_the_encoders() -> None:
     neigh = NeighEntry(IPv6Address("fd00:5::"), "0a:1b:2c:3d:4e:5f", 5)
     fdb = FdbEntry("0a:1b:2c:3d:4e:5f", IPv6Address("2001:db8::2"), 5)
     cases: list[tuple[Any, bytes]] = [
-        (RouteReplace(route), encode_route(route, delete=False, seq=9, ack=True)),
-        (RouteDel(route), encode_route(route, delete=True, seq=9, ack=True)),
-        (NeighReplace(neigh), encode_neigh(neigh, delete=False, seq=9, ack=True)),
-        (NeighDel(neigh), encode_neigh(neigh, delete=True, seq=9, ack=True)),
-        (FdbReplace(fdb), encode_fdb(fdb, delete=False, seq=9, ack=True)),
-        (FdbDel(fdb), encode_fdb(fdb, delete=True, seq=9, ack=True)),
+        (Replace(route), encode_route(route, delete=False, seq=9, ack=True)),
+        (Delete(route), encode_route(route, delete=True, seq=9, ack=True)),
+        (Replace(neigh), encode_neigh(neigh, delete=False, seq=9, ack=True)),
+        (Delete(neigh), encode_neigh(neigh, delete=True, seq=9, ack=True)),
+        (Replace(fdb), encode_fdb(fdb, delete=False, seq=9, ack=True)),
+        (Delete(fdb), encode_fdb(fdb, delete=True, seq=9, ack=True)),
     ]
     for op, msg in cases:
         assert encode_op(op, 9) == msg

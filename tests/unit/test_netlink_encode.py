@@ -42,16 +42,12 @@ from pyflannel.netlink.nlsocket import (
     parse_error_payload,
 )
 from pyflannel.netlink.ops import (
-    FdbDel,
+    Delete,
     FdbEntry,
-    FdbReplace,
-    NeighDel,
     NeighEntry,
-    NeighReplace,
     Op,
-    RouteDel,
+    Replace,
     RouteEntry,
-    RouteReplace,
 )
 
 HDR = struct.Struct("=IHHII")
@@ -132,12 +128,12 @@ def test_fdb_is_bridge_family_self_permanent() -> None:
 
 def test_encode_op_dispatch_and_ack_flag() -> None:
     ops: list[Op] = [
-        RouteReplace(RouteEntry(NET, GW, 5, True)),
-        RouteDel(RouteEntry(NET, GW, 5, True)),
-        NeighReplace(NeighEntry(GW, MAC, 5)),
-        NeighDel(NeighEntry(GW, MAC, 5)),
-        FdbReplace(FdbEntry(MAC, PUB, 5)),
-        FdbDel(FdbEntry(MAC, PUB, 5)),
+        Replace(RouteEntry(NET, GW, 5, True)),
+        Delete(RouteEntry(NET, GW, 5, True)),
+        Replace(NeighEntry(GW, MAC, 5)),
+        Delete(NeighEntry(GW, MAC, 5)),
+        Replace(FdbEntry(MAC, PUB, 5)),
+        Delete(FdbEntry(MAC, PUB, 5)),
     ]
     types = [header(encode_op(op, 1))[1] for op in ops]
     assert types == [24, 25, 28, 29, 28, 29]
@@ -147,9 +143,9 @@ def test_encode_op_dispatch_and_ack_flag() -> None:
 
 def test_bad_mac_and_unknown_op_raise_value_error() -> None:
     with pytest.raises(ValueError, match="MAC"):
-        encode_op(NeighReplace(NeighEntry(GW, "0a:1b:2c", 5)), 1)
+        encode_op(Replace(NeighEntry(GW, "0a:1b:2c", 5)), 1)
     with pytest.raises(ValueError):
-        encode_op(FdbReplace(FdbEntry("zz:zz:zz:zz:zz:zz", PUB, 5)), 1)
+        encode_op(Replace(FdbEntry("zz:zz:zz:zz:zz:zz", PUB, 5)), 1)
     with pytest.raises(ValueError, match="not a netlink operation"):
         encode_op("route add", 1)  # type: ignore[arg-type]
 
@@ -257,27 +253,27 @@ def test_error_payload_with_extended_ack() -> None:
 def test_descriptions_read_like_ip_commands() -> None:
     names = {5: "flannel.1"}
     assert (
-        describe_op(RouteReplace(RouteEntry(NET, GW, 5, True)), names)
+        describe_op(Replace(RouteEntry(NET, GW, 5, True)), names)
         == "ip route replace 10.5.34.0/24 via 10.5.34.0 dev flannel.1 (ifindex 5) onlink"
     )
     assert (
-        describe_op(FdbReplace(FdbEntry(MAC, PUB, 7)))
+        describe_op(Replace(FdbEntry(MAC, PUB, 7)))
         == f"bridge fdb replace {MAC} dev ifindex 7 dst 198.51.100.2 self permanent"
     )
-    assert describe_op(RouteDel(RouteEntry(NET, PUB, 0))) == (
+    assert describe_op(Delete(RouteEntry(NET, PUB, 0))) == (
         "ip route del 10.5.34.0/24 via 198.51.100.2"
     )
-    assert describe_op(NeighDel(NeighEntry(GW, MAC, 5))) == "ip neigh del 10.5.34.0 dev ifindex 5"
+    assert describe_op(Delete(NeighEntry(GW, MAC, 5))) == "ip neigh del 10.5.34.0 dev ifindex 5"
 
 
 def test_failure_messages_name_op_device_errno_and_hint() -> None:
-    f = OpFailure(2, RouteReplace(RouteEntry(NET, GW, 9, True)), errno.ENODEV, "gone", "flannel.1")
+    f = OpFailure(2, Replace(RouteEntry(NET, GW, 9, True)), errno.ENODEV, "gone", "flannel.1")
     text = f.message()
     assert "ip route replace 10.5.34.0/24" in text and "dev flannel.1 (ifindex 9)" in text
     assert "ENODEV" in text and "kernel says: gone" in text
     err = f.to_error()
     assert err.hint and "does not exist" in err.hint
-    bad = OpFailure(0, NeighReplace(NeighEntry(GW, "zz", 5)), errno.EINVAL, "bad MAC", None, False)
+    bad = OpFailure(0, Replace(NeighEntry(GW, "zz", 5)), errno.EINVAL, "bad MAC", None, False)
     assert bad.message() == "ip neigh replace 10.5.34.0 lladdr zz dev ifindex 5 nud permanent" + (
         " not sent: bad MAC"
     )

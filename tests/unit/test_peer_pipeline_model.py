@@ -47,17 +47,12 @@ from pyflannel.netlink.changes import KernelChanges
 from pyflannel.netlink.dump import RouteLookup
 from pyflannel.netlink.executor import OpFailure
 from pyflannel.netlink.ops import (
-    FdbDel,
+    Delete,
     FdbEntry,
-    FdbReplace,
     IPAddress,
-    NeighDel,
     NeighEntry,
-    NeighReplace,
     Op,
-    RouteDel,
     RouteEntry,
-    RouteReplace,
 )
 from pyflannel.peer_messages import PeerChanges, PeerMessage, PeerSnapshot
 
@@ -125,22 +120,24 @@ class FakeKernel:
         if self.transient_ops:
             self.transient_ops -= 1
             return errno.EBUSY
-        if isinstance(op, RouteReplace):
-            if op.entry.gw in self.refused_ips and op.entry.ifindex == EXT:
+        e = op.entry
+        if isinstance(op, Delete):
+            if isinstance(e, RouteEntry):
+                self.routes_t.pop(entry_key(e), None)
+            elif isinstance(e, NeighEntry):
+                self.neighs_t.pop(entry_key(e), None)
+            else:
+                self.fdb_t.pop(entry_key(e), None)
+        elif isinstance(e, RouteEntry):
+            if e.gw in self.refused_ips and e.ifindex == EXT:
                 return errno.ENETUNREACH
-            self.routes_t[entry_key(op.entry)] = op.entry
-        elif isinstance(op, FdbReplace):
-            if op.entry.dst in self.refused_ips:
+            self.routes_t[entry_key(e)] = e
+        elif isinstance(e, FdbEntry):
+            if e.dst in self.refused_ips:
                 return errno.EINVAL
-            self.fdb_t[entry_key(op.entry)] = op.entry
-        elif isinstance(op, NeighReplace):
-            self.neighs_t[entry_key(op.entry)] = op.entry
-        elif isinstance(op, RouteDel):
-            self.routes_t.pop(entry_key(op.entry), None)
-        elif isinstance(op, NeighDel):
-            self.neighs_t.pop(entry_key(op.entry), None)
-        elif isinstance(op, FdbDel):
-            self.fdb_t.pop(entry_key(op.entry), None)
+            self.fdb_t[entry_key(e)] = e
+        else:
+            self.neighs_t[entry_key(e)] = e
         return 0
 
     # --- helpers ----------------------------------------------------------------------

@@ -26,16 +26,12 @@ from pyflannel.backend.plan import (
 )
 from pyflannel.lease import Event, EventKind, Lease, LeaseAttrs
 from pyflannel.netlink.ops import (
-    FdbDel,
+    Delete,
     FdbEntry,
-    FdbReplace,
-    NeighDel,
     NeighEntry,
-    NeighReplace,
     Op,
-    RouteDel,
+    Replace,
     RouteEntry,
-    RouteReplace,
 )
 
 V4 = ipaddress.IPv4Address
@@ -107,32 +103,32 @@ B = vx("10.5.35.0/24", "198.51.100.3", MAC_B)
 
 def test_vxlan_peer_add_is_neigh_fdb_route() -> None:
     assert plan_peer_add(A, CTX) == [
-        NeighReplace(neigh("10.5.34.0/24", MAC_A)),
-        FdbReplace(fdb(MAC_A, "198.51.100.2")),
-        RouteReplace(route("10.5.34.0/24")),
+        Replace(neigh("10.5.34.0/24", MAC_A)),
+        Replace(fdb(MAC_A, "198.51.100.2")),
+        Replace(route("10.5.34.0/24")),
     ]
 
 
 def test_vxlan_peer_remove_is_route_fdb_neigh() -> None:
     assert plan_peer_remove(A, CTX) == [
-        RouteDel(route("10.5.34.0/24")),
-        FdbDel(fdb(MAC_A, "198.51.100.2")),
-        NeighDel(neigh("10.5.34.0/24", MAC_A)),
+        Delete(route("10.5.34.0/24")),
+        Delete(fdb(MAC_A, "198.51.100.2")),
+        Delete(neigh("10.5.34.0/24", MAC_A)),
     ]
 
 
 def test_direct_routing_peer_gets_only_a_route_via_its_public_ip() -> None:
     ctx = replace(CTX, direct_routes={V4("198.51.100.2"): EXT})
     expected = RouteEntry(dst=N4("10.5.34.0/24"), gw=V4("198.51.100.2"), ifindex=EXT)
-    assert plan_peer_add(A, ctx) == [RouteReplace(expected)]
-    assert plan_peer_remove(A, ctx) == [RouteDel(expected)]
+    assert plan_peer_add(A, ctx) == [Replace(expected)]
+    assert plan_peer_remove(A, ctx) == [Delete(expected)]
     # A peer not on our L2 still goes through the tunnel.
     assert len(plan_peer_add(B, ctx)) == 3
 
 
 def test_hostgw_peer_is_a_route_via_public_ip_on_ext() -> None:
     expected = RouteEntry(dst=N4("10.5.34.0/24"), gw=V4("198.51.100.2"), ifindex=EXT)
-    assert plan_peer_add(hg("10.5.34.0/24", "198.51.100.2"), HOSTGW) == [RouteReplace(expected)]
+    assert plan_peer_add(hg("10.5.34.0/24", "198.51.100.2"), HOSTGW) == [Replace(expected)]
 
 
 def test_rejected_leases_plan_nothing() -> None:
@@ -148,12 +144,12 @@ def test_rejected_leases_plan_nothing() -> None:
 def test_events_add_then_renewal_costs_nothing() -> None:
     p1 = plan_events(added(A, B), ProgrammedState(), CTX)
     assert p1.ops == [
-        NeighReplace(neigh("10.5.34.0/24", MAC_A)),
-        NeighReplace(neigh("10.5.35.0/24", MAC_B)),
-        FdbReplace(fdb(MAC_A, "198.51.100.2")),
-        FdbReplace(fdb(MAC_B, "198.51.100.3")),
-        RouteReplace(route("10.5.34.0/24")),
-        RouteReplace(route("10.5.35.0/24")),
+        Replace(neigh("10.5.34.0/24", MAC_A)),
+        Replace(neigh("10.5.35.0/24", MAC_B)),
+        Replace(fdb(MAC_A, "198.51.100.2")),
+        Replace(fdb(MAC_B, "198.51.100.3")),
+        Replace(route("10.5.34.0/24")),
+        Replace(route("10.5.35.0/24")),
     ]
     renewed = replace(A, expiration=2e9)
     p2 = plan_events(added(renewed), p1.state, CTX)
@@ -166,16 +162,16 @@ def test_events_changed_mac_replaces_and_drops_old_fdb() -> None:
     moved = vx("10.5.34.0/24", "198.51.100.2", MAC_B)
     p2 = plan_events(added(moved), p1.state, CTX)
     assert p2.ops == [
-        NeighReplace(neigh("10.5.34.0/24", MAC_B)),
-        FdbReplace(fdb(MAC_B, "198.51.100.2")),
-        FdbDel(fdb(MAC_A, "198.51.100.2")),
+        Replace(neigh("10.5.34.0/24", MAC_B)),
+        Replace(fdb(MAC_B, "198.51.100.2")),
+        Delete(fdb(MAC_A, "198.51.100.2")),
     ]
 
 
 def test_events_changed_public_ip_only_moves_fdb() -> None:
     p1 = plan_events(added(A), ProgrammedState(), CTX)
     moved = vx("10.5.34.0/24", "198.51.100.9", MAC_A)
-    assert plan_events(added(moved), p1.state, CTX).ops == [FdbReplace(fdb(MAC_A, "198.51.100.9"))]
+    assert plan_events(added(moved), p1.state, CTX).ops == [Replace(fdb(MAC_A, "198.51.100.9"))]
 
 
 def test_events_remove_unknown_is_noop_and_attrless_remove_uses_state() -> None:
@@ -184,9 +180,9 @@ def test_events_remove_unknown_is_noop_and_attrless_remove_uses_state() -> None:
     attrless = Lease(subnet=A.subnet, attrs=LeaseAttrs())
     p2 = plan_events(removed(attrless), p1.state, CTX)
     assert p2.ops == [
-        RouteDel(route("10.5.34.0/24")),
-        FdbDel(fdb(MAC_A, "198.51.100.2")),
-        NeighDel(neigh("10.5.34.0/24", MAC_A)),
+        Delete(route("10.5.34.0/24")),
+        Delete(fdb(MAC_A, "198.51.100.2")),
+        Delete(neigh("10.5.34.0/24", MAC_A)),
     ]
     assert p2.state.peers == {} and p2.state.owners == {}
 
@@ -195,7 +191,11 @@ def test_events_lease_turning_invalid_is_unprogrammed() -> None:
     p1 = plan_events(added(A), ProgrammedState(), CTX)
     bad = vx("10.5.34.0/24", "198.51.100.2", "ff:ff:ff:ff:ff:ff")
     p2 = plan_events(added(bad), p1.state, CTX)
-    assert [type(op) for op in p2.ops] == [RouteDel, FdbDel, NeighDel]
+    assert [(type(op), type(op.entry)) for op in p2.ops] == [
+        (Delete, RouteEntry),
+        (Delete, FdbEntry),
+        (Delete, NeighEntry),
+    ]
     assert len(p2.rejected) == 1 and "broadcast" in p2.rejected[0][1].reason
 
 
@@ -207,11 +207,11 @@ def test_events_node_with_new_subnet_keeps_shared_fdb_when_old_lease_expires() -
     p1 = plan_events(added(old), ProgrammedState(), CTX)
     p2 = plan_events(added(new), p1.state, CTX)
     assert p2.ops == [
-        NeighReplace(neigh("10.5.40.0/24", MAC_A)),
-        RouteReplace(route("10.5.40.0/24")),
+        Replace(neigh("10.5.40.0/24", MAC_A)),
+        Replace(route("10.5.40.0/24")),
     ]
     p3 = plan_events(removed(old), p2.state, CTX)
-    assert p3.ops == [RouteDel(route("10.5.34.0/24")), NeighDel(neigh("10.5.34.0/24", MAC_A))]
+    assert p3.ops == [Delete(route("10.5.34.0/24")), Delete(neigh("10.5.34.0/24", MAC_A))]
 
 
 def with_rev(lease: Lease, rev: int) -> Lease:
@@ -232,9 +232,9 @@ def test_events_mac_conflict_earlier_lease_keeps_mac_and_removal_lifts_refusal()
     assert (p3.ops, p3.rejected) == ([], [])
     # The conflict goes away: the clone is programmed.
     p4 = plan_events(removed(a), p3.state, CTX)
-    assert FdbReplace(fdb(MAC_A, "198.51.100.7")) in p4.ops
-    assert RouteReplace(route("10.5.36.0/24")) in p4.ops
-    assert RouteDel(route("10.5.34.0/24")) in p4.ops
+    assert Replace(fdb(MAC_A, "198.51.100.7")) in p4.ops
+    assert Replace(route("10.5.36.0/24")) in p4.ops
+    assert Delete(route("10.5.34.0/24")) in p4.ops
     assert p4.state.held == {}
 
 
@@ -243,8 +243,8 @@ def test_events_earlier_lease_arriving_later_evicts_the_usurper() -> None:
     clone = with_rev(vx("10.5.36.0/24", "198.51.100.7", MAC_A), 9)
     p1 = plan_events(added(clone), ProgrammedState(), CTX)
     p2 = plan_events(added(a), p1.state, CTX)
-    assert FdbReplace(fdb(MAC_A, "198.51.100.2")) in p2.ops
-    assert RouteDel(route("10.5.36.0/24")) in p2.ops
+    assert Replace(fdb(MAC_A, "198.51.100.2")) in p2.ops
+    assert Delete(route("10.5.36.0/24")) in p2.ops
     assert [le for le, _ in p2.rejected] == [clone]
     assert set(p2.state.peers) == {a.subnet} and set(p2.state.held) == {clone.subnet}
 
@@ -253,19 +253,19 @@ def test_reconcile_refuses_the_later_duplicate_mac() -> None:
     a = with_rev(vx("10.5.34.0/24", "198.51.100.2", MAC_A), 5)
     clone = with_rev(vx("10.5.36.0/24", "198.51.100.7", MAC_A), 9)
     plan = plan_reconcile([clone, a], [], [], [], CTX)
-    assert FdbReplace(fdb(MAC_A, "198.51.100.2")) in plan.ops
+    assert Replace(fdb(MAC_A, "198.51.100.2")) in plan.ops
     assert not any(op.entry == route("10.5.36.0/24") for op in plan.ops)
     assert [le for le, _ in plan.rejected] == [clone]
     # Then the earlier one goes: the events path lifts the refusal.
     after = plan_events(removed(a), plan.state, CTX)
-    assert FdbReplace(fdb(MAC_A, "198.51.100.7")) in after.ops
+    assert Replace(fdb(MAC_A, "198.51.100.7")) in after.ops
 
 
 def test_events_remove_then_readd_in_one_batch_keeps_entries() -> None:
     p1 = plan_events(added(A), ProgrammedState(), CTX)
     p2 = plan_events([*removed(A), *added(A)], p1.state, CTX)
     # The final word for every key is "present": nothing may be deleted after re-adding.
-    assert not any(isinstance(op, RouteDel | FdbDel | NeighDel) for op in p2.ops)
+    assert not any(isinstance(op, Delete) for op in p2.ops)
     assert p2.state.programmed_entries() == p1.state.programmed_entries()
 
 
@@ -278,7 +278,8 @@ def test_events_add_then_remove_in_one_batch_ends_deleted() -> None:
 def test_reprogram_replaces_everything_in_add_order() -> None:
     st_ = plan_events(added(A, B), ProgrammedState(), CTX).state
     ops = plan_reprogram(st_)
-    assert [type(op) for op in ops] == [NeighReplace] * 2 + [FdbReplace] * 2 + [RouteReplace] * 2
+    assert all(isinstance(op, Replace) for op in ops)
+    assert [type(op.entry) for op in ops] == [NeighEntry] * 2 + [FdbEntry] * 2 + [RouteEntry] * 2
 
 
 # --- reconcile -------------------------------------------------------------------------------
@@ -291,12 +292,12 @@ def test_reconcile_removes_stale_and_leaves_live_untouched() -> None:
     fdbs = [fdb(MAC_A, "198.51.100.2"), fdb("0a:99:99:99:99:99", "198.51.100.99")]
     plan = plan_reconcile([A, B], routes, neighs, fdbs, CTX)
     assert plan.ops == [
-        NeighReplace(neigh("10.5.35.0/24", MAC_B)),
-        FdbReplace(fdb(MAC_B, "198.51.100.3")),
-        RouteReplace(route("10.5.35.0/24")),
-        RouteDel(route("10.5.99.0/24")),
-        FdbDel(fdb("0a:99:99:99:99:99", "198.51.100.99")),
-        NeighDel(neigh("10.5.99.0/24", "0a:99:99:99:99:99")),
+        Replace(neigh("10.5.35.0/24", MAC_B)),
+        Replace(fdb(MAC_B, "198.51.100.3")),
+        Replace(route("10.5.35.0/24")),
+        Delete(route("10.5.99.0/24")),
+        Delete(fdb("0a:99:99:99:99:99", "198.51.100.99")),
+        Delete(neigh("10.5.99.0/24", "0a:99:99:99:99:99")),
     ]
     assert set(plan.state.peers) == {A.subnet, B.subnet}
     assert stale.subnet not in plan.state.peers
@@ -337,13 +338,13 @@ def test_reconcile_stale_hostgw_routes() -> None:
     live_route = RouteEntry(dst=N4("10.5.34.0/24"), gw=V4("198.51.100.2"), ifindex=EXT)
     stale_route = RouteEntry(dst=N4("10.5.99.0/24"), gw=V4("198.51.100.99"), ifindex=EXT)
     plan = plan_reconcile([live], [live_route, stale_route], [], [], HOSTGW)
-    assert plan.ops == [RouteDel(stale_route)]
+    assert plan.ops == [Delete(stale_route)]
 
 
 def test_reconcile_drops_extra_fdb_remotes() -> None:
     kernel = [fdb(MAC_A, "198.51.100.2"), fdb(MAC_A, "198.51.100.50")]
     plan = plan_reconcile([A], [route("10.5.34.0/24")], [neigh("10.5.34.0/24", MAC_A)], kernel, CTX)
-    assert plan.ops == [FdbDel(fdb(MAC_A, "198.51.100.50"))]
+    assert plan.ops == [Delete(fdb(MAC_A, "198.51.100.50"))]
 
 
 def test_reconcile_rejects_hostile_and_reports_them() -> None:
@@ -362,8 +363,8 @@ def test_reconcile_conflict_prefers_earlier_created_lease_not_fresher() -> None:
     newer = with_rev(vx("10.5.34.0/24", "198.51.100.7", MAC_A, exp=200.0), 8)
     for order in ([older, newer], [newer, older]):
         plan = plan_reconcile(order, [], [], [], CTX)
-        fdbs = [op for op in plan.ops if isinstance(op, FdbReplace)]
-        assert fdbs == [FdbReplace(fdb(MAC_A, "198.51.100.2"))]
+        fdbs = [op for op in plan.ops if isinstance(op, Replace) and isinstance(op.entry, FdbEntry)]
+        assert fdbs == [Replace(fdb(MAC_A, "198.51.100.2"))]
         assert [le for le, _ in plan.rejected] == [newer]
 
 
@@ -386,7 +387,7 @@ def apply_ops(kernel: Kernel, ops: Iterable[Op]) -> Kernel:
         e = op.entry
         key = entry_key(e)
         have = k.setdefault(key, [])
-        if isinstance(op, RouteReplace | NeighReplace | FdbReplace):
+        if isinstance(op, Replace):
             if have:
                 have[0] = e
             else:
@@ -477,7 +478,7 @@ def assert_safe(ops: Sequence[Op], ctx: PlanContext) -> None:
             assert not e.dst.overlaps(ctx.own_subnet), op
             assert e.dst.prefixlen > 0
             assert e.gw is not None
-            if isinstance(op, RouteReplace):
+            if isinstance(op, Replace):
                 assert e.gw != ctx.own_public_ip
         elif isinstance(e, NeighEntry):
             assert e.ip in ctx.network and e.ip not in ctx.own_subnet, op
@@ -485,7 +486,7 @@ def assert_safe(ops: Sequence[Op], ctx: PlanContext) -> None:
         else:
             assert e.ifindex == ctx.dev_index
             assert e.mac != ctx.own_mac and not int(e.mac[:2], 16) & 1
-            if isinstance(op, FdbReplace):
+            if isinstance(op, Replace):
                 assert e.dst != ctx.own_public_ip
 
 
@@ -512,7 +513,7 @@ def test_property_never_programs_outside_network_or_over_own_subnet(
 @settings(max_examples=100, deadline=None)
 @given(leases=st.lists(any_lease, max_size=8), routes=kernel_routes)
 def test_property_reconcile_converges(leases: list[Lease], routes: list[RouteEntry]) -> None:
-    kernel = apply_ops({}, [RouteReplace(r) for r in routes])
+    kernel = apply_ops({}, [Replace(r) for r in routes])
     plan = plan_reconcile(leases, *split(kernel), CTX)
     kernel = apply_ops(kernel, plan.ops)
     again = plan_reconcile(leases, *split(kernel), CTX)

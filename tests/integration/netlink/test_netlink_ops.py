@@ -15,16 +15,12 @@ from pyflannel.netlink.links import LinkInfo, ensure_vxlan, set_link_up
 from pyflannel.netlink.nlsocket import NetlinkSocket
 from pyflannel.netlink.nsenter import in_netns
 from pyflannel.netlink.ops import (
-    FdbDel,
+    Delete,
     FdbEntry,
-    FdbReplace,
-    NeighDel,
     NeighEntry,
-    NeighReplace,
     Op,
-    RouteDel,
+    Replace,
     RouteEntry,
-    RouteReplace,
 )
 
 from .nltopo import PEER_IP, Node
@@ -51,9 +47,9 @@ def add_ops(ifindex: int, n: int = N) -> list[Op]:
     for subnet, mac, public in peers(n):
         gw = subnet.network_address
         ops += [
-            NeighReplace(NeighEntry(gw, mac, ifindex)),
-            FdbReplace(FdbEntry(mac, public, ifindex)),
-            RouteReplace(RouteEntry(subnet, gw, ifindex, onlink=True)),
+            Replace(NeighEntry(gw, mac, ifindex)),
+            Replace(FdbEntry(mac, public, ifindex)),
+            Replace(RouteEntry(subnet, gw, ifindex, onlink=True)),
         ]
     return ops
 
@@ -63,9 +59,9 @@ def del_ops(ifindex: int, n: int = N) -> list[Op]:
     for subnet, mac, public in peers(n):
         gw = subnet.network_address
         ops += [
-            RouteDel(RouteEntry(subnet, gw, ifindex, onlink=True)),
-            FdbDel(FdbEntry(mac, public, ifindex)),
-            NeighDel(NeighEntry(gw, mac, ifindex)),
+            Delete(RouteEntry(subnet, gw, ifindex, onlink=True)),
+            Delete(FdbEntry(mac, public, ifindex)),
+            Delete(NeighEntry(gw, mac, ifindex)),
         ]
     return ops
 
@@ -119,8 +115,8 @@ def test_replace_is_idempotent_and_updates(node: Node, vxlan: LinkInfo) -> None:
     apply_ops_checked(
         node.sock,
         [
-            NeighReplace(NeighEntry(subnet.network_address, new_mac, vxlan.ifindex)),
-            FdbReplace(FdbEntry(new_mac, new_pub, vxlan.ifindex)),
+            Replace(NeighEntry(subnet.network_address, new_mac, vxlan.ifindex)),
+            Replace(FdbEntry(new_mac, new_pub, vxlan.ifindex)),
         ],
     )
     neigh = node.ip_json("neigh", "show", str(subnet.network_address), "dev", "flannel.1")
@@ -139,14 +135,14 @@ def test_delete_removes_everything_and_absent_deletes_succeed(node: Node, vxlan:
 
 def test_failure_is_reported_precisely_and_the_rest_applies(node: Node, vxlan: LinkInfo) -> None:
     ops = add_ops(vxlan.ifindex, 100)
-    bad_route = RouteReplace(
+    bad_route = Replace(
         RouteEntry(IPv4Network("10.99.0.0/24"), IPv4Address("10.99.0.0"), 999_999, True)
     )
     # a gateway outside every connected subnet, without onlink: ENETUNREACH on an existing dev
-    bad_gw = RouteReplace(
+    bad_gw = Replace(
         RouteEntry(IPv4Network("10.98.0.0/24"), IPv4Address("10.97.0.1"), node.ext_ifindex)
     )
-    bad_mac = NeighReplace(NeighEntry(IPv4Address("10.97.0.0"), "0a:00", vxlan.ifindex))
+    bad_mac = Replace(NeighEntry(IPv4Address("10.97.0.0"), "0a:00", vxlan.ifindex))
     ops[150:150] = [bad_route]
     ops[10:10] = [bad_mac]
     ops.append(bad_gw)
@@ -186,7 +182,7 @@ def test_small_receive_buffer_falls_back_without_losing_failures(
         tiny = NetlinkSocket(rcvbuf=4096)
     with tiny:
         bad = [
-            RouteReplace(
+            Replace(
                 RouteEntry(IPv4Network(((10 << 24) | (200 << 16) | (i << 8), 24)), None, 999_999)
             )
             for i in range(200)
@@ -201,9 +197,9 @@ def test_small_receive_buffer_falls_back_without_losing_failures(
 def test_dumps_return_exactly_what_was_programmed(node: Node, vxlan: LinkInfo) -> None:
     ops = add_ops(vxlan.ifindex)
     apply_ops_checked(node.sock, ops)
-    want_routes = {op.entry for op in ops if isinstance(op, RouteReplace)}
-    want_neigh = {op.entry for op in ops if isinstance(op, NeighReplace)}
-    want_fdb = {op.entry for op in ops if isinstance(op, FdbReplace)}
+    want_routes = {op.entry for op in ops if isinstance(op.entry, RouteEntry)}
+    want_neigh = {op.entry for op in ops if isinstance(op.entry, NeighEntry)}
+    want_fdb = {op.entry for op in ops if isinstance(op.entry, FdbEntry)}
     routes = dump_routes(node.sock, vxlan.ifindex)
     assert len(routes) == N and set(routes) == want_routes
     neigh = dump_neighbours(node.sock, vxlan.ifindex)
@@ -228,7 +224,7 @@ def test_ipv6_entries_on_a_v6_device(node: Node) -> None:
     neigh = NeighEntry(gw, mac, dev.ifindex)
     fdb = FdbEntry(mac, IPv6Address("fd00:198::2"), dev.ifindex)
     route = RouteEntry(subnet, gw, dev.ifindex, onlink=True)
-    apply_ops_checked(node.sock, [NeighReplace(neigh), FdbReplace(fdb), RouteReplace(route)])
+    apply_ops_checked(node.sock, [Replace(neigh), Replace(fdb), Replace(route)])
     assert dump_routes(node.sock, dev.ifindex, AF_INET6) == [route]
     assert dump_neighbours(node.sock, dev.ifindex, AF_INET6) == [neigh]
     assert dump_fdb(node.sock, dev.ifindex) == [fdb]
@@ -236,16 +232,16 @@ def test_ipv6_entries_on_a_v6_device(node: Node) -> None:
     assert any(r["dst"] == str(subnet) and "onlink" in r.get("flags", []) for r in shown)
     # an IPv6 remote on the IPv4 device is refused by the kernel, and reported as such
     v4dev = ensure_vxlan(node.sock, node.vxlan_spec())
-    failures = apply_ops(node.sock, [FdbReplace(FdbEntry(mac, fdb.dst, v4dev.ifindex))])
+    failures = apply_ops(node.sock, [Replace(FdbEntry(mac, fdb.dst, v4dev.ifindex))])
     assert [f.errno for f in failures] == [errno.EAFNOSUPPORT]
-    apply_ops_checked(node.sock, [RouteDel(route), FdbDel(fdb), NeighDel(neigh)])
+    apply_ops_checked(node.sock, [Delete(route), Delete(fdb), Delete(neigh)])
     assert dump_routes(node.sock, dev.ifindex, AF_INET6) == []
 
 
 def test_host_gw_and_direct_routes(node: Node) -> None:
     subnet = IPv4Network("10.9.3.0/24")
     hostgw = RouteEntry(subnet, PEER_IP, node.ext_ifindex)
-    apply_ops_checked(node.sock, [RouteReplace(hostgw)])
+    apply_ops_checked(node.sock, [Replace(hostgw)])
     shown = node.ip_json("route", "show", str(subnet))
     assert [(r["gateway"], r["dev"], r.get("flags", [])) for r in shown] == [
         (str(PEER_IP), node.ext_name, [])
@@ -253,10 +249,10 @@ def test_host_gw_and_direct_routes(node: Node) -> None:
     assert dump_routes(node.sock, node.ext_ifindex) == [hostgw]
     # DirectRouting style: no device given, the kernel picks it
     direct = RouteEntry(IPv4Network("10.9.4.0/24"), PEER_IP, 0)
-    apply_ops_checked(node.sock, [RouteReplace(direct)])
+    apply_ops_checked(node.sock, [Replace(direct)])
     shown = node.ip_json("route", "show", "10.9.4.0/24")
     assert [(r["gateway"], r["dev"]) for r in shown] == [(str(PEER_IP), node.ext_name)]
-    apply_ops_checked(node.sock, [RouteDel(direct), RouteDel(hostgw)])
+    apply_ops_checked(node.sock, [Delete(direct), Delete(hostgw)])
     assert node.ip_json("route", "show", "10.9.0.0/16", "root", "10.9.0.0/16") == []
 
 
