@@ -23,7 +23,6 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, Unpack
@@ -52,10 +51,7 @@ Stack = Literal["ipv4", "ipv6", "dual"]
 _IFA_F_TEMPORARY: Final = 0x01
 _IFA_F_DEPRECATED: Final = 0x20
 _IFA_F_PERMANENT: Final = 0x80
-_RT_TABLE_MAIN: Final = 254
 _IFA_FLAGS: Final = 8  # IFA_FLAGS attribute (u32)
-_IFADDRMSG: Final = struct.Struct("=BBBBI")
-_U32: Final = struct.Struct("=I")
 
 _FIX_HINT: Final = (
     "pass --iface with the name or IP of the interface that reaches the other nodes; "
@@ -187,14 +183,14 @@ def _dump_addrs(sock: NetlinkSocket) -> dict[int, list[Addr]]:
     for buf, start, end, mtype in items:
         if mtype != c.RTM_NEWADDR:
             continue
-        _fam, plen, hdr_flags, _scope, index = _IFADDRMSG.unpack_from(buf, start)
-        attrs = parse_attrs(buf, start + _IFADDRMSG.size, end)
+        _fam, plen, hdr_flags, _scope, index = c.IFADDRMSG.unpack_from(buf, start)
+        attrs = parse_attrs(buf, start + c.IFADDRMSG.size, end)
         raw = attrs.get(c.IFA_LOCAL) or attrs.get(c.IFA_ADDRESS)
         if raw is None or len(raw) not in (4, 16):
             continue
         # IFA_FLAGS (32 bit) supersedes the 8-bit header field when present.
         raw_flags = attrs.get(_IFA_FLAGS)
-        flags = _U32.unpack(raw_flags[:4])[0] if raw_flags else hdr_flags
+        flags = c.U32.unpack(raw_flags[:4])[0] if raw_flags else hdr_flags
         out.setdefault(index, []).append(Addr(ipaddress.ip_address(raw), flags, plen))
     return out
 
@@ -216,11 +212,11 @@ def _default_route_oifs(sock: NetlinkSocket, family: int) -> tuple[int, ...]:
         attrs = parse_attrs(buf, start + 12, end)
         raw_table = attrs.get(c.RTA_TABLE)
         if raw_table:
-            table = _U32.unpack(raw_table[:4])[0]
-        if table != _RT_TABLE_MAIN:
+            table = c.U32.unpack(raw_table[:4])[0]
+        if table != c.RT_TABLE_MAIN:
             continue
         raw_oif = attrs.get(c.RTA_OIF)
-        out.append(_U32.unpack(raw_oif[:4])[0] if raw_oif else 0)
+        out.append(c.U32.unpack(raw_oif[:4])[0] if raw_oif else 0)
     return tuple(out)
 
 

@@ -8,7 +8,6 @@ an earlier lease), add the wanted one if missing.
 from __future__ import annotations
 
 import errno as errno_mod
-import struct
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 
 import structlog
@@ -29,7 +28,6 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 IPInterface = IPv4Interface | IPv6Interface
-_IFADDRMSG = struct.Struct("=BBBBI")
 
 
 def list_addresses(sock: NetlinkSocket, ifindex: int, family: int = c.AF_INET) -> list[IPInterface]:
@@ -47,7 +45,7 @@ def list_all_addresses(
     for buf, start, end, mtype in items:
         if mtype != c.RTM_NEWADDR:
             continue
-        fam, plen, _flags, _scope, idx = _IFADDRMSG.unpack_from(buf, start)
+        fam, plen, _flags, _scope, idx = c.IFADDRMSG.unpack_from(buf, start)
         if fam != family:
             continue
         attrs = parse_attrs(buf, start + 8, end)

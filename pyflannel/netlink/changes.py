@@ -19,7 +19,6 @@ Standard library only, non-blocking, never raises on a closed socket.
 from __future__ import annotations
 
 import errno as errno_mod
-import struct
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -29,44 +28,30 @@ from pyflannel.netlink.subscription import Subscription
 
 __all__ = ["ChangeMonitor", "KernelChanges"]
 
-_RTMGRP_NEIGH = 0x4
-_RTMGRP_IPV4_IFADDR = 0x10
-_RTMGRP_IPV4_ROUTE = 0x40
-_RTMGRP_IPV6_IFADDR = 0x100
-_RTMGRP_IPV6_ROUTE = 0x400
 GROUPS = (
     c.RTMGRP_LINK
-    | _RTMGRP_NEIGH
-    | _RTMGRP_IPV4_IFADDR
-    | _RTMGRP_IPV4_ROUTE
-    | _RTMGRP_IPV6_IFADDR
-    | _RTMGRP_IPV6_ROUTE
+    | c.RTMGRP_NEIGH
+    | c.RTMGRP_IPV4_IFADDR
+    | c.RTMGRP_IPV4_ROUTE
+    | c.RTMGRP_IPV6_IFADDR
+    | c.RTMGRP_IPV6_ROUTE
 )
-_RTM_NEWLINK, _RTM_DELLINK = 16, 17
-_RTM_NEWADDR, _RTM_DELADDR = 20, 21
-_RTM_NEWROUTE, _RTM_DELROUTE = 24, 25
-_RTM_NEWNEIGH, _RTM_DELNEIGH = 28, 29
-_NUD_NOARP = 0x40
-_RT_TABLE_COMPAT = 252
-_RT_TABLE_MAIN = 254
-_RTA_TABLE = 15
-_I32 = struct.Struct("=i")
-_U16 = struct.Struct("=H")
-_U32 = struct.Struct("=I")
-_RTA = struct.Struct("=HH")
+_LINK_OR_ADDR = (c.RTM_NEWLINK, c.RTM_DELLINK, c.RTM_NEWADDR, c.RTM_DELADDR)
+_ROUTE = (c.RTM_NEWROUTE, c.RTM_DELROUTE)
+_NEIGH = (c.RTM_NEWNEIGH, c.RTM_DELNEIGH)
 
 
 def _route_table(buf: bytes, start: int, end: int) -> int:
     table = buf[start + 4]
-    if table != _RT_TABLE_COMPAT:
+    if table != c.RT_TABLE_COMPAT:
         return table
     off = start + 12  # struct rtmsg, then attributes
     while off + 4 <= end:
-        alen, atype = _RTA.unpack_from(buf, off)
+        alen, atype = c.RTATTR.unpack_from(buf, off)
         if alen < 4:
             break
-        if atype == _RTA_TABLE and alen >= 8:
-            return int(_U32.unpack_from(buf, off + 4)[0])
+        if atype == c.RTA_TABLE and alen >= 8:
+            return int(c.U32.unpack_from(buf, off + 4)[0])
         off += (alen + 3) & ~3
     return table
 
@@ -103,19 +88,19 @@ class ChangeMonitor(Subscription):
                 if node:
                     continue  # keep draining; the answer is already "everything"
                 for mtype, _flags, _seq, start, end in iter_messages(buf):
-                    if mtype in (_RTM_NEWLINK, _RTM_DELLINK, _RTM_NEWADDR, _RTM_DELADDR):
+                    if mtype in _LINK_OR_ADDR:
                         relevant = node = True
                         break
                     if relevant:
                         continue
-                    if mtype in (_RTM_NEWROUTE, _RTM_DELROUTE):
-                        relevant = _route_table(buf, start, end) == _RT_TABLE_MAIN
-                    elif mtype in (_RTM_NEWNEIGH, _RTM_DELNEIGH) and end - start >= 10:
+                    if mtype in _ROUTE:
+                        relevant = _route_table(buf, start, end) == c.RT_TABLE_MAIN
+                    elif mtype in _NEIGH and end - start >= 10:
                         # The kernel's own NOARP entries (IPv6 multicast groups of the device's
                         # link-local address) come and go with neighbour GC, about a minute after
                         # start: never ours (we program PERMANENT entries), so no full reconcile.
-                        relevant = _I32.unpack_from(buf, start + 4)[0] in neigh_ifindexes and (
-                            _U16.unpack_from(buf, start + 8)[0] != _NUD_NOARP
+                        relevant = c.I32.unpack_from(buf, start + 4)[0] in neigh_ifindexes and (
+                            c.U16.unpack_from(buf, start + 8)[0] != c.NUD_NOARP
                         )
         except OSError as exc:
             if exc.errno != errno_mod.EBADF:

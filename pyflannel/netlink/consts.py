@@ -1,13 +1,27 @@
-"""Linux rtnetlink constants (from <linux/netlink.h>, <linux/rtnetlink.h>, <linux/neighbour.h>,
-<linux/if_link.h>, <linux/if_addr.h>) used by pyflannel's hand-written netlink code.
+"""Linux rtnetlink constants and struct layouts (from <linux/netlink.h>, <linux/rtnetlink.h>,
+<linux/neighbour.h>, <linux/if_link.h>, <linux/if_addr.h>) used by pyflannel's hand-written
+netlink code.
 
-Kept in one place so the encoders, the parsers and the socket agree on the numbers. Values are
-part of the kernel ABI and never change.
+Kept in one place so the encoders, the parsers and the socket agree on the numbers and the
+layouts. Both are part of the kernel ABI and never change.
 """
 
 from __future__ import annotations
 
+import struct
+
 __all__: list[str] = []  # constants are imported by name by sibling modules only
+
+# --- struct layouts (host byte order, as the kernel reads and writes them) --------------------
+NLMSGHDR = struct.Struct("=IHHII")  # struct nlmsghdr: len, type, flags, seq, pid
+RTATTR = struct.Struct("=HH")  # struct rtattr / struct nlattr header: len, type
+RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type
+NDMSG = struct.Struct("=BBHiHBB")  # family, pad, pad, ifindex, state, flags, type
+IFINFOMSG = struct.Struct("=BxHiII")  # family, type, ifindex, flags, change
+IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, ifindex
+U16 = struct.Struct("=H")
+U32 = struct.Struct("=I")
+I32 = struct.Struct("=i")
 
 # --- netlink core -------------------------------------------------------------------------
 NETLINK_ROUTE = 0
@@ -57,7 +71,13 @@ RTM_NEWNEIGH = 28
 RTM_DELNEIGH = 29
 RTM_GETNEIGH = 30
 
+# multicast groups (bit masks for the socket address)
 RTMGRP_LINK = 0x1
+RTMGRP_NEIGH = 0x4
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_IPV6_IFADDR = 0x100
+RTMGRP_IPV6_ROUTE = 0x400
 
 # --- address families --------------------------------------------------------------------------
 AF_UNSPEC = 0
@@ -66,6 +86,7 @@ AF_BRIDGE = 7
 AF_INET6 = 10
 
 # --- routes (struct rtmsg) ---------------------------------------------------------------------
+RT_TABLE_COMPAT = 252
 RT_TABLE_MAIN = 254
 RTPROT_UNSPEC = 0
 RTPROT_KERNEL = 2
@@ -76,6 +97,7 @@ RT_SCOPE_LINK = 253
 RT_SCOPE_NOWHERE = 255
 RTN_UNSPEC = 0
 RTN_UNICAST = 1
+RTN_LOCAL = 2
 RTNH_F_ONLINK = 0x4
 RTM_F_CLONED = 0x200
 
@@ -90,6 +112,8 @@ RTA_VIA = 18
 # --- neighbours (struct ndmsg) -----------------------------------------------------------------
 NDA_DST = 1
 NDA_LLADDR = 2
+NDA_IFINDEX = 8
+NUD_NOARP = 0x40
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 

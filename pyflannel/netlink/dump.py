@@ -12,7 +12,6 @@ in state ``permanent`` (unless asked otherwise).
 from __future__ import annotations
 
 import errno as errno_mod
-import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -33,13 +32,6 @@ __all__ = [
     "route_get",
 ]
 
-_RTMSG = struct.Struct("=BBBBBBBBI")
-_NDMSG = struct.Struct("=BBHiHBB")
-_U32 = struct.Struct("=I")
-_RTA = struct.Struct("=HH")
-_I32 = struct.Struct("=i")
-_NDA_IFINDEX = 8
-_RTN_LOCAL = 2
 _SKIP_PROTOCOLS = frozenset({c.RTPROT_KERNEL, c.RTPROT_RA})
 
 
@@ -76,9 +68,9 @@ def parse_routes(items: Iterable[DumpItem], ifindex: int | None = None) -> list[
     """The route filter and parser behind :func:`dump_routes` (pure; takes raw messages)."""
     out: list[RouteEntry] = []
     append = out.append
-    unpack_rt = _RTMSG.unpack_from
-    unpack_rta = _RTA.unpack_from
-    unpack_u32 = _U32.unpack_from
+    unpack_rt = c.RTMSG.unpack_from
+    unpack_rta = c.RTATTR.unpack_from
+    unpack_u32 = c.U32.unpack_from
     from_bytes = int.from_bytes
     skip_proto = _SKIP_PROTOCOLS
     # This loop is the start-up cost of reconciliation with 10k+ peers, hence inlined attribute
@@ -128,7 +120,7 @@ def _nd_request(family: int, ifindex: int | None) -> bytes:
     body = ndmsg(family, 0)
     if ifindex is not None:
         # a kernel-side filter (honoured since Linux 4.18); parsing filters again regardless
-        body += attr(_NDA_IFINDEX, _U32.pack(ifindex))
+        body += attr(c.NDA_IFINDEX, c.U32.pack(ifindex))
     return body
 
 
@@ -136,7 +128,7 @@ def _nd_rows(
     items: Iterable[DumpItem], ifindex: int | None, bridge: bool
 ) -> Iterator[tuple[dict[int, bytes], int, int, int]]:
     """(attributes, ifindex, state, flags) of every neighbour (or FDB) message for ``ifindex``."""
-    unpack_nd = _NDMSG.unpack_from
+    unpack_nd = c.NDMSG.unpack_from
     for buf, start, end, mtype in items:
         if mtype != c.RTM_NEWNEIGH:
             continue
@@ -245,8 +237,8 @@ def route_get(sock: NetlinkSocket, dst: IPAddress) -> RouteLookup | None:
         return RouteLookup(
             dst=dst,
             gw=_addr(raw_gw) if raw_gw else None,
-            ifindex=_I32.unpack(raw_oif)[0] if raw_oif else 0,
+            ifindex=c.I32.unpack(raw_oif)[0] if raw_oif else 0,
             prefsrc=_addr(raw_src) if raw_src else None,
-            local=rtype == _RTN_LOCAL,
+            local=rtype == c.RTN_LOCAL,
         )
     return None

@@ -16,6 +16,7 @@ import ipaddress
 import struct
 
 from pyflannel.netlink import consts as c
+from pyflannel.netlink.consts import IFADDRMSG, IFINFOMSG, NDMSG, NLMSGHDR, RTATTR, RTMSG
 from pyflannel.netlink.ops import Delete, FdbEntry, IPAddress, NeighEntry, Op, Replace, RouteEntry
 
 __all__ = [
@@ -36,13 +37,7 @@ __all__ = [
     "rtmsg",
 ]
 
-NLMSGHDR = struct.Struct("=IHHII")
-_RTMSG = struct.Struct("=BBBBBBBBI")
-_NDMSG = struct.Struct("=BBHiHBB")
-_IFINFOMSG = struct.Struct("=BxHiII")
-_IFADDRMSG = struct.Struct("=BBBBI")
-_RTA_HDR = struct.Struct("=HH")
-_RTA_U32 = struct.Struct("=HHI")
+# an rtattr header and its payload in one pack (the per-peer messages' fixed-size attributes)
 _RTA_I32 = struct.Struct("=HHi")
 _RTA_V4 = struct.Struct("=HH4s")
 _RTA_V6 = struct.Struct("=HH16s")
@@ -74,7 +69,7 @@ def mac_to_str(raw: bytes) -> str:
 def attr(atype: int, data: bytes) -> bytes:
     """One rtattr/nlattr, padded to 4 bytes."""
     length = 4 + len(data)
-    return _RTA_HDR.pack(length, atype) + data + b"\0" * (-length & 3)
+    return RTATTR.pack(length, atype) + data + b"\0" * (-length & 3)
 
 
 def nested(atype: int, *children: bytes) -> bytes:
@@ -104,22 +99,22 @@ def rtmsg(
     flags: int = 0,
 ) -> bytes:
     """``struct rtmsg``."""
-    return _RTMSG.pack(family, dst_len, 0, 0, table, protocol, scope, rtype, flags)
+    return RTMSG.pack(family, dst_len, 0, 0, table, protocol, scope, rtype, flags)
 
 
 def ndmsg(family: int, ifindex: int, state: int = 0, flags: int = 0, ntype: int = 0) -> bytes:
     """``struct ndmsg``."""
-    return _NDMSG.pack(family, 0, 0, ifindex, state, flags, ntype)
+    return NDMSG.pack(family, 0, 0, ifindex, state, flags, ntype)
 
 
 def ifinfomsg(ifindex: int = 0, flags: int = 0, change: int = 0, family: int = 0) -> bytes:
     """``struct ifinfomsg``."""
-    return _IFINFOMSG.pack(family, 0, ifindex, flags, change)
+    return IFINFOMSG.pack(family, 0, ifindex, flags, change)
 
 
 def ifaddrmsg(family: int, prefixlen: int, ifindex: int, scope: int = 0) -> bytes:
     """``struct ifaddrmsg``."""
-    return _IFADDRMSG.pack(family, prefixlen, 0, scope, ifindex)
+    return IFADDRMSG.pack(family, prefixlen, 0, scope, ifindex)
 
 
 # --- per-peer operations (hot path) ---------------------------------------------------------
@@ -137,13 +132,13 @@ def encode_route(entry: RouteEntry, *, delete: bool, seq: int, ack: bool) -> byt
     rflags = c.RTNH_F_ONLINK if entry.onlink else 0
     gw = entry.gw
     if delete:
-        head = _RTMSG.pack(
+        head = RTMSG.pack(
             family, dst.prefixlen, 0, 0, c.RT_TABLE_MAIN, 0, c.RT_SCOPE_NOWHERE, 0, rflags
         )
         mtype, flags = c.RTM_DELROUTE, _DEL_FLAGS
     else:
         scope = c.RT_SCOPE_UNIVERSE if gw is not None else c.RT_SCOPE_LINK
-        head = _RTMSG.pack(
+        head = RTMSG.pack(
             family,
             dst.prefixlen,
             0,
@@ -164,7 +159,7 @@ def encode_route(entry: RouteEntry, *, delete: bool, seq: int, ack: bool) -> byt
             body += _addr_attr(c.RTA_GATEWAY, gw)
         else:
             # IPv4 route via an IPv6 next hop (RFC 5549): struct rtvia = family + address
-            via = struct.pack("=H", family_of(gw)) + gw.packed
+            via = c.U16.pack(family_of(gw)) + gw.packed
             body += attr(c.RTA_VIA, via)
     if entry.ifindex:
         body += _RTA_I32.pack(8, c.RTA_OIF, entry.ifindex)
@@ -177,10 +172,10 @@ def encode_neigh(entry: NeighEntry, *, delete: bool, seq: int, ack: bool) -> byt
     """RTM_NEWNEIGH (create|replace, ``nud permanent``) or RTM_DELNEIGH for an ARP/NDP entry."""
     ip = entry.ip
     if ip.version == 4:
-        head = _NDMSG.pack(c.AF_INET, 0, 0, entry.ifindex, c.NUD_PERMANENT, 0, c.RTN_UNICAST)
+        head = NDMSG.pack(c.AF_INET, 0, 0, entry.ifindex, c.NUD_PERMANENT, 0, c.RTN_UNICAST)
         body = head + _RTA_V4.pack(8, c.NDA_DST, ip.packed)
     else:
-        head = _NDMSG.pack(c.AF_INET6, 0, 0, entry.ifindex, c.NUD_PERMANENT, 0, c.RTN_UNICAST)
+        head = NDMSG.pack(c.AF_INET6, 0, 0, entry.ifindex, c.NUD_PERMANENT, 0, c.RTN_UNICAST)
         body = head + _RTA_V6.pack(20, c.NDA_DST, ip.packed)
     if delete:
         mtype, flags = c.RTM_DELNEIGH, _DEL_FLAGS
@@ -199,7 +194,7 @@ def encode_fdb(entry: FdbEntry, *, delete: bool, seq: int, ack: bool) -> bytes:
     with ``dst`` removes only that remote of the MAC, as ``bridge fdb del ... dst`` does.
     """
     body = (
-        _NDMSG.pack(c.AF_BRIDGE, 0, 0, entry.ifindex, c.NUD_PERMANENT, c.NTF_SELF, 0)
+        NDMSG.pack(c.AF_BRIDGE, 0, 0, entry.ifindex, c.NUD_PERMANENT, c.NTF_SELF, 0)
         + _RTA_MAC.pack(10, c.NDA_LLADDR, mac_to_bytes(entry.mac))
         + _addr_attr(c.NDA_DST, entry.dst)
     )

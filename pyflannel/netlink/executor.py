@@ -28,7 +28,6 @@ from pyflannel.errors import NetlinkError
 from pyflannel.netlink import consts as c
 from pyflannel.netlink.encode import encode_op
 from pyflannel.netlink.nlsocket import (
-    NLMSGHDR,
     NetlinkSocket,
     errno_hint,
     iter_messages,
@@ -184,7 +183,7 @@ def _apply_batch(
         except ValueError as exc:
             unencodable.append(OpFailure(base + i, op, errno_mod.EINVAL, str(exc), encodable=False))
     barrier = (first + n) & 0xFFFFFFFF
-    parts.append(NLMSGHDR.pack(16, c.NLMSG_NOOP, c.NLM_F_REQUEST | c.NLM_F_ACK, barrier, 0))
+    parts.append(c.NLMSGHDR.pack(16, c.NLMSG_NOOP, c.NLM_F_REQUEST | c.NLM_F_ACK, barrier, 0))
     data = b"".join(parts)
     if len(data) > sock.max_datagram and n > 1:
         # a small send buffer (no CAP_NET_ADMIN for SO_SNDBUFFORCE): halve until it fits

@@ -44,10 +44,8 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-_IFINFOMSG = struct.Struct("=BxHiII")
-_U32 = struct.Struct("=I")
 _BE16 = struct.Struct("!H")
-_EXT_MASK = attr(c.IFLA_EXT_MASK, _U32.pack(c.RTEXT_FILTER_SKIP_STATS))
+_EXT_MASK = attr(c.IFLA_EXT_MASK, c.U32.pack(c.RTEXT_FILTER_SKIP_STATS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +132,7 @@ def _parse_vxlan(data: bytes) -> VxlanAttrs:
 
     def u32(key: int) -> int:
         raw = attrs.get(key)
-        return _U32.unpack(raw[:4])[0] if raw and len(raw) >= 4 else 0
+        return c.U32.unpack(raw[:4])[0] if raw and len(raw) >= 4 else 0
 
     raw_port = attrs.get(c.IFLA_VXLAN_PORT)
     local_raw = attrs.get(c.IFLA_VXLAN_LOCAL) or attrs.get(c.IFLA_VXLAN_LOCAL6)
@@ -155,7 +153,7 @@ def _parse_vxlan(data: bytes) -> VxlanAttrs:
 def parse_link(payload: bytes, start: int = 0, end: int | None = None) -> LinkInfo:
     """Parse an ``RTM_NEWLINK`` payload (``ifinfomsg`` + attributes)."""
     end = len(payload) if end is None else end
-    _fam, _type, index, flags, _change = _IFINFOMSG.unpack_from(payload, start)
+    _fam, _type, index, flags, _change = c.IFINFOMSG.unpack_from(payload, start)
     attrs = parse_attrs(payload, start + 16, end)
     name = attrs.get(c.IFLA_IFNAME, b"").rstrip(b"\0").decode("utf-8", "replace")
     raw_mac = attrs.get(c.IFLA_ADDRESS)
@@ -175,7 +173,7 @@ def parse_link(payload: bytes, start: int = 0, end: int | None = None) -> LinkIn
         name=name,
         kind=kind,
         mac=mac_to_str(raw_mac) if raw_mac and len(raw_mac) == 6 else None,
-        mtu=_U32.unpack(raw_mtu[:4])[0] if raw_mtu else 0,
+        mtu=c.U32.unpack(raw_mtu[:4])[0] if raw_mtu else 0,
         flags=flags,
         vxlan=vx,
     )
@@ -241,9 +239,9 @@ def vxlan_incompatibilities(spec: VxlanSpec, existing: LinkInfo) -> list[str]:
 
 def _vxlan_body(spec: VxlanSpec, mac: str) -> bytes:
     u8 = struct.Struct("=B").pack
-    data = [attr(c.IFLA_VXLAN_ID, _U32.pack(spec.vni))]
+    data = [attr(c.IFLA_VXLAN_ID, c.U32.pack(spec.vni))]
     if spec.vtep_ifindex > 0:
-        data.append(attr(c.IFLA_VXLAN_LINK, _U32.pack(spec.vtep_ifindex)))
+        data.append(attr(c.IFLA_VXLAN_LINK, c.U32.pack(spec.vtep_ifindex)))
     if spec.local is not None:
         key = c.IFLA_VXLAN_LOCAL if spec.local.version == 4 else c.IFLA_VXLAN_LOCAL6
         data.append(attr(key, spec.local.packed))
@@ -260,7 +258,7 @@ def _vxlan_body(spec: VxlanSpec, mac: str) -> bytes:
         data.append(attr(c.IFLA_VXLAN_GBP, b""))
     body = ifinfomsg(0) + _ifname_attr(spec.name) + attr(c.IFLA_ADDRESS, mac_to_bytes(mac))
     if spec.mtu > 0:
-        body += attr(c.IFLA_MTU, _U32.pack(spec.mtu))
+        body += attr(c.IFLA_MTU, c.U32.pack(spec.mtu))
     return body + nested(
         c.IFLA_LINKINFO, attr(c.IFLA_INFO_KIND, b"vxlan"), nested(c.IFLA_INFO_DATA, *data)
     )
@@ -348,7 +346,7 @@ def set_link_mtu(sock: NetlinkSocket, ifindex: int, mtu: int) -> None:
     sock.request(
         c.RTM_NEWLINK,
         0,
-        ifinfomsg(ifindex) + attr(c.IFLA_MTU, _U32.pack(mtu)),
+        ifinfomsg(ifindex) + attr(c.IFLA_MTU, c.U32.pack(mtu)),
         what=f"set link ifindex {ifindex} mtu {mtu}",
     )
 

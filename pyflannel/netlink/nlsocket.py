@@ -16,7 +16,6 @@ import errno as errno_mod
 import os
 import select
 import socket
-import struct
 import threading
 from collections.abc import Iterator
 from types import TracebackType
@@ -24,6 +23,7 @@ from typing import Self
 
 from pyflannel.errors import NetlinkError
 from pyflannel.netlink import consts as c
+from pyflannel.netlink.consts import I32, NLMSGHDR, RTATTR, U32
 
 __all__ = [
     "DumpItem",
@@ -34,10 +34,6 @@ __all__ = [
     "parse_attrs",
     "parse_error_payload",
 ]
-
-NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
-_RTA = struct.Struct("=HH")
-_I32 = struct.Struct("=i")
 
 DEFAULT_BUFSIZE = 8 << 20
 _RECV_BUFSIZE = 256 << 10  # dump datagrams are at most 32 KiB; acks are tiny
@@ -104,7 +100,7 @@ def iter_messages(buf: bytes) -> Iterator[tuple[int, int, int, int, int]]:
 def parse_attrs(buf: bytes, start: int, end: int) -> dict[int, bytes]:
     """Parse a run of rtattrs/nlattrs into ``{type: payload}`` (nested flag stripped)."""
     out: dict[int, bytes] = {}
-    unpack = _RTA.unpack_from
+    unpack = RTATTR.unpack_from
     off = start
     while off + 4 <= end:
         alen, atype = unpack(buf, off)
@@ -117,12 +113,12 @@ def parse_attrs(buf: bytes, start: int, end: int) -> dict[int, bytes]:
 
 def parse_error_payload(buf: bytes, start: int, end: int, flags: int) -> tuple[int, str | None]:
     """Decode an ``NLMSG_ERROR`` payload into (positive errno or 0, extended-ACK message)."""
-    (neg,) = _I32.unpack_from(buf, start)
+    (neg,) = I32.unpack_from(buf, start)
     err = -neg
     if err == 0 or not flags & c.NLM_F_ACK_TLVS:
         return err, None
     # struct nlmsgerr = error + the offending nlmsghdr (+ its payload unless capped), then TLVs
-    (orig_len,) = struct.unpack_from("=I", buf, start + 4)
+    (orig_len,) = U32.unpack_from(buf, start + 4)
     tlv_start = start + 4 + (16 if flags & c.NLM_F_CAPPED else ((orig_len + 3) & ~3))
     attrs = parse_attrs(buf, tlv_start, end)
     raw = attrs.get(c.NLMSGERR_ATTR_MSG)
@@ -295,7 +291,7 @@ class NetlinkSocket:
                         interrupted = True
                     if mtype == c.NLMSG_DONE:
                         if end - start >= 4:
-                            (neg,) = _I32.unpack_from(buf, start)
+                            (neg,) = I32.unpack_from(buf, start)
                             if neg:
                                 raise KernelRefused(what, -neg)
                         return items, interrupted

@@ -8,7 +8,8 @@ the periodic resync reads the generation first and skips the check when it has n
 since the last check that found everything in place. Changes made with ``iptables-legacy``
 do not touch the counter: callers use this only for nf_tables-based tools.
 
-Standard library only.
+Standard library only (the netlink framing comes from :mod:`pyflannel.netlink`, itself standard
+library only).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import os
 import socket
 import struct
 
+from pyflannel.netlink import consts as c
+from pyflannel.netlink.encode import encode_message
+
 __all__ = ["ruleset_generation"]
 
 _NETLINK_NETFILTER = 12
@@ -25,34 +29,29 @@ _NFNL_SUBSYS_NFTABLES = 10
 _NFT_MSG_GETGEN = 16
 _NFT_MSG_NEWGEN = 15
 _NFTA_GEN_ID = 1
-_NLM_F_REQUEST = 0x1
-_NLM_F_ACK = 0x4
-_NLMSG_ERROR = 2
-_NLMSGHDR = struct.Struct("=IHHII")
 _NFGENMSG = struct.Struct("=BBH")
-_RTA = struct.Struct("=HH")
 
 
 def _query(sock: socket.socket) -> int | None:
     seq = int.from_bytes(os.urandom(4), "little") or 1
     msg_type = (_NFNL_SUBSYS_NFTABLES << 8) | _NFT_MSG_GETGEN
     body = _NFGENMSG.pack(socket.AF_UNSPEC, 0, 0)
-    sock.send(_NLMSGHDR.pack(16 + len(body), msg_type, _NLM_F_REQUEST | _NLM_F_ACK, seq, 0) + body)
+    sock.send(encode_message(msg_type, c.NLM_F_REQUEST | c.NLM_F_ACK, seq, body))
     gen: int | None = None
     while True:
         buf = sock.recv(65536)
         off = 0
         while off + 16 <= len(buf):
-            length, mtype, _flags, mseq, _pid = _NLMSGHDR.unpack_from(buf, off)
+            length, mtype, _flags, mseq, _pid = c.NLMSGHDR.unpack_from(buf, off)
             if length < 16:
                 return gen
             if mseq == seq:
-                if mtype == _NLMSG_ERROR:
+                if mtype == c.NLMSG_ERROR:
                     return gen  # the ACK (or an error: then no generation)
                 if mtype & 0xFF == _NFT_MSG_NEWGEN:
                     a = off + 16 + _NFGENMSG.size
                     while a + 4 <= off + length:
-                        alen, atype = _RTA.unpack_from(buf, a)
+                        alen, atype = c.RTATTR.unpack_from(buf, a)
                         if alen < 4:
                             break
                         if atype & 0x7FFF == _NFTA_GEN_ID and alen >= 8:
