@@ -125,9 +125,11 @@ def _nd_request(family: int, ifindex: int | None) -> bytes:
 
 
 def _nd_rows(
-    items: Iterable[DumpItem], ifindex: int | None, bridge: bool
-) -> Iterator[tuple[dict[int, bytes], int, int, int]]:
-    """(attributes, ifindex, state, flags) of every neighbour (or FDB) message for ``ifindex``."""
+    items: Iterable[DumpItem], ifindex: int | None, *, bridge: bool, permanent_only: bool
+) -> Iterator[tuple[IPAddress, str, int]]:
+    """(``NDA_DST`` address, ``NDA_LLADDR`` MAC, ifindex) of every neighbour message (``bridge``:
+    FDB message with ``NTF_SELF``) for ``ifindex`` that carries both, permanent ones only if asked.
+    """
     unpack_nd = c.NDMSG.unpack_from
     for buf, start, end, mtype in items:
         if mtype != c.RTM_NEWNEIGH:
@@ -135,7 +137,16 @@ def _nd_rows(
         fam, _p1, _p2, idx, state, flags, _type = unpack_nd(buf, start)
         if (fam == c.AF_BRIDGE) != bridge or (ifindex is not None and idx != ifindex):
             continue
-        yield parse_attrs(buf, start + 12, end), idx, state, flags
+        if (bridge and not flags & c.NTF_SELF) or (permanent_only and not state & c.NUD_PERMANENT):
+            continue
+        attrs = parse_attrs(buf, start + 12, end)
+        raw_ip = attrs.get(c.NDA_DST)
+        raw_mac = attrs.get(c.NDA_LLADDR)
+        if raw_ip is None or raw_mac is None or len(raw_mac) != 6:
+            continue
+        ip = _addr(raw_ip)
+        if ip is not None:
+            yield ip, mac_to_str(raw_mac), idx
 
 
 def dump_neighbours(
@@ -158,18 +169,8 @@ def parse_neighbours(
     items: Iterable[DumpItem], ifindex: int | None = None, *, permanent_only: bool = True
 ) -> list[NeighEntry]:
     """The parser behind :func:`dump_neighbours` (pure; takes raw messages)."""
-    out: list[NeighEntry] = []
-    for attrs, idx, state, _flags in _nd_rows(items, ifindex, False):
-        if permanent_only and not state & c.NUD_PERMANENT:
-            continue
-        raw_ip = attrs.get(c.NDA_DST)
-        raw_mac = attrs.get(c.NDA_LLADDR)
-        if raw_ip is None or raw_mac is None or len(raw_mac) != 6:
-            continue
-        ip = _addr(raw_ip)
-        if ip is not None:
-            out.append(NeighEntry(ip, mac_to_str(raw_mac), idx))
-    return out
+    rows = _nd_rows(items, ifindex, bridge=False, permanent_only=permanent_only)
+    return [NeighEntry(ip, mac, idx) for ip, mac, idx in rows]
 
 
 def dump_fdb(
@@ -187,18 +188,8 @@ def parse_fdb(
     items: Iterable[DumpItem], ifindex: int | None = None, *, permanent_only: bool = True
 ) -> list[FdbEntry]:
     """The parser behind :func:`dump_fdb` (pure; takes raw messages)."""
-    out: list[FdbEntry] = []
-    for attrs, idx, state, flags in _nd_rows(items, ifindex, True):
-        if not flags & c.NTF_SELF or (permanent_only and not state & c.NUD_PERMANENT):
-            continue
-        raw_mac = attrs.get(c.NDA_LLADDR)
-        raw_dst = attrs.get(c.NDA_DST)
-        if raw_mac is None or raw_dst is None or len(raw_mac) != 6:
-            continue
-        dst = _addr(raw_dst)
-        if dst is not None:
-            out.append(FdbEntry(mac_to_str(raw_mac), dst, idx))
-    return out
+    rows = _nd_rows(items, ifindex, bridge=True, permanent_only=permanent_only)
+    return [FdbEntry(mac, dst, idx) for dst, mac, idx in rows]
 
 
 @dataclass(frozen=True, slots=True)
