@@ -105,8 +105,6 @@ _IFF_TUN: Final = 0x0001
 _IFF_NO_PI: Final = 0x1000
 _IFF_VNET_HDR: Final = 0x4000
 _SOCKET_BUFFER: Final = 4 << 20  # absorbs bursts of a TCP window while the forwarder catches up
-_SO_SNDBUFFORCE: Final = 32
-_SO_RCVBUFFORCE: Final = 33
 _HEALTH_INTERVAL: Final = 0.5
 
 
@@ -141,7 +139,10 @@ def open_tun(pattern: str = TUN_NAME_PATTERN) -> tuple[int, str]:
 
 
 def _set_buffers(sock: socket.socket) -> None:
-    for force, plain in ((_SO_SNDBUFFORCE, socket.SO_SNDBUF), (_SO_RCVBUFFORCE, socket.SO_RCVBUF)):
+    for force, plain in (
+        (nlc.SO_SNDBUFFORCE, socket.SO_SNDBUF),
+        (nlc.SO_RCVBUFFORCE, socket.SO_RCVBUF),
+    ):
         try:
             sock.setsockopt(socket.SOL_SOCKET, force, _SOCKET_BUFFER)
         except OSError:  # not root: the kernel caps the plain option at net.core.*mem_max

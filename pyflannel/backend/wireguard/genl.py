@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from typing import Final
 
 from pyflannel.backend.wireguard.uapi import DeviceState, PeerState, SetDevice, UapiError
+from pyflannel.netlink import consts as nlc
 from pyflannel.netlink.encode import attr, encode_message, nested
 from pyflannel.netlink.nlsocket import iter_messages, parse_attrs, parse_error_payload
 from pyflannel.netlink.ops import IPNetwork
@@ -72,13 +73,7 @@ WGALLOWEDIP_A_FAMILY: Final = 1
 WGALLOWEDIP_A_IPADDR: Final = 2
 WGALLOWEDIP_A_CIDR_MASK: Final = 3
 
-_NLM_F_REQUEST: Final = 0x1
-_NLM_F_ACK: Final = 0x4
-_NLM_F_DUMP: Final = 0x300
-_NLMSG_ERROR: Final = 2
-_NLMSG_DONE: Final = 3
 _GENLHDR: Final = struct.Struct("=BBH")
-_NLA_TYPE_MASK: Final = 0x3FFF
 
 
 def _genl(cmd: int, version: int = WG_GENL_VERSION) -> bytes:
@@ -88,7 +83,7 @@ def _genl(cmd: int, version: int = WG_GENL_VERSION) -> bytes:
 def encode_get_family(seq: int, name: str = WG_GENL_NAME) -> bytes:
     """``CTRL_CMD_GETFAMILY`` for ``name``: the kernel answers with the family id."""
     body = _genl(CTRL_CMD_GETFAMILY, 1) + attr(CTRL_ATTR_FAMILY_NAME, name.encode() + b"\0")
-    return encode_message(GENL_ID_CTRL, _NLM_F_REQUEST | _NLM_F_ACK, seq, body)
+    return encode_message(GENL_ID_CTRL, nlc.NLM_F_REQUEST | nlc.NLM_F_ACK, seq, body)
 
 
 def parse_family_id(payload: bytes) -> int:
@@ -147,13 +142,13 @@ def encode_set_device(family_id: int, seq: int, ifname: str, req: SetDevice) -> 
     if peers or req.replace_peers:
         parts.append(nested(WGDEVICE_A_PEERS, *peers))
     body = _genl(WG_CMD_SET_DEVICE) + b"".join(parts)
-    return encode_message(family_id, _NLM_F_REQUEST | _NLM_F_ACK, seq, body)
+    return encode_message(family_id, nlc.NLM_F_REQUEST | nlc.NLM_F_ACK, seq, body)
 
 
 def encode_get_device(family_id: int, seq: int, ifname: str) -> bytes:
     """``WG_CMD_GET_DEVICE`` (a dump: big devices answer in several messages)."""
     body = _genl(WG_CMD_GET_DEVICE) + attr(WGDEVICE_A_IFNAME, ifname.encode() + b"\0")
-    return encode_message(family_id, _NLM_F_REQUEST | _NLM_F_ACK | _NLM_F_DUMP, seq, body)
+    return encode_message(family_id, nlc.NLM_F_REQUEST | nlc.NLM_F_ACK | nlc.NLM_F_DUMP, seq, body)
 
 
 def _attr_list(buf: bytes) -> Iterable[tuple[int, bytes]]:
@@ -162,7 +157,7 @@ def _attr_list(buf: bytes) -> Iterable[tuple[int, bytes]]:
         length, atype = struct.unpack_from("=HH", buf, off)
         if length < 4:
             break
-        yield atype & _NLA_TYPE_MASK, buf[off + 4 : off + length]
+        yield atype & nlc.NLA_TYPE_MASK, buf[off + 4 : off + length]
         off += (length + 3) & ~3
 
 
@@ -259,7 +254,7 @@ class GenlWireguard:
                 for mtype, mflags, mseq, start, end in iter_messages(buf):
                     if mseq != seq:
                         continue
-                    if mtype == _NLMSG_ERROR:
+                    if mtype == nlc.NLMSG_ERROR:
                         err, ext = parse_error_payload(buf, start, end, mflags)
                         if err:
                             raise UapiError(
@@ -268,7 +263,7 @@ class GenlWireguard:
                                 errno=err,
                             )
                         return out
-                    if mtype == _NLMSG_DONE:
+                    if mtype == nlc.NLMSG_DONE:
                         return out
                     out.append(buf[start:end])
         except OSError as exc:
