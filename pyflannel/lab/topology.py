@@ -36,10 +36,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
-from types import TracebackType
+from typing import Self
 
 import structlog
 
+from pyflannel.closing import Closing
 from pyflannel.errors import ConfigError, EtcdUnavailable, NetlinkError
 from pyflannel.lab.netns import (
     IP,
@@ -169,7 +170,7 @@ class LabPod:
 NodeRef = str | int | LabNode
 
 
-class Topology:
+class Topology(Closing):
     """A lab of namespaces named ``<prefix>-*``; see the module docstring for the picture.
 
     ``Topology(prefix, nodes=3).up()`` builds it; ``down()`` removes it (also usable as a context
@@ -280,7 +281,7 @@ class Topology:
                 return False
         return True
 
-    def up(self) -> Topology:
+    def up(self) -> Self:
         """Build the lab. A complete lab with this prefix is reused; a partial one is rebuilt."""
         if self._up:
             return self
@@ -318,16 +319,12 @@ class Topology:
             return cleanup_prefix(self.prefix)
         return delete_prefixed(self.prefix)
 
-    def __enter__(self) -> Topology:
-        return self.up()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """:meth:`down` as the end of a ``with`` block (which begins with :meth:`up`)."""
         self.down()
+
+    def __enter__(self) -> Self:
+        return self.up()
 
     def _make_dirs(self) -> None:
         # Mount points for the per-node bind mounts. Creating them in the root filesystem is a

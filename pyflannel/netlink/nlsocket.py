@@ -19,9 +19,8 @@ import socket
 import struct
 import threading
 from collections.abc import Iterator
-from types import TracebackType
-from typing import Self
 
+from pyflannel.closing import Closing
 from pyflannel.errors import NetlinkError
 from pyflannel.netlink import consts as c
 
@@ -139,7 +138,7 @@ def _set_buffer(sock: socket.socket, force_opt: int, opt: int, size: int) -> Non
         sock.setsockopt(socket.SOL_SOCKET, opt, size)
 
 
-class NetlinkSocket:
+class NetlinkSocket(Closing):
     """An rtnetlink socket in the current thread's network namespace.
 
     ``groups`` is a multicast bitmask (e.g. ``RTMGRP_LINK``) for monitors; request sockets use 0.
@@ -191,17 +190,6 @@ class NetlinkSocket:
     def close(self) -> None:
         """Close the socket; further use raises."""
         self._sock.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def next_seqs(self, count: int) -> int:
         """Reserve ``count`` consecutive sequence numbers and return the first (mod 2**32).
