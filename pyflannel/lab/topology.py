@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
-from typing import Self
+from typing import Self, Unpack
 
 import structlog
 
@@ -45,6 +45,7 @@ from pyflannel.errors import ConfigError, EtcdUnavailable, NetlinkError
 from pyflannel.lab.netns import (
     IP,
     NETNS_DIR,
+    RunOptions,
     add_netns,
     delete_netns,
     delete_prefixed,
@@ -458,19 +459,11 @@ class Topology(Closing):
         )  # fmt: skip
 
     def run_in_node(
-        self,
-        node: NodeRef,
-        argv: Sequence[str],
-        check: bool = True,
-        *,
-        timeout: float | None = 60.0,
-        input: str | None = None,
-        env: Mapping[str, str] | None = None,
+        self, node: NodeRef, argv: Sequence[str], **options: Unpack[RunOptions]
     ) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` on ``node`` (see :meth:`node_exec_argv`) and wait for it."""
         n = self.node(node)
-        argv = self.node_exec_argv(n, argv)
-        return run(argv, check=check, timeout=timeout, input=input, env=env, ns=n.ns)
+        return run(self.node_exec_argv(n, argv), ns=n.ns, **options)
 
     def spawn_in_node(
         self,
