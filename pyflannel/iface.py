@@ -288,6 +288,15 @@ def _parse_ip(text: str) -> IPAddress | None:
         return None
 
 
+def _link_with_ipv6(host: HostNetwork, ip: IPAddress, text: str) -> Link:
+    """The link holding the IPv6 address ``ip`` (written ``text``); flanneld's error if none
+    does or ``ip`` is not IPv6."""
+    link = _link_with_ip(host, ip) if ip.version == 6 else None
+    if link is None:
+        raise _NoMatch(f"error looking up v6 interface {text}: no interface with given IPv6 found")
+    return link
+
+
 def _lookup(
     host: HostNetwork,
     stack: Stack,
@@ -306,13 +315,7 @@ def _lookup(
         ip = _parse_ip(ifname)
         if ip is not None:
             if stack == "ipv6":
-                link = _link_with_ip(host, ip) if ip.version == 6 else None
-                if link is None:
-                    raise _NoMatch(
-                        f"error looking up v6 interface {ifname}: no interface with "
-                        "given IPv6 found"
-                    )
-                addr6 = ip
+                link, addr6 = _link_with_ipv6(host, ip, ifname), ip
             else:
                 if ip.version == 4:
                     link = _link_with_ip(host, ip)
@@ -324,13 +327,7 @@ def _lookup(
                 if stack == "dual" and public_ipv6:
                     ip6 = _parse_ip(public_ipv6)
                     if ip6 is not None:
-                        link6 = _link_with_ip(host, ip6) if ip6.version == 6 else None
-                        if link6 is None:
-                            raise _NoMatch(
-                                f"error looking up v6 interface {public_ipv6}: no interface "
-                                "with given IPv6 found"
-                            )
-                        addr6 = ip6
+                        link6, addr6 = _link_with_ipv6(host, ip6, public_ipv6), ip6
                         if link is None:
                             link, addr4 = link6, None
                         elif link.name != link6.name:

@@ -278,23 +278,31 @@ def _say_valid(source: str, cfg: NetworkConfig) -> None:
         print(f"  warning: {warning}")
 
 
-async def _cmd_get(opts: Options) -> int:
+async def _read_stored(opts: Options) -> tuple[str, str] | None:
+    """The stored config and its key; None, once the missing-config diagnosis is on stderr,
+    when there is none."""
     async with new_registry(opts) as reg:
         value = await _get_stored(reg)
         if value is None:
             print(_missing_text(opts, reg), file=sys.stderr)
-            return 1
+            return None
+        return value, reg.config_key
+
+
+async def _cmd_get(opts: Options) -> int:
+    stored = await _read_stored(opts)
+    if stored is None:
+        return 1
+    value, _ = stored
     print(value if value.endswith("\n") else value + "\n", end="")
     return 0
 
 
 async def _cmd_validate_stored(opts: Options) -> int:
-    async with new_registry(opts) as reg:
-        value = await _get_stored(reg)
-        if value is None:
-            print(_missing_text(opts, reg), file=sys.stderr)
-            return 1
-        key = reg.config_key
+    stored = await _read_stored(opts)
+    if stored is None:
+        return 1
+    value, key = stored
     try:
         cfg = check_config_text(value)
     except ConfigError as exc:

@@ -22,7 +22,6 @@ tested in ``tests/unit/test_doctor_checks.py``); this module gathers, renders an
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,41 +30,24 @@ from typing import TYPE_CHECKING, Any, Final
 from pyflannel.backend import udp, vxlan
 from pyflannel.backend.wireguard import options as wireguard
 from pyflannel.backend.wireguard.options import wireguard_options
+from pyflannel.cli import etcd_tool_opts as tool_opts
 from pyflannel.config import udp_options, vxlan_options
-from pyflannel.inspect.checks import (
-    DEFAULT_VXLAN_PORT,
-    check_br_netfilter,
-    check_etcd,
-    check_interfaces,
-    check_lease,
-    check_mtu,
-    check_network_config,
-    check_tx_offload,
-    check_udp_port,
-    other_candidates,
-)
+from pyflannel.inspect import checks, findings, host, sources
 from pyflannel.inspect.datapath import evaluate_device, wireguard_findings
-from pyflannel.inspect.findings import (
-    Finding,
-    FindingsReport,
-    count_levels,
-    render_findings,
-    verdict_line,
-)
-from pyflannel.inspect.host import bound_udp_ports, ethtool_features, read_node, read_text
+from pyflannel.inspect.findings import Finding, FindingsReport
 from pyflannel.inspect.leases import find_own_lease
-from pyflannel.inspect.sources import evaluate_subnet_env, load_config, read_env
 
 if TYPE_CHECKING:
+    import argparse
+
     from pyflannel.cli.etcd_tool_opts import HttpAnswer
     from pyflannel.cli.flags import Options
     from pyflannel.config import NetworkConfig
     from pyflannel.iface import ExternalInterface, HostNetwork
     from pyflannel.lease import Lease
 
-__all__ = ["SCHEMA", "DoctorReport", "collect", "main", "render_report", "report_document"]
+__all__ = ["SCHEMA", "TOOL", "DoctorReport", "collect", "main"]
 
-PROG: Final = "pyflannel doctor"
 SCHEMA: Final = "pyflannel-doctor/1"
 _BRIDGE_SYSCTL: Final = Path("/proc/sys/net/bridge")
 
@@ -73,23 +55,19 @@ _BRIDGE_SYSCTL: Final = Path("/proc/sys/net/bridge")
 class DoctorReport(FindingsReport):
     """The findings of one run, in check order."""
 
+    def render(self) -> str:
+        """The human-readable report."""
+        warnings = findings.count_levels(self.findings)["warn"]
+        verdict = findings.verdict_line(self.findings, f"no problems found, {warnings} warning(s)")
+        lines = [
+            "pyflannel doctor:",
+            *findings.render_findings(self.findings, collapse_ok_peers=False),
+        ]
+        return "\n".join([*lines, "", verdict]) + "\n"
 
-def render_report(report: DoctorReport) -> str:
-    """The human-readable report."""
-    warnings = count_levels(report.findings)["warn"]
-    verdict = verdict_line(report.findings, f"no problems found, {warnings} warning(s)")
-    lines = ["pyflannel doctor:", *render_findings(report.findings, collapse_ok_peers=False)]
-    return "\n".join([*lines, "", verdict]) + "\n"
-
-
-def report_document(report: DoctorReport) -> dict[str, Any]:
-    """The ``--output json`` document."""
-    return {
-        "schema": SCHEMA,
-        "ok": report.ok,
-        "findings": [f.as_dict() for f in report.findings],
-        "summary": count_levels(report.findings),
-    }
+    def document(self) -> dict[str, Any]:
+        """The ``--output json`` document."""
+        return {"schema": SCHEMA, "ok": self.ok, **findings.findings_document(self.findings)}
 
 
 # --- I/O -------------------------------------------------------------------------------------
@@ -102,19 +80,19 @@ def _select_interface(
     from pyflannel.iface import read_host_network, select_interface_from
 
     try:
-        host = read_host_network()
+        host_net = read_host_network()
     except Exception as exc:  # pyroute2 raises its own error types
         return None, f"cannot read this host's interfaces: {exc}", None
     try:
         chosen = select_interface_from(
-            host,
+            host_net,
             **opts.interface_flags(),
             enable_ipv4=cfg.enable_ipv4 if cfg is not None else True,
             enable_ipv6=cfg.enable_ipv6 if cfg is not None else False,
         )
     except FlannelError as exc:
-        return None, str(exc), host
-    return chosen, None, host
+        return None, str(exc), host_net
+    return chosen, None, host_net
 
 
 def _skipped(check: str, why: str) -> Finding:
@@ -123,7 +101,6 @@ def _skipped(check: str, why: str) -> Finding:
 
 async def collect(opts: Options) -> DoctorReport:
     """Gather the facts and run every check."""
-    from pyflannel.cli.etcd_tool_opts import endpoint_urls, etcd_http_get, new_registry
     from pyflannel.errors import FlannelError
 
     report = DoctorReport()
@@ -136,15 +113,15 @@ async def collect(opts: Options) -> DoctorReport:
     etcd_error: str | None = None
     endpoints = ",".join(opts.etcd_endpoints)
     try:
-        async with new_registry(opts) as reg:
+        async with tool_opts.new_registry(opts) as reg:
             endpoints = reg.endpoints_text
-            cfg, cfg_findings = await load_config(reg, opts)
+            cfg, cfg_findings = await sources.load_config(reg, opts)
             leases, _ = await reg.list_leases(with_ttl=True)
     except FlannelError as exc:
         etcd_error = str(exc)
     version: HttpAnswer | None = None
-    for base in endpoint_urls(opts):
-        answer = etcd_http_get(opts, base, "/version")
+    for base in tool_opts.endpoint_urls(opts):
+        answer = tool_opts.etcd_http_get(opts, base, "/version")
         if answer.status:
             version = answer
             break
@@ -153,11 +130,11 @@ async def collect(opts: Options) -> DoctorReport:
     ipv6 = cfg.enable_ipv6 if cfg is not None else False
     names = ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables"]
     add(
-        check_br_netfilter(
-            {n: read_text(_BRIDGE_SYSCTL / n) for n in names}, nftables=nftables, ipv6=ipv6
+        checks.check_br_netfilter(
+            {n: host.read_text(_BRIDGE_SYSCTL / n) for n in names}, nftables=nftables, ipv6=ipv6
         )
     )
-    add([check_etcd(endpoints, version, etcd_error, username=opts.etcd_username)])
+    add([checks.check_etcd(endpoints, version, etcd_error, username=opts.etcd_username)])
     if etcd_error is None:
         add(cfg_findings)
         if cfg is not None:
@@ -165,34 +142,35 @@ async def collect(opts: Options) -> DoctorReport:
     else:
         add([_skipped("config", "etcd did not answer")])
 
-    chosen, iface_error, host = _select_interface(opts, cfg)
+    chosen, iface_error, host_net = _select_interface(opts, cfg)
     explicit = bool(opts.iface or opts.iface_regex or opts.iface_can_reach)
     network = cfg.network if cfg is not None else None
-    candidates = other_candidates(host, chosen.name if chosen else None, network) if host else []
-    add(check_interfaces(chosen, iface_error, candidates, explicit=explicit))
+    chosen_name = chosen.name if chosen else None
+    candidates = checks.other_candidates(host_net, chosen_name, network) if host_net else []
+    add(checks.check_interfaces(chosen, iface_error, candidates, explicit=explicit))
     if cfg is not None:
-        add(check_network_config(cfg, f"{opts.etcd_prefix}/config", chosen))
+        add(checks.check_network_config(cfg, f"{opts.etcd_prefix}/config", chosen))
 
-    env, env_error = read_env(opts.subnet_file)
-    node = read_node()
+    env, env_error = sources.read_env(opts.subnet_file)
+    node = host.read_node()
     try:
         env_subnet = env.subnet.network if env is not None and env.subnet is not None else None
         own = find_own_lease(leases, node.local_ips, env_subnet)
         if etcd_error is None:
-            add([check_lease(own, chosen, time.time())])
-            add(evaluate_subnet_env(opts.subnet_file, env, env_error, own, network))
+            add([checks.check_lease(own, chosen, time.time())])
+            add(sources.evaluate_subnet_env(opts.subnet_file, env, env_error, own, network))
         else:
             add([_skipped("lease", "etcd did not answer")])
             if env is None or env_error is not None:
-                add(evaluate_subnet_env(opts.subnet_file, env, env_error, None, None))
+                add(sources.evaluate_subnet_env(opts.subnet_file, env, env_error, None, None))
 
         backend = cfg.backend_type if cfg is not None else "vxlan"
-        port = DEFAULT_VXLAN_PORT
+        port = checks.DEFAULT_VXLAN_PORT
         vni, cfg_mtu = 1, 0
         try:
             if cfg is not None and backend == "vxlan":
                 vx = vxlan_options(cfg)
-                port, vni, cfg_mtu = vx.port or DEFAULT_VXLAN_PORT, vx.vni, vx.mtu
+                port, vni, cfg_mtu = vx.port or checks.DEFAULT_VXLAN_PORT, vx.vni, vx.mtu
             elif cfg is not None and backend == "udp":
                 port = udp_options(cfg).port
             elif cfg is not None and backend == "wireguard":
@@ -213,7 +191,7 @@ async def collect(opts: Options) -> DoctorReport:
                 wireguard.ENCAP_OVERHEAD if backend == "wireguard" else vxlan.encap_overhead(4)
             )
             add(
-                check_mtu(
+                checks.check_mtu(
                     backend=backend,
                     ext_name=chosen.name,
                     ext_mtu=chosen.mtu,
@@ -231,10 +209,10 @@ async def collect(opts: Options) -> DoctorReport:
         dev_port = link.vxlan.port if link is not None and link.vxlan is not None else 0
         add(
             [
-                check_udp_port(
+                checks.check_udp_port(
                     backend=backend,
                     port=port,
-                    bound=bound_udp_ports(),
+                    bound=host.bound_udp_ports(),
                     device=device,
                     dev_port=dev_port,
                 )
@@ -246,7 +224,7 @@ async def collect(opts: Options) -> DoctorReport:
             elif link is None:
                 add(evaluate_device(device, None, None))
             if link is not None:
-                add([check_tx_offload(device, ethtool_features(device))])
+                add([checks.check_tx_offload(device, host.ethtool_features(device))])
         elif backend == "wireguard" and own is not None:
             add(wireguard_findings(own, leases))
     finally:
@@ -260,28 +238,18 @@ def _config_line(cfg: NetworkConfig) -> str:
     return "valid: " + "; ".join(describe_config(cfg))
 
 
+async def _collect(_args: argparse.Namespace, opts: Options) -> DoctorReport:
+    return await collect(opts)
+
+
+TOOL: Final = tool_opts.ReportTool(
+    name="doctor",
+    description="Check this node for common flannel problems (exit 1 on any FAIL).",
+    flags=(*tool_opts.ETCD_FLAGS, *tool_opts.SUBNET_FILE_FLAGS, *tool_opts.IFACE_FLAGS),
+    collect=_collect,
+)
+
+
 def main(argv: Sequence[str]) -> int:
-    """``pyflannel doctor``; 0 when no check failed, 1 otherwise."""
-    if "--kube-subnet-mgr" in argv or os.environ.get("FLANNELD_KUBE_SUBNET_MGR") == "true":
-        # kube mode: Nodes instead of etcd leases (pyflannel/subnet/kube/inspect.py).
-        from pyflannel.subnet.kube.inspect import main as kube_main
-
-        return kube_main("doctor", argv)
-    from pyflannel.cli.etcd_tool_opts import (
-        ETCD_FLAGS,
-        IFACE_FLAGS,
-        SUBNET_FILE_FLAGS,
-        run_report_tool,
-    )
-
-    flags = (*ETCD_FLAGS, *SUBNET_FILE_FLAGS, *IFACE_FLAGS)
-    description = "Check this node for common flannel problems (exit 1 on any FAIL)."
-    return run_report_tool(
-        PROG,
-        description,
-        flags,
-        argv,
-        lambda _args, opts: collect(opts),
-        render=render_report,
-        document=report_document,
-    )
+    """``pyflannel doctor``; 0 when no check failed, 1 otherwise (kube mode: the Nodes')."""
+    return tool_opts.run_report_tool(TOOL, argv)

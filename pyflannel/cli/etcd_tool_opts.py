@@ -28,13 +28,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from pyflannel.cli.flags import FLAGS, Options, env_name, parse_flags
 from pyflannel.errors import ConfigError, FlannelError
+from pyflannel.inspect.findings import PrintableReport, print_report
 
 if TYPE_CHECKING:
-    from pyflannel.inspect.findings import FindingsReport
     from pyflannel.subnet.etcd.registry import EtcdRegistry
 
 __all__ = [
@@ -44,6 +44,8 @@ __all__ = [
     "TOOL_ETCD_TIMEOUT",
     "TRAFFIC_FLAGS",
     "HttpAnswer",
+    "ReportTool",
+    "ToolReport",
     "add_flanneld_flags",
     "add_output_flag",
     "endpoint_urls",
@@ -57,7 +59,6 @@ __all__ = [
     "tool_parser",
 ]
 
-_Report = TypeVar("_Report", bound="FindingsReport")
 
 ETCD_FLAGS: Final = (
     "etcd-endpoints",
@@ -251,41 +252,63 @@ def tool_parser(prog: str, description: str, names: Iterable[str]) -> argparse.A
     return parser
 
 
-def run_report_tool(
-    prog: str,
-    description: str,
-    names: Iterable[str],
-    argv: Sequence[str],
-    collect: Callable[[argparse.Namespace, Options], Awaitable[_Report]],
-    *,
-    render: Callable[[_Report], str],
-    document: Callable[[_Report], dict[str, Any]],
-    error_document: Callable[[FlannelError], dict[str, Any]] | None = None,
-) -> int:
-    """The ``main`` of a report tool (``status``, ``doctor``): parse ``argv`` (:func:`tool_parser`),
-    build the options from the flags ``names`` (and their ``FLANNELD_*`` environment), run
-    ``collect`` under trio and print the report as a table or, with ``--output json``, as its
-    ``document``. Returns the exit code: 0 when the report is ``ok``, 1 otherwise or on a
+class ToolReport(PrintableReport, Protocol):
+    """What a report tool's ``collect`` returns: printable, with a verdict for the exit code."""
+
+    @property
+    def ok(self) -> bool:
+        """Nothing failed: the tool exits 0."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReportTool:
+    """One report tool (``status``, ``doctor``) declared as a value, run by
+    :func:`run_report_tool`: its subcommand ``name``, the ``--help`` ``description``, the
+    pyflanneld ``flags`` it takes, how it ``collect``-s its report (which prints itself) and,
+    when a script should get a ``--output json`` document even when etcd could not be read, its
+    ``error_document``."""
+
+    name: str
+    description: str
+    flags: tuple[str, ...]
+    collect: Callable[[argparse.Namespace, Options], Awaitable[ToolReport]]
+    error_document: Callable[[FlannelError], dict[str, Any]] | None = None
+
+    @property
+    def prog(self) -> str:
+        """``pyflannel <name>``: the name in usage and error lines."""
+        return f"pyflannel {self.name}"
+
+
+def run_report_tool(tool: ReportTool, argv: Sequence[str]) -> int:
+    """The ``main`` of a report tool: in kube mode (``--kube-subnet-mgr`` or
+    ``FLANNELD_KUBE_SUBNET_MGR=true``) the kube report of Nodes
+    (:mod:`pyflannel.subnet.kube.inspect`); else parse ``argv`` (:func:`tool_parser`), build the
+    options from the tool's flags (and their ``FLANNELD_*`` environment), run its ``collect``
+    under trio and print the report (:func:`~pyflannel.inspect.findings.print_report`). Returns
+    the exit code: 0 when the report is ``ok``, 1 otherwise or on a
     :class:`~pyflannel.errors.FlannelError` (one line on stderr; with ``--output json`` also
-    ``error_document`` on stdout when given), 130 on Ctrl-C.
+    the ``error_document`` on stdout when the tool has one), 130 on Ctrl-C.
     """
-    names = tuple(names)
-    args = tool_parser(prog, description, names).parse_args(list(argv))
+    if "--kube-subnet-mgr" in argv or os.environ.get("FLANNELD_KUBE_SUBNET_MGR") == "true":
+        # kube mode: Nodes instead of etcd leases.
+        from pyflannel.subnet.kube.inspect import main as kube_main
+
+        return kube_main(tool.name, argv)
+    args = tool_parser(tool.prog, tool.description, tool.flags).parse_args(list(argv))
     setup_tool_logging(args.verbose)
     try:
-        opts = options_from(args, names, os.environ)
+        opts = options_from(args, tool.flags, os.environ)
         import trio
 
-        report = trio.run(collect, args, opts)
+        report = trio.run(tool.collect, args, opts)
     except FlannelError as exc:
-        if args.output == "json" and error_document is not None:
-            print(json.dumps(error_document(exc), indent=2))
-        print_error(prog, exc)
+        if args.output == "json" and tool.error_document is not None:
+            print(json.dumps(tool.error_document(exc), indent=2))
+        print_error(tool.prog, exc)
         return 1
     except KeyboardInterrupt:
         return 130
-    if args.output == "json":
-        print(json.dumps(document(report), indent=2))
-    else:
-        print(render(report), end="")
+    print_report(report, args.output)
     return 0 if report.ok else 1

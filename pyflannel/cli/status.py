@@ -20,42 +20,37 @@ The judging is :mod:`pyflannel.inspect`'s (pure parts tested in
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
-from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from pyflannel.backend.failing_file import read_failing
+from pyflannel.cli import etcd_tool_opts as tool_opts
+from pyflannel.inspect import findings
 from pyflannel.inspect.datapath import data_path_findings, is_flannel_device
-from pyflannel.inspect.findings import (
-    Finding,
-    FindingsReport,
-    count_levels,
-    format_duration,
-    render_findings,
-    verdict_line,
-)
+from pyflannel.inspect.findings import Finding, FindingsReport
 from pyflannel.inspect.host import read_node
 from pyflannel.inspect.leases import LeaseRow, find_own_lease, lease_rows, subnets_text
 from pyflannel.inspect.rules import rule_findings
 from pyflannel.inspect.sources import config_summary, evaluate_subnet_env, load_config, read_env
 
 if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+
     from pyflannel.cli.flags import Options
     from pyflannel.errors import FlannelError
 
-__all__ = ["SCHEMA", "StatusReport", "collect", "main", "render_table", "report_document"]
+__all__ = ["SCHEMA", "TOOL", "StatusReport", "collect", "main"]
 
-PROG: Final = "pyflannel status"
 SCHEMA: Final = "pyflannel-status/1"
 
 
 @dataclass(kw_only=True)
 class StatusReport(FindingsReport):
-    """Everything ``status`` found; rendered by :func:`render_table` / :func:`report_document`.
+    """Everything ``status`` found; printed by :meth:`render` / :meth:`document`.
     ``healthy`` (the document's word) is :attr:`ok`."""
 
     prefix: str
@@ -70,74 +65,69 @@ class StatusReport(FindingsReport):
         """No FAIL finding."""
         return self.ok
 
-
-def render_table(report: StatusReport) -> str:
-    """The human-readable report."""
-    out = [f"leases in etcd ({report.prefix}/subnets/ at {report.endpoints}): {len(report.leases)}"]
-    header = (
-        "SUBNET",
-        "PUBLIC IP",
-        "BACKEND",
-        "VTEP MAC",
-        "EXPIRES IN",
-        "RESERVED",
-        "FAILING",
-        "NODE",
-    )
-    rows: list[tuple[str, ...]] = [header]
-    for r in report.leases:
-        subnet = r.subnet if r.ipv6_subnet is None else f"{r.subnet} {r.ipv6_subnet}"
-        public = r.public_ip if r.public_ipv6 is None else f"{r.public_ip} {r.public_ipv6}"
-        rows.append(
-            (
-                subnet,
-                public,
-                r.backend,
-                r.vtep_mac or "-",
-                format_duration(r.expires_in) if not r.reservation else "never",
-                "yes" if r.reservation else "no",
-                r.failing or "-",
-                "this node" if r.this_node else "",
-            )
+    def render(self) -> str:
+        """The human-readable report."""
+        out = [f"leases in etcd ({self.prefix}/subnets/ at {self.endpoints}): {len(self.leases)}"]
+        header = (
+            "SUBNET",
+            "PUBLIC IP",
+            "BACKEND",
+            "VTEP MAC",
+            "EXPIRES IN",
+            "RESERVED",
+            "FAILING",
+            "NODE",
         )
-    if len(rows) > 1:
-        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-        for row in rows:
-            cells = "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))
-            out.append(("  " + cells).rstrip())
-    out.append("")
-    where = f" (lease {report.own_subnet})" if report.own_subnet else ""
-    out.append(f"this node{where}:")
-    out += render_findings(report.findings)
-    warnings = count_levels(report.findings)["warn"]
-    healthy = f"healthy, {warnings} warning(s)" if warnings else "healthy"
-    out += ["", verdict_line(report.findings, healthy)]
-    return "\n".join(out) + "\n"
+        rows: list[tuple[str, ...]] = [header]
+        for r in self.leases:
+            subnet = r.subnet if r.ipv6_subnet is None else f"{r.subnet} {r.ipv6_subnet}"
+            public = r.public_ip if r.public_ipv6 is None else f"{r.public_ip} {r.public_ipv6}"
+            rows.append(
+                (
+                    subnet,
+                    public,
+                    r.backend,
+                    r.vtep_mac or "-",
+                    findings.format_duration(r.expires_in) if not r.reservation else "never",
+                    "yes" if r.reservation else "no",
+                    r.failing or "-",
+                    "this node" if r.this_node else "",
+                )
+            )
+        if len(rows) > 1:
+            widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+            for row in rows:
+                cells = "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))
+                out.append(("  " + cells).rstrip())
+        out.append("")
+        where = f" (lease {self.own_subnet})" if self.own_subnet else ""
+        out.append(f"this node{where}:")
+        out += findings.render_findings(self.findings)
+        warnings = findings.count_levels(self.findings)["warn"]
+        healthy = f"healthy, {warnings} warning(s)" if warnings else "healthy"
+        out += ["", findings.verdict_line(self.findings, healthy)]
+        return "\n".join(out) + "\n"
 
-
-def report_document(report: StatusReport) -> dict[str, Any]:
-    """The ``--output json`` document (``schema`` names its version)."""
-    return {
-        "schema": SCHEMA,
-        "healthy": report.healthy,
-        "etcd": {"endpoints": report.endpoints.split(","), "prefix": report.prefix},
-        "config": report.config,
-        "subnet_file": report.subnet_file,
-        "own_subnet": report.own_subnet,
-        "leases": [r.as_dict() for r in report.leases],
-        "findings": [f.as_dict() for f in report.findings],
-        "summary": count_levels(report.findings),
-    }
+    def document(self) -> dict[str, Any]:
+        """The ``--output json`` document (``schema`` names its version)."""
+        return {
+            "schema": SCHEMA,
+            "healthy": self.healthy,
+            "etcd": {"endpoints": self.endpoints.split(","), "prefix": self.prefix},
+            "config": self.config,
+            "subnet_file": self.subnet_file,
+            "own_subnet": self.own_subnet,
+            "leases": [r.as_dict() for r in self.leases],
+            **findings.findings_document(self.findings),
+        }
 
 
 async def collect(opts: Options, *, ip_masq_known: bool = False) -> StatusReport:
     """Read etcd and the kernel and evaluate everything (raises RegistryError when etcd is
     unreachable or refuses us). ``ip_masq_known``: ``opts.ip_masq`` came from a flag or the
     environment rather than the default."""
-    from pyflannel.cli.etcd_tool_opts import new_registry
-
     report = StatusReport(prefix=opts.etcd_prefix, endpoints="", subnet_file=opts.subnet_file)
-    async with new_registry(opts) as reg:
+    async with tool_opts.new_registry(opts) as reg:
         report.prefix = reg.prefix
         report.endpoints = reg.endpoints_text
         leases, _ = await reg.list_leases(with_ttl=True)
@@ -202,33 +192,22 @@ def _error_document(exc: FlannelError) -> dict[str, Any]:
     }
 
 
+async def _collect(args: argparse.Namespace, opts: Options) -> StatusReport:
+    # The rule check knows the wanted --ip-masq only when a flag or the environment set it.
+    masq_known = args.ff_ip_masq is not None or bool(os.environ.get("FLANNELD_IP_MASQ"))
+    return await collect(opts, ip_masq_known=masq_known)
+
+
+TOOL: Final = tool_opts.ReportTool(
+    name="status",
+    description="Leases in etcd and this node's data-path health (exit 1 on problems).",
+    flags=(*tool_opts.ETCD_FLAGS, *tool_opts.SUBNET_FILE_FLAGS, *tool_opts.TRAFFIC_FLAGS),
+    collect=_collect,
+    error_document=_error_document,
+)
+
+
 def main(argv: Sequence[str]) -> int:
-    """``pyflannel status``; returns 0 when healthy, 1 when problems were found."""
-    if "--kube-subnet-mgr" in argv or os.environ.get("FLANNELD_KUBE_SUBNET_MGR") == "true":
-        # kube mode: Nodes instead of etcd leases (pyflannel/subnet/kube/inspect.py).
-        from pyflannel.subnet.kube.inspect import main as kube_main
-
-        return kube_main("status", argv)
-    from pyflannel.cli.etcd_tool_opts import (
-        ETCD_FLAGS,
-        SUBNET_FILE_FLAGS,
-        TRAFFIC_FLAGS,
-        run_report_tool,
-    )
-
-    def collect_status(args: argparse.Namespace, opts: Options) -> Awaitable[StatusReport]:
-        masq_known = args.ff_ip_masq is not None or bool(os.environ.get("FLANNELD_IP_MASQ"))
-        return collect(opts, ip_masq_known=masq_known)
-
-    flags = (*ETCD_FLAGS, *SUBNET_FILE_FLAGS, *TRAFFIC_FLAGS)
-    description = "Leases in etcd and this node's data-path health (exit 1 on problems)."
-    return run_report_tool(
-        PROG,
-        description,
-        flags,
-        argv,
-        collect_status,
-        render=render_table,
-        document=report_document,
-        error_document=_error_document,
-    )
+    """``pyflannel status``; returns 0 when healthy, 1 when problems were found (kube mode: the
+    Nodes')."""
+    return tool_opts.run_report_tool(TOOL, argv)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final, Literal, Protocol
 
 __all__ = [
     "MAX_OK_PEER_LINES",
     "Finding",
     "FindingsReport",
     "Level",
+    "PrintableReport",
     "count_levels",
+    "findings_document",
     "format_duration",
+    "print_report",
     "render_findings",
     "verdict_line",
 ]
@@ -35,14 +39,8 @@ class Finding:
     fix: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """The finding as a JSON object (stable keys)."""
-        return {
-            "level": self.level,
-            "check": self.check,
-            "subject": self.subject,
-            "message": self.message,
-            "fix": self.fix,
-        }
+        """The finding as a JSON object (stable keys: the fields, in order)."""
+        return asdict(self)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -82,6 +80,32 @@ class FindingsReport:
     def ok(self) -> bool:
         """No FAIL finding (the tool exits 0)."""
         return count_levels(self.findings)["fail"] == 0
+
+
+def findings_document(findings: Sequence[Finding]) -> dict[str, Any]:
+    """The ``findings`` and ``summary`` members every report document ends with."""
+    return {"findings": [f.as_dict() for f in findings], "summary": count_levels(findings)}
+
+
+class PrintableReport(Protocol):
+    """A tool's report as it is printed: a text table or a JSON document."""
+
+    def render(self) -> str:
+        """The human-readable report."""
+        ...
+
+    def document(self) -> dict[str, Any]:
+        """The ``--output json`` document."""
+        ...
+
+
+def print_report(report: PrintableReport, output: str) -> None:
+    """Print a tool's ``report`` on stdout: its document as indented JSON when ``output`` is
+    ``json`` (``--output json``), else its text."""
+    if output == "json":
+        print(json.dumps(report.document(), indent=2))
+    else:
+        print(report.render(), end="")
 
 
 def verdict_line(findings: Sequence[Finding], ok: str) -> str:

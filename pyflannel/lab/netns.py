@@ -19,13 +19,14 @@ import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from pyflannel.errors import ConfigError, NetlinkError
 
 __all__ = [
     "NETNS_DIR",
     "CommandFailed",
+    "RunOptions",
     "add_netns",
     "delete_netns",
     "delete_prefixed",
@@ -116,6 +117,15 @@ def exec_argv(ns: str, argv: Sequence[str]) -> list[str]:
     return [IP, "netns", "exec", ns, *map(str, argv)]
 
 
+class RunOptions(TypedDict, total=False):
+    """:func:`run`'s options (defaults there), for the helpers that pass them on."""
+
+    check: bool
+    timeout: float | None
+    input: str | None
+    env: Mapping[str, str] | None
+
+
 def run(
     argv: Sequence[str],
     *,
@@ -144,16 +154,10 @@ def run(
 
 
 def run_in(
-    ns: str,
-    argv: Sequence[str],
-    check: bool = True,
-    *,
-    timeout: float | None = 60.0,
-    input: str | None = None,
-    env: Mapping[str, str] | None = None,
+    ns: str, argv: Sequence[str], **options: Unpack[RunOptions]
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` inside namespace ``ns`` and return the finished process (text output)."""
-    return run(exec_argv(ns, argv), check=check, timeout=timeout, input=input, env=env, ns=ns)
+    return run(exec_argv(ns, argv), ns=ns, **options)
 
 
 def spawn_in(

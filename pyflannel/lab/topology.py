@@ -36,14 +36,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
-from types import TracebackType
+from typing import Self, Unpack
 
 import structlog
 
+from pyflannel.closing import Closing
 from pyflannel.errors import ConfigError, EtcdUnavailable, NetlinkError
 from pyflannel.lab.netns import (
     IP,
     NETNS_DIR,
+    RunOptions,
     add_netns,
     delete_netns,
     delete_prefixed,
@@ -169,7 +171,7 @@ class LabPod:
 NodeRef = str | int | LabNode
 
 
-class Topology:
+class Topology(Closing):
     """A lab of namespaces named ``<prefix>-*``; see the module docstring for the picture.
 
     ``Topology(prefix, nodes=3).up()`` builds it; ``down()`` removes it (also usable as a context
@@ -280,7 +282,7 @@ class Topology:
                 return False
         return True
 
-    def up(self) -> Topology:
+    def up(self) -> Self:
         """Build the lab. A complete lab with this prefix is reused; a partial one is rebuilt."""
         if self._up:
             return self
@@ -318,16 +320,12 @@ class Topology:
             return cleanup_prefix(self.prefix)
         return delete_prefixed(self.prefix)
 
-    def __enter__(self) -> Topology:
-        return self.up()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """:meth:`down` as the end of a ``with`` block (which begins with :meth:`up`)."""
         self.down()
+
+    def __enter__(self) -> Self:
+        return self.up()
 
     def _make_dirs(self) -> None:
         # Mount points for the per-node bind mounts. Creating them in the root filesystem is a
@@ -461,19 +459,11 @@ class Topology:
         )  # fmt: skip
 
     def run_in_node(
-        self,
-        node: NodeRef,
-        argv: Sequence[str],
-        check: bool = True,
-        *,
-        timeout: float | None = 60.0,
-        input: str | None = None,
-        env: Mapping[str, str] | None = None,
+        self, node: NodeRef, argv: Sequence[str], **options: Unpack[RunOptions]
     ) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` on ``node`` (see :meth:`node_exec_argv`) and wait for it."""
         n = self.node(node)
-        argv = self.node_exec_argv(n, argv)
-        return run(argv, check=check, timeout=timeout, input=input, env=env, ns=n.ns)
+        return run(self.node_exec_argv(n, argv), ns=n.ns, **options)
 
     def spawn_in_node(
         self,

@@ -18,9 +18,8 @@ import select
 import socket
 import threading
 from collections.abc import Iterator
-from types import TracebackType
-from typing import Self
 
+from pyflannel.closing import Closing
 from pyflannel.errors import NetlinkError
 from pyflannel.netlink import consts as c
 from pyflannel.netlink.consts import I32, NLMSGHDR, RTATTR, U32
@@ -135,7 +134,7 @@ def _set_buffer(sock: socket.socket, force_opt: int, opt: int, size: int) -> Non
         sock.setsockopt(socket.SOL_SOCKET, opt, size)
 
 
-class NetlinkSocket:
+class NetlinkSocket(Closing):
     """An rtnetlink socket in the current thread's network namespace.
 
     ``groups`` is a multicast bitmask (e.g. ``RTMGRP_LINK``) for monitors; request sockets use 0.
@@ -187,17 +186,6 @@ class NetlinkSocket:
     def close(self) -> None:
         """Close the socket; further use raises."""
         self._sock.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def next_seqs(self, count: int) -> int:
         """Reserve ``count`` consecutive sequence numbers and return the first (mod 2**32).

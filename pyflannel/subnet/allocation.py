@@ -29,9 +29,9 @@ from __future__ import annotations
 import ipaddress
 import random
 from bisect import bisect_right
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Generic, Literal, TypeVar
 
 from pyflannel.config import NetworkConfig
 from pyflannel.errors import OutOfSubnets
@@ -42,8 +42,9 @@ __all__ = [
     "MAX_CANDIDATES",
     "AcquirePlan",
     "PreviousSubnets",
-    "free_ipv4_candidates",
-    "free_ipv6_candidates",
+    "SubnetFamily",
+    "ipv4_family",
+    "ipv6_family",
     "is_ipv4_compatible",
     "is_ipv6_compatible",
     "is_lease_compatible",
@@ -82,29 +83,96 @@ def previous_subnets(env: SubnetEnv | PreviousSubnets | None) -> PreviousSubnets
     )
 
 
+@dataclass(frozen=True, slots=True)
+class SubnetFamily(Generic[_Net]):
+    """One address family of the network config as allocation sees it. flanneld keeps the
+    IPv4 fields (``Network``, ``SubnetLen``, ``SubnetMin``/``SubnetMax``) and their ``IPv6``
+    twins side by side and applies the same rules to both; :func:`ipv4_family` and
+    :func:`ipv6_family` build the two views."""
+
+    enabled: bool
+    network: _Net | None
+    first: _Net | None
+    """The subnet at ``SubnetMin`` (its prefix is ``SubnetLen``); None when unset."""
+    subnet_max: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    of_lease: Callable[[Lease], _Net | None]
+    """A lease's subnet of this family."""
+    field_prefix: str
+    """"" or "IPv6", as in the config's field names (``{prefix}SubnetLen``)."""
+    out_of_subnets_fix: str
+    """What to change in the config when every subnet is taken."""
+
+    def fits(self, subnet: _Net | None) -> bool:
+        """flanneld's ``isSubnetConfigCompat`` (``isIPv6SubnetConfigCompat``): in [SubnetMin,
+        SubnetMax] with prefix SubnetLen. With the family disabled only "no subnet" fits."""
+        if not self.enabled:
+            return subnet is None
+        if subnet is None or self.first is None or self.subnet_max is None:
+            return False
+        start = int(subnet.network_address)
+        if not int(self.first.network_address) <= start <= int(self.subnet_max):
+            return False
+        return subnet.prefixlen == self.first.prefixlen
+
+    def free_candidates(
+        self,
+        leases: Iterable[Lease],
+        *,
+        limit: int = MAX_CANDIDATES,
+        exclude: Collection[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+    ) -> list[_Net]:
+        """The first ``limit`` subnets in [SubnetMin, SubnetMax] that overlap no lease and
+        are not in ``exclude`` (subnets of the other family there are ignored)."""
+        if not self.enabled or self.first is None or self.subnet_max is None:
+            return []
+        taken = _Taken(net for lease in leases if (net := self.of_lease(lease)) is not None)
+        return _free_candidates(self.first, int(self.subnet_max), taken, limit, exclude)
+
+    def reusable(
+        self,
+        subnet: _Net | None,
+        leases: Iterable[Lease],
+        exclude: Collection[ipaddress.IPv4Network | ipaddress.IPv6Network],
+    ) -> bool:
+        """``subnet`` (from the previous subnet.env) may be created again: it fits the config,
+        overlaps no lease of this family and is not one this node just lost a race for."""
+        if subnet is None or subnet in exclude or not self.fits(subnet):
+            return False
+        return not any(
+            net is not None and subnet.overlaps(net) for net in map(self.of_lease, leases)
+        )
+
+
+def ipv4_family(cfg: NetworkConfig) -> SubnetFamily[ipaddress.IPv4Network]:
+    """The IPv4 view of ``cfg``."""
+    lo = cfg.subnet_min
+    first = None if lo is None else ipaddress.IPv4Network((lo, cfg.subnet_len))
+    fix = "a larger Network, a smaller SubnetLen or a wider SubnetMin/SubnetMax"
+    return SubnetFamily(
+        cfg.enable_ipv4, cfg.network, first, cfg.subnet_max, lambda le: le.subnet, "", fix
+    )
+
+
+def ipv6_family(cfg: NetworkConfig) -> SubnetFamily[ipaddress.IPv6Network]:
+    """The IPv6 view of ``cfg``."""
+    lo = cfg.ipv6_subnet_min
+    first = None if lo is None else ipaddress.IPv6Network((lo, cfg.ipv6_subnet_len))
+    fix = "a larger IPv6Network or a smaller IPv6SubnetLen"
+    network, hi = cfg.ipv6_network, cfg.ipv6_subnet_max
+    return SubnetFamily(cfg.enable_ipv6, network, first, hi, lambda le: le.ipv6_subnet, "IPv6", fix)
+
+
 def is_ipv4_compatible(cfg: NetworkConfig, subnet: ipaddress.IPv4Network | None) -> bool:
     """flanneld's ``isSubnetConfigCompat``: in [SubnetMin, SubnetMax] with prefix SubnetLen.
 
     With IPv4 disabled only "no IPv4 subnet" fits.
     """
-    if not cfg.enable_ipv4:
-        return subnet is None
-    if subnet is None or cfg.subnet_min is None or cfg.subnet_max is None:
-        return False
-    if not cfg.subnet_min <= subnet.network_address <= cfg.subnet_max:
-        return False
-    return subnet.prefixlen == cfg.subnet_len
+    return ipv4_family(cfg).fits(subnet)
 
 
 def is_ipv6_compatible(cfg: NetworkConfig, subnet: ipaddress.IPv6Network | None) -> bool:
     """flanneld's ``isIPv6SubnetConfigCompat``; with IPv6 disabled only "none" fits."""
-    if not cfg.enable_ipv6:
-        return subnet is None
-    if subnet is None or cfg.ipv6_subnet_min is None or cfg.ipv6_subnet_max is None:
-        return False
-    if not cfg.ipv6_subnet_min <= subnet.network_address <= cfg.ipv6_subnet_max:
-        return False
-    return subnet.prefixlen == cfg.ipv6_subnet_len
+    return ipv6_family(cfg).fits(subnet)
 
 
 def is_lease_compatible(cfg: NetworkConfig, lease: Lease) -> bool:
@@ -154,12 +222,20 @@ class _Taken:
 
 
 def _free_candidates(
-    first: _Net, last_start: int, taken: _Taken, limit: int, exclude: Collection[_Net]
+    first: _Net,
+    last_start: int,
+    taken: _Taken,
+    limit: int,
+    exclude: Collection[ipaddress.IPv4Network | ipaddress.IPv6Network],
 ) -> list[_Net]:
     size = first.num_addresses
     cls = type(first)
     prefixlen = first.prefixlen
-    excluded = {int(n.network_address) for n in exclude if n.prefixlen == prefixlen}
+    excluded = {
+        int(n.network_address)
+        for n in exclude
+        if n.version == first.version and n.prefixlen == prefixlen
+    }
     out: list[_Net] = []
     cur = int(first.network_address)
     while cur <= last_start and len(out) < limit:
@@ -175,66 +251,40 @@ def _free_candidates(
     return out
 
 
-def free_ipv4_candidates(
-    cfg: NetworkConfig,
-    leases: Iterable[Lease],
-    *,
-    limit: int = MAX_CANDIDATES,
-    exclude: Collection[ipaddress.IPv4Network] = (),
-) -> list[ipaddress.IPv4Network]:
-    """The first ``limit`` IPv4 subnets in [SubnetMin, SubnetMax] that overlap no lease."""
-    if not cfg.enable_ipv4 or cfg.subnet_min is None or cfg.subnet_max is None:
-        return []
-    first = ipaddress.IPv4Network((cfg.subnet_min, cfg.subnet_len))
-    taken = _Taken(lease.subnet for lease in leases if lease.subnet is not None)
-    return _free_candidates(first, int(cfg.subnet_max), taken, limit, exclude)
-
-
-def free_ipv6_candidates(
-    cfg: NetworkConfig,
-    leases: Iterable[Lease],
-    *,
-    limit: int = MAX_CANDIDATES,
-    exclude: Collection[ipaddress.IPv6Network] = (),
-) -> list[ipaddress.IPv6Network]:
-    """The first ``limit`` IPv6 subnets in [IPv6SubnetMin, IPv6SubnetMax] that overlap no lease."""
-    if not cfg.enable_ipv6 or cfg.ipv6_subnet_min is None or cfg.ipv6_subnet_max is None:
-        return []
-    first = ipaddress.IPv6Network((cfg.ipv6_subnet_min, cfg.ipv6_subnet_len))
-    taken = _Taken(lease.ipv6_subnet for lease in leases if lease.ipv6_subnet is not None)
-    return _free_candidates(first, int(cfg.ipv6_subnet_max), taken, limit, exclude)
-
-
 def _count_range(first: int, last: int, size: int) -> int:
     return 0 if last < first else (last - first) // size + 1
 
 
-def _out_of_subnets(cfg: NetworkConfig, family: int, n_leases: int, prefix: str) -> OutOfSubnets:
-    if family == 4:
-        assert cfg.subnet_min is not None and cfg.subnet_max is not None
-        size = 2 ** (32 - cfg.subnet_len)
-        total = _count_range(int(cfg.subnet_min), int(cfg.subnet_max), size)
-        what = (
-            f"Network {cfg.network}, SubnetLen {cfg.subnet_len}, range {cfg.subnet_min} - "
-            f"{cfg.subnet_max} ({total} subnets)"
-        )
-        knobs = "a larger Network, a smaller SubnetLen or a wider SubnetMin/SubnetMax"
-    else:
-        assert cfg.ipv6_subnet_min is not None and cfg.ipv6_subnet_max is not None
-        size = 2 ** (128 - cfg.ipv6_subnet_len)
-        total = _count_range(int(cfg.ipv6_subnet_min), int(cfg.ipv6_subnet_max), size)
-        what = (
-            f"IPv6Network {cfg.ipv6_network}, IPv6SubnetLen {cfg.ipv6_subnet_len}, range "
-            f"{cfg.ipv6_subnet_min} - {cfg.ipv6_subnet_max} ({total} subnets)"
-        )
-        knobs = "a larger IPv6Network or a smaller IPv6SubnetLen"
+def _out_of_subnets(family: SubnetFamily[_Net], n_leases: int, prefix: str) -> OutOfSubnets:
+    assert family.first is not None and family.subnet_max is not None
+    lo, hi, p = family.first.network_address, family.subnet_max, family.field_prefix
+    total = _count_range(int(lo), int(hi), family.first.num_addresses)
+    what = (
+        f"{p}Network {family.network}, {p}SubnetLen {family.first.prefixlen}, range {lo} - "
+        f"{hi} ({total} subnets)"
+    )
     return OutOfSubnets(
         f"out of subnets: every subnet of {what} overlaps one of the {n_leases} leases in etcd",
         hint=(
             f"delete stale leases (ETCDCTL_API=3 etcdctl get --prefix {prefix}/subnets/ "
-            f"lists them) or use {knobs} in {prefix}/config"
+            f"lists them) or use {family.out_of_subnets_fix} in {prefix}/config"
         ),
     )
+
+
+def _pick(
+    family: SubnetFamily[_Net],
+    leases: Sequence[Lease],
+    rng: random.Random,
+    prefix: str,
+    exclude: Collection[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> _Net | None:
+    if not family.enabled:
+        return None
+    candidates = family.free_candidates(leases, exclude=exclude)
+    if not candidates:
+        raise _out_of_subnets(family, len(leases), prefix)
+    return rng.choice(candidates)
 
 
 def pick_free_subnets(
@@ -250,21 +300,8 @@ def pick_free_subnets(
     Raises :class:`OutOfSubnets` naming the network, the subnet length, the range and the
     number of leases when an enabled family has no free subnet.
     """
-    v4: ipaddress.IPv4Network | None = None
-    v6: ipaddress.IPv6Network | None = None
-    if cfg.enable_ipv4:
-        ex4 = [n for n in exclude if isinstance(n, ipaddress.IPv4Network)]
-        cands4 = free_ipv4_candidates(cfg, leases, exclude=ex4)
-        if not cands4:
-            raise _out_of_subnets(cfg, 4, len(leases), prefix)
-        v4 = rng.choice(cands4)
-    if cfg.enable_ipv6:
-        ex6 = [n for n in exclude if isinstance(n, ipaddress.IPv6Network)]
-        cands6 = free_ipv6_candidates(cfg, leases, exclude=ex6)
-        if not cands6:
-            raise _out_of_subnets(cfg, 6, len(leases), prefix)
-        v6 = rng.choice(cands6)
-    return v4, v6
+    v4 = _pick(ipv4_family(cfg), leases, rng, prefix, exclude)
+    return v4, _pick(ipv6_family(cfg), leases, rng, prefix, exclude)
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,16 +327,6 @@ class AcquirePlan:
     def key_suffix(self) -> str:
         """The lease key after ``<prefix>/subnets/``."""
         return subnet_key_suffix(self.subnet, self.ipv6_subnet)
-
-
-def _is_free(
-    subnet: ipaddress.IPv4Network | ipaddress.IPv6Network, leases: Iterable[Lease]
-) -> bool:
-    for lease in leases:
-        other = lease.subnet if isinstance(subnet, ipaddress.IPv4Network) else lease.ipv6_subnet
-        if other is not None and subnet.overlaps(other):
-            return False
-    return True
 
 
 def plan_acquisition(
@@ -334,24 +361,11 @@ def plan_acquisition(
 
     v4: ipaddress.IPv4Network | None = None
     v6: ipaddress.IPv6Network | None = None
-    from_env = False
-    prev4, prev6 = previous.subnet, previous.ipv6_subnet
-    if (
-        cfg.enable_ipv4
-        and prev4 is not None
-        and prev4 not in exclude
-        and is_ipv4_compatible(cfg, prev4)
-        and _is_free(prev4, leases)
-    ):
-        v4, from_env = prev4, True
-    if (
-        cfg.enable_ipv6
-        and prev6 is not None
-        and prev6 not in exclude
-        and is_ipv6_compatible(cfg, prev6)
-        and _is_free(prev6, leases)
-    ):
-        v6, from_env = prev6, True
+    if ipv4_family(cfg).reusable(previous.subnet, leases, exclude):
+        v4 = previous.subnet
+    if ipv6_family(cfg).reusable(previous.ipv6_subnet, leases, exclude):
+        v6 = previous.ipv6_subnet
+    from_env = v4 is not None or v6 is not None
 
     need4 = cfg.enable_ipv4 and v4 is None
     need6 = cfg.enable_ipv6 and v6 is None

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, NoReturn, Unpack
 import structlog
 import trio
 
+from pyflannel.closing import AsyncClosing
 from pyflannel.config import NetworkConfig
 from pyflannel.errors import ConfigError, LeaseError, LeaseLost, RegistryError
 from pyflannel.lease import Event, EventKind, Lease, LeaseAttrs
@@ -110,7 +111,7 @@ def _describe(lease: Lease) -> str:
     return " + ".join(parts) or "?"
 
 
-class EtcdSubnetManager:
+class EtcdSubnetManager(AsyncClosing):
     """flanneld's etcd subnet manager for one node.
 
     Construction does no I/O. ``renew_margin`` is in minutes (flanneld's
@@ -174,12 +175,6 @@ class EtcdSubnetManager:
     def close(self) -> None:
         """Close the etcd connections (idempotent)."""
         self._registry.close()
-
-    async def __aenter__(self) -> EtcdSubnetManager:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
 
     # ----------------------------------------------------------------- config
     async def get_network_config(self) -> str:

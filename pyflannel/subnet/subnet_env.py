@@ -233,36 +233,24 @@ def _split_cidr(value: str) -> tuple[str, int] | None:
     return addr, int(prefix)
 
 
-def _v4_network(value: str) -> ipaddress.IPv4Network | None:
-    parts = _split_cidr(value)
-    try:
-        return None if parts is None else ipaddress.IPv4Network(parts, strict=False)
-    except ValueError:
-        return None
+def _cidr_parser(make: Callable[[tuple[str, int]], _T]) -> Callable[[str], _T | None]:
+    """A parser of ``address/prefix`` text into ``make((address, prefix))``, None when the text
+    is not one (or ``make`` refuses it): one rule for the four CIDR keys."""
+
+    def parse(value: str) -> _T | None:
+        parts = _split_cidr(value)
+        try:
+            return None if parts is None else make(parts)
+        except ValueError:
+            return None
+
+    return parse
 
 
-def _v6_network(value: str) -> ipaddress.IPv6Network | None:
-    parts = _split_cidr(value)
-    try:
-        return None if parts is None else ipaddress.IPv6Network(parts, strict=False)
-    except ValueError:
-        return None
-
-
-def _v4_interface(value: str) -> ipaddress.IPv4Interface | None:
-    parts = _split_cidr(value)
-    try:
-        return None if parts is None else ipaddress.IPv4Interface(parts)
-    except ValueError:
-        return None
-
-
-def _v6_interface(value: str) -> ipaddress.IPv6Interface | None:
-    parts = _split_cidr(value)
-    try:
-        return None if parts is None else ipaddress.IPv6Interface(parts)
-    except ValueError:
-        return None
+_v4_network: Final = _cidr_parser(lambda parts: ipaddress.IPv4Network(parts, strict=False))
+_v6_network: Final = _cidr_parser(lambda parts: ipaddress.IPv6Network(parts, strict=False))
+_v4_interface: Final = _cidr_parser(ipaddress.IPv4Interface)
+_v6_interface: Final = _cidr_parser(ipaddress.IPv6Interface)
 
 
 def _mtu(value: str) -> int | None:

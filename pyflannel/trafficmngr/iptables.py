@@ -20,13 +20,9 @@ from pyflannel.errors import TrafficRuleError
 from pyflannel.trafficmngr.iptables_tool import IptablesCaps, IptablesTool, remove_iptables_chains
 from pyflannel.trafficmngr.keeper import KeeperOptions, RuleKeeper
 from pyflannel.trafficmngr.nft_tool import remove_nft_tables
-from pyflannel.trafficmngr.plan import (
-    diff_iptables,
-    iptables_restore_payload,
-)
+from pyflannel.trafficmngr.plan import WantedTable, diff_iptables, iptables_restore_payload
 from pyflannel.trafficmngr.rules import (
     Family,
-    FlannelChain,
     IPNetwork,
     PreviousNetworks,
     TrafficSpec,
@@ -62,19 +58,20 @@ class IptablesManager(RuleKeeper):
         """Delete nftables tables ``ip flannel-ipv4`` / ``ip6 flannel-ipv6``. Never raises."""
         await remove_nft_tables(self._runner)
 
-    async def wanted(self, family: Family) -> dict[str, tuple[list[FlannelChain], list[str]]]:
+    async def wanted(self, family: Family) -> list[WantedTable]:
         """Per table: the flannel chains wanted, and the flannel chains that must not exist."""
         caps = await self._tools[family].caps()
         random_fully = caps.random_fully and not self.spec.random_fully_disable
         chains = iptables_chains(self.spec, family, random_fully=random_fully)
         unwanted = iptables_unwanted_chains(self.spec, family)
-        return {
-            table: (
-                [c for c in chains if c.table == table],
-                [name for t, name in unwanted if t == table],
+        return [
+            WantedTable(
+                table,
+                tuple(c for c in chains if c.table == table),
+                tuple(name for t, name in unwanted if t == table),
             )
             for table in _TABLES
-        }
+        ]
 
     async def differences(self) -> list[str]:
         """What differs from the wanted rules, as ``<binary> <problem>`` lines; read-only (the
@@ -82,11 +79,11 @@ class IptablesManager(RuleKeeper):
         problems: list[str] = []
         for family in self.spec.families():
             tool = self._tools[family]
-            for table, (chains, unwanted) in (await self.wanted(family)).items():
-                if not chains and not unwanted:
+            for want in await self.wanted(family):
+                if not want.chains and not want.unwanted:
                     continue
-                saved = await tool.save(table)
-                diff = diff_iptables(table, saved, chains, unwanted)
+                saved = await tool.save(want.name)
+                diff = diff_iptables(want, saved)
                 problems += [f"{tool.binary} {p}" for p in diff]
         return problems
 
@@ -106,15 +103,15 @@ class IptablesManager(RuleKeeper):
                         prev_network=str(_prev_network(self.prev, family)),
                         prev_subnet=str(_prev_subnet(self.prev, family)),
                     )
-                for table, (chains, unwanted) in (await self.wanted(family)).items():
-                    if not chains and not unwanted:
+                for want in await self.wanted(family):
+                    if not want.chains and not want.unwanted:
                         continue
-                    problems = await self._apply(family, table, chains, unwanted, force=True)
+                    problems = await self._apply(family, want, force=True)
                     log.info(
                         "iptables.rules_applied",
                         family=family.name,
-                        table=table,
-                        chains=[c.name for c in chains],
+                        table=want.name,
+                        chains=[c.name for c in want.chains],
                         differences=problems,
                     )
             # A family dropped from the config keeps no flannel chains (flanneld leaves them).
@@ -137,20 +134,20 @@ class IptablesManager(RuleKeeper):
                 # and two iptables-save runs are saved (most of the idle daemon's CPU).
                 return repaired
             for family in self.spec.families():
-                for table, (chains, unwanted) in (await self.wanted(family)).items():
+                for want in await self.wanted(family):
                     # chains of options that are off were removed by setup(); no need to keep
                     # reading a table flannel has nothing in
-                    if not chains:
+                    if not want.chains:
                         continue
-                    problems = await self._apply(family, table, chains, unwanted, force=False)
+                    problems = await self._apply(family, want, force=False)
                     if problems:
                         log.warning(
                             "iptables.rules_repaired",
                             family=family.name,
-                            table=table,
+                            table=want.name,
                             differences=problems,
                         )
-                        repaired += [f"{family.iptables}/{table}: {p}" for p in problems]
+                        repaired += [f"{family.iptables}/{want.name}: {p}" for p in problems]
                         self.repairs_total += len(problems)
             # Read before the check: a change during it moves the counter and forces the next.
             self._verified_generation = None if repaired else generation
@@ -165,31 +162,23 @@ class IptablesManager(RuleKeeper):
 
         return ruleset_generation(self.netns)
 
-    async def _apply(
-        self,
-        family: Family,
-        table: str,
-        chains: list[FlannelChain],
-        unwanted: list[str],
-        *,
-        force: bool,
-    ) -> list[str]:
+    async def _apply(self, family: Family, want: WantedTable, *, force: bool) -> list[str]:
         tool = self._tools[family]
         # One retry: another program may change the table between our save and our restore,
         # and a -D of a rule that has gone fails the (atomic, so harmless) transaction.
         for attempt in (1, 2):
-            saved = await tool.save(table)
-            problems = diff_iptables(table, saved, chains, unwanted)
+            saved = await tool.save(want.name)
+            problems = diff_iptables(want, saved)
             if not problems and not force:
                 return []
-            if not problems and not chains:
+            if not problems and not want.chains:
                 return []
             try:
-                await tool.restore(iptables_restore_payload(table, saved, chains, unwanted))
+                await tool.restore(iptables_restore_payload(want, saved))
             except TrafficRuleError:
                 if attempt == 2:
                     raise
-                log.info("iptables.restore_retry", family=family.name, table=table)
+                log.info("iptables.restore_retry", family=family.name, table=want.name)
                 continue
             return problems
         raise AssertionError("unreachable")

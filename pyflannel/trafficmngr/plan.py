@@ -1,7 +1,7 @@
 """Compare wanted rule sets with what the kernel has, and build the repair transaction (pure).
 
 iptables: :func:`parse_iptables_save` reads ``iptables-save`` output; :func:`diff_iptables`
-lists every difference between it and the wanted :class:`~.rules.FlannelChain` list (missing
+lists every difference between it and a :class:`WantedTable` (its flannel chains: missing
 chain, missing/extra/reordered rules, missing or duplicated jump rule, stray flannel rules in the
 built-in chain, chains whose option is off); :func:`iptables_restore_payload` builds one
 ``iptables-restore --noflush`` transaction for a table that brings it to the wanted state.
@@ -30,6 +30,7 @@ __all__ = [
     "NftChainState",
     "NftListing",
     "SavedTable",
+    "WantedTable",
     "diff_iptables",
     "diff_nft",
     "iptables_removal_lines",
@@ -102,6 +103,19 @@ def parse_iptables_save(text: str) -> dict[str, SavedTable]:
     return tables
 
 
+@dataclass(frozen=True, slots=True)
+class WantedTable:
+    """What flannel wants in one iptables table ``name`` (``nat``, ``filter``): its ``chains``
+    (each with its jump rule), the flannel chains that must not exist (``unwanted``: their
+    option is off) and ``stale`` rules to remove as flannel's own leftovers (e.g. the rule set
+    of the previous subnet)."""
+
+    name: str
+    chains: Sequence[FlannelChain] = ()
+    unwanted: Sequence[str] = ()
+    stale: Sequence[IptRule] = ()
+
+
 def _references(table: SavedTable, chain: str) -> list[IptRule]:
     """Every rule in any chain of ``table`` that jumps or goes to ``chain``."""
     return [r for rules in table.chains.values() for r in rules if r.target == chain]
@@ -135,25 +149,15 @@ def _describe_chain_diff(name: str, want: Sequence[IptRule], have: Sequence[IptR
     return out
 
 
-def diff_iptables(
-    table_name: str,
-    saved: SavedTable | None,
-    wanted: Sequence[FlannelChain],
-    unwanted: Sequence[str] = (),
-    stale: Iterable[IptRule] = (),
-) -> list[str]:
-    """Every difference between the kernel's ``table_name`` and the wanted flannel chains.
-
-    ``wanted`` are the flannel chains of this table, ``unwanted`` the names of flannel chains
-    that must not exist (their option is off), ``stale`` extra rules to treat as flannel's own
-    leftovers (e.g. the rule set of the previous subnet). Empty list = in sync.
+def diff_iptables(want: WantedTable, saved: SavedTable | None) -> list[str]:
+    """Every difference between the kernel's table (``saved``, None when it has none) and
+    ``want``. Empty list = in sync.
     """
-    saved = saved or SavedTable(table_name)
-    stale = list(stale)
+    saved = saved or SavedTable(want.name)
     problems: list[str] = []
-    for fc in wanted:
+    for fc in want.chains:
         if not saved.has_chain(fc.name):
-            problems.append(f"chain {table_name}/{fc.name} is missing")
+            problems.append(f"chain {want.name}/{fc.name} is missing")
         else:
             problems += _describe_chain_diff(fc.name, fc.rules, saved.rules(fc.name))
         jumps = sum(1 for r in saved.rules(fc.parent) if r == fc.jump)
@@ -162,11 +166,11 @@ def diff_iptables(
         elif jumps > 1:
             problems.append(f"jump rule duplicated ({jumps} copies): {fc.jump.line()}")
         problems += [
-            f"stray flannel rule in {fc.parent}: {r.line()}" for r in _stray(saved, fc, stale)
+            f"stray flannel rule in {fc.parent}: {r.line()}" for r in _stray(saved, fc, want.stale)
         ]
-    for name in unwanted:
+    for name in want.unwanted:
         if saved.has_chain(name):
-            problems.append(f"chain {table_name}/{name} exists but its option is off")
+            problems.append(f"chain {want.name}/{name} exists but its option is off")
     return problems
 
 
@@ -179,14 +183,8 @@ def iptables_removal_lines(saved: SavedTable, chain: str) -> list[str]:
     return lines
 
 
-def iptables_restore_payload(
-    table_name: str,
-    saved: SavedTable | None,
-    wanted: Sequence[FlannelChain],
-    unwanted: Sequence[str] = (),
-    stale: Iterable[IptRule] = (),
-) -> str:
-    """One ``iptables-restore --noflush`` transaction that makes ``table_name`` as wanted.
+def iptables_restore_payload(want: WantedTable, saved: SavedTable | None) -> str:
+    """One ``iptables-restore --noflush`` transaction that makes the table as ``want``-ed.
 
     For each wanted chain: ``:CHAIN - [0:0]`` creates it or flushes it; every existing copy of
     the jump rule and every stray flannel rule in the parent chain is deleted (``-D``, one line
@@ -195,16 +193,15 @@ def iptables_restore_payload(
     state read just before: a ``-D`` of a rule that has gone fails the whole transaction, which
     then changes nothing.
     """
-    saved = saved or SavedTable(table_name)
-    stale = list(stale)
-    lines = [f"*{table_name}"]
-    lines += [f":{fc.name} - [0:0]" for fc in wanted]
-    for fc in wanted:
+    saved = saved or SavedTable(want.name)
+    lines = [f"*{want.name}"]
+    lines += [f":{fc.name} - [0:0]" for fc in want.chains]
+    for fc in want.chains:
         lines += [r.line("-D") for r in saved.rules(fc.parent) if r == fc.jump]
-        lines += [r.line("-D") for r in _stray(saved, fc, stale)]
+        lines += [r.line("-D") for r in _stray(saved, fc, want.stale)]
         lines.append(fc.jump.line())
         lines += [r.line() for r in fc.rules]
-    for name in unwanted:
+    for name in want.unwanted:
         lines += iptables_removal_lines(saved, name)
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"

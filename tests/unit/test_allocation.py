@@ -16,8 +16,8 @@ from pyflannel.lease import Lease, LeaseAttrs
 from pyflannel.subnet.allocation import (
     MAX_CANDIDATES,
     PreviousSubnets,
-    free_ipv4_candidates,
-    free_ipv6_candidates,
+    ipv4_family,
+    ipv6_family,
     is_ipv4_compatible,
     is_ipv6_compatible,
     pick_free_subnets,
@@ -236,19 +236,19 @@ def test_previous_v4_kept_even_when_v6_missing() -> None:
 
 def test_candidates_walk_from_min_and_skip_overlaps() -> None:
     leases = [lease("10.5.1.0/24"), lease("10.5.2.0/23"), lease("10.5.6.0/24")]
-    cands = free_ipv4_candidates(CFG, leases, limit=4)
+    cands = ipv4_family(CFG).free_candidates(leases, limit=4)
     assert cands == [V4("10.5.4.0/24"), V4("10.5.5.0/24"), V4("10.5.7.0/24"), V4("10.5.8.0/24")]
 
 
 def test_candidates_capped_at_100() -> None:
-    assert len(free_ipv4_candidates(CFG, [])) == MAX_CANDIDATES == 100
-    assert free_ipv4_candidates(CFG, [])[-1] == V4("10.5.100.0/24")
+    assert len(ipv4_family(CFG).free_candidates([])) == MAX_CANDIDATES == 100
+    assert ipv4_family(CFG).free_candidates([])[-1] == V4("10.5.100.0/24")
 
 
 def test_candidates_skip_a_huge_lease_quickly() -> None:
     cfg = parse_network_config('{"Network": "10.0.0.0/8"}')
     big = lease("10.0.0.0/9")
-    cands = free_ipv4_candidates(cfg, [big], limit=2)
+    cands = ipv4_family(cfg).free_candidates([big], limit=2)
     assert cands == [V4("10.128.0.0/24"), V4("10.128.1.0/24")]
 
 
@@ -259,13 +259,13 @@ def test_random_pick_is_uniform_over_the_100_candidates() -> None:
         v4, v6 = pick_free_subnets(CFG, [], r)
         assert v6 is None and v4 is not None
         counts[v4] += 1
-    assert set(counts) == set(free_ipv4_candidates(CFG, []))
+    assert set(counts) == set(ipv4_family(CFG).free_candidates([]))
     assert min(counts.values()) > 20 and max(counts.values()) < 90
 
 
 def test_ipv6_picked_independently() -> None:
     leases = [lease("10.5.1.0/24", v6="2001:cafe:42:1::/64")]
-    cands6 = free_ipv6_candidates(CFG_DUAL, leases, limit=2)
+    cands6 = ipv6_family(CFG_DUAL).free_candidates(leases, limit=2)
     assert cands6 == [V6("2001:cafe:42:2::/64"), V6("2001:cafe:42:3::/64")]
     v4, v6 = pick_free_subnets(CFG_DUAL, leases, rng())
     assert v4 is not None and v6 is not None
@@ -343,7 +343,7 @@ def test_candidate_search_is_fast_with_10k_leases() -> None:
     base = int(IP("10.0.1.0"))
     leases = [lease(str(V4((base + i * 256, 24)))) for i in range(10_000)]
     t0 = time.perf_counter()
-    cands = free_ipv4_candidates(cfg, leases)
+    cands = ipv4_family(cfg).free_candidates(leases)
     elapsed = time.perf_counter() - t0
     assert len(cands) == 100
     assert cands[0] == V4((base + 10_000 * 256, 24))

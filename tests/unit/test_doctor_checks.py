@@ -8,7 +8,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from pyflannel.cli.doctor import SCHEMA, DoctorReport, render_report, report_document
+from pyflannel.cli.doctor import SCHEMA, DoctorReport
 from pyflannel.cli.etcd_tool_opts import (
     ETCD_FLAGS,
     IFACE_FLAGS,
@@ -261,16 +261,16 @@ def test_report_render_and_json() -> None:
         ]
     )
     assert rep.ok
-    text = render_report(rep)
+    text = rep.render()
     assert text.endswith("no problems found, 1 warning(s)\n")
     assert "fix: ethtool -K flannel.1 ..." in text
     rep.findings.append(Finding("FAIL", "device", "flannel.1", "gone"))
     assert not rep.ok
-    doc = report_document(rep)
+    doc = rep.document()
     assert json.loads(json.dumps(doc)) == doc
     assert doc["schema"] == SCHEMA and doc["ok"] is False
     assert doc["summary"] == {"ok": 1, "warn": 1, "fail": 1}
-    assert render_report(rep).endswith("1 problem(s) found, 1 warning(s)\n")
+    assert rep.render().endswith("1 problem(s) found, 1 warning(s)\n")
 
 
 # --- shared tool flags (pyflannel/cli/etcd_tool_opts.py) -----------------------------------------

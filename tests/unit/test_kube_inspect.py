@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pyflannel.subnet.kube.annotations import annotation_keys
-from pyflannel.subnet.kube.inspect import document, evaluate, render
+from pyflannel.subnet.kube.inspect import evaluate
 from pyflannel.subnet.kube.node import Node, NodeCondition
 
 K = annotation_keys()
@@ -23,12 +23,12 @@ def test_healthy_node_and_refused_peer() -> None:
     assert report.healthy
     levels = {f.check: f.level for f in report.findings}
     assert levels == {"peer n2": "WARN", "podCIDR": "OK", "annotations": "OK", "condition": "OK"}
-    text = render(report)
+    text = report.render()
     assert "n1 *" in text and "refused" in text
-    assert document(report)["nodes"][0]["name"] == "n1"
+    assert report.document()["nodes"][0]["name"] == "n1"
 
 
 def test_missing_pod_cidr_fails() -> None:
     report = evaluate([Node("n1", annotations=None)], "n1", K, CONF)
     assert not report.healthy
-    assert "allocate-node-cidrs" in render(report)
+    assert "allocate-node-cidrs" in report.render()

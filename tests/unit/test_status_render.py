@@ -9,7 +9,7 @@ import pytest
 
 from pyflannel.backend.base import PlanContext
 from pyflannel.backend.kernel import KernelView
-from pyflannel.cli.status import SCHEMA, StatusReport, render_table, report_document
+from pyflannel.cli.status import SCHEMA, StatusReport
 from pyflannel.inspect.datapath import evaluate_device, evaluate_peers
 from pyflannel.inspect.entries import describe_entry, fix_command
 from pyflannel.inspect.findings import Finding, count_levels, format_duration, render_findings
@@ -395,7 +395,7 @@ def report(findings: list[Finding], leases: list[LeaseRow] | None = None) -> Sta
 
 
 def test_render_table_healthy() -> None:
-    text = render_table(report([Finding("OK", "peer", "10.5.50.0/24", "via 198.51.100.2: ok")]))
+    text = report([Finding("OK", "peer", "10.5.50.0/24", "via 198.51.100.2: ok")]).render()
     lines = text.splitlines()
     assert lines[0] == (
         "leases in etcd (/coreos.com/network/subnets/ at http://198.51.100.250:2379): 2"
@@ -431,7 +431,7 @@ def test_render_table_healthy() -> None:
 
 def test_render_table_problems_with_fixes() -> None:
     f = Finding("FAIL", "peer", "10.5.50.0/24", "route missing", "ip route replace x")
-    text = render_table(report([f, Finding("WARN", "rules", "iptables", "hmm")]))
+    text = report([f, Finding("WARN", "rules", "iptables", "hmm")]).render()
     assert "FAIL  peer   10.5.50.0/24  route missing" in text
     assert "fix: ip route replace x" in text
     assert text.endswith("1 problem(s) found, 1 warning(s)\n")
@@ -446,7 +446,7 @@ def test_many_ok_peers_collapse() -> None:
 
 def test_report_document_is_stable_json() -> None:
     fail = Finding("FAIL", "stale", "10.5.60.0/24", "stale route", "ip route del x")
-    doc = report_document(report([fail]))
+    doc = report([fail]).document()
     assert json.loads(json.dumps(doc)) == doc
     assert list(doc) == [
         "schema",
@@ -494,6 +494,6 @@ def test_report_document_is_stable_json() -> None:
 def test_failing_peers_from_the_daemon_show_in_their_own_column() -> None:
     rows = lease_rows([OWN, PEER], OWN, now=1000.0, failing={PEER.key_suffix: "ENETUNREACH"})
     assert [r.failing for r in rows if not r.this_node] == ["ENETUNREACH"]
-    text = render_table(report([], leases=rows))
+    text = report([], leases=rows).render()
     peer_line = next(line for line in text.splitlines() if str(PEER.subnet) in line)
     assert "ENETUNREACH" in peer_line.split()

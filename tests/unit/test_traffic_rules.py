@@ -15,6 +15,7 @@ from pyflannel.errors import TrafficRuleError
 from pyflannel.trafficmngr import spec_from
 from pyflannel.trafficmngr.iptables import IptablesCaps, check_br_netfilter
 from pyflannel.trafficmngr.plan import (
+    WantedTable,
     diff_iptables,
     diff_nft,
     iptables_removal_payload,
@@ -202,7 +203,7 @@ def _wanted_nat() -> list[FlannelChain]:
 def test_parse_and_diff_in_sync() -> None:
     saved = parse_iptables_save(_in_sync_nat())["nat"]
     assert [r.line() for r in saved.rules("FLANNEL-POSTRTG")] == FLANNELD_MASQ_V4[1:]
-    assert diff_iptables("nat", saved, _wanted_nat()) == []
+    assert diff_iptables(WantedTable("nat", _wanted_nat()), saved) == []
 
 
 def test_parse_keeps_other_rules_and_odd_quoting() -> None:
@@ -220,11 +221,11 @@ def test_parse_keeps_other_rules_and_odd_quoting() -> None:
     saved = parse_iptables_save(text)["nat"]
     assert len(saved.rules("DOCKER")) == 2
     assert saved.rules("DOCKER")[0].comment == "unbalanced ' quote"
-    assert diff_iptables("nat", saved, _wanted_nat()) == []
+    assert diff_iptables(WantedTable("nat", _wanted_nat()), saved) == []
 
 
 def test_diff_missing_table_and_chain() -> None:
-    problems = diff_iptables("nat", None, _wanted_nat())
+    problems = diff_iptables(WantedTable("nat", _wanted_nat()), None)
     assert problems == [
         "chain nat/FLANNEL-POSTRTG is missing",
         f"jump rule missing: {FLANNELD_MASQ_V4[0]}",
@@ -234,7 +235,7 @@ def test_diff_missing_table_and_chain() -> None:
 def test_diff_detects_deleted_rule() -> None:
     lines = FLANNELD_MASQ_V4[:3] + FLANNELD_MASQ_V4[4:]
     saved = parse_iptables_save(_save("nat", ["FLANNEL-POSTRTG"], lines))["nat"]
-    assert diff_iptables("nat", saved, _wanted_nat()) == [
+    assert diff_iptables(WantedTable("nat", _wanted_nat()), saved) == [
         f"rule missing from FLANNEL-POSTRTG: {FLANNELD_MASQ_V4[3]}"
     ]
 
@@ -242,7 +243,7 @@ def test_diff_detects_deleted_rule() -> None:
 def test_diff_detects_reordered_rules() -> None:
     lines = [FLANNELD_MASQ_V4[0], *FLANNELD_MASQ_V4[2:], FLANNELD_MASQ_V4[1]]
     saved = parse_iptables_save(_save("nat", ["FLANNEL-POSTRTG"], lines))["nat"]
-    assert diff_iptables("nat", saved, _wanted_nat()) == [
+    assert diff_iptables(WantedTable("nat", _wanted_nat()), saved) == [
         "rules of FLANNEL-POSTRTG are out of order"
     ]
 
@@ -250,7 +251,7 @@ def test_diff_detects_reordered_rules() -> None:
 def test_diff_detects_duplicates_inside_chain_and_jump() -> None:
     lines = [FLANNELD_MASQ_V4[0], *FLANNELD_MASQ_V4, FLANNELD_MASQ_V4[6]]
     saved = parse_iptables_save(_save("nat", ["FLANNEL-POSTRTG"], lines))["nat"]
-    assert diff_iptables("nat", saved, _wanted_nat()) == [
+    assert diff_iptables(WantedTable("nat", _wanted_nat()), saved) == [
         f"unexpected rule in FLANNEL-POSTRTG: {FLANNELD_MASQ_V4[6]}",
         f"jump rule duplicated (2 copies): {FLANNELD_MASQ_V4[0]}",
     ]
@@ -261,7 +262,7 @@ def test_diff_detects_stray_flannel_rules_in_parent() -> None:
     bare_jump = "-A POSTROUTING -j FLANNEL-POSTRTG"
     lines = [legacy, bare_jump, *FLANNELD_MASQ_V4]
     saved = parse_iptables_save(_save("nat", ["FLANNEL-POSTRTG"], lines))["nat"]
-    assert diff_iptables("nat", saved, _wanted_nat()) == [
+    assert diff_iptables(WantedTable("nat", _wanted_nat()), saved) == [
         f"stray flannel rule in POSTROUTING: {legacy}",
         f"stray flannel rule in POSTROUTING: {bare_jump}",
     ]
@@ -271,17 +272,17 @@ def test_diff_detects_stray_flannel_rules_in_parent() -> None:
         "nat"
     ]
     stale = [IptRule("POSTROUTING", ("-s", "10.9.0.0/16", "-j", "RETURN"))]
-    assert diff_iptables("nat", saved, _wanted_nat(), stale=stale) == [
+    assert diff_iptables(WantedTable("nat", _wanted_nat(), stale=stale), saved) == [
         f"stray flannel rule in POSTROUTING: {other}"
     ]
 
 
 def test_diff_reports_unwanted_chain() -> None:
     saved = parse_iptables_save(_in_sync_nat())["nat"]
-    assert diff_iptables("nat", saved, [], unwanted=["FLANNEL-POSTRTG"]) == [
+    assert diff_iptables(WantedTable("nat", unwanted=["FLANNEL-POSTRTG"]), saved) == [
         "chain nat/FLANNEL-POSTRTG exists but its option is off"
     ]
-    assert diff_iptables("nat", None, [], unwanted=["FLANNEL-POSTRTG"]) == []
+    assert diff_iptables(WantedTable("nat", unwanted=["FLANNEL-POSTRTG"]), None) == []
 
 
 def test_diff_normalizes_addresses() -> None:
@@ -295,14 +296,14 @@ def test_diff_normalizes_addresses() -> None:
         ],
     ).replace("-d 10.5.0.0/16", "-d 10.5.0.7/16")
     saved = parse_iptables_save(odd)["filter"]
-    assert diff_iptables("filter", saved, [forward_chain(N4)]) == []
+    assert diff_iptables(WantedTable("filter", [forward_chain(N4)]), saved) == []
 
 
 # --- iptables-restore payloads ------------------------------------------------------------------
 
 
 def test_payload_fresh_table() -> None:
-    payload = iptables_restore_payload("nat", None, _wanted_nat())
+    payload = iptables_restore_payload(WantedTable("nat", _wanted_nat()), None)
     assert (
         payload
         == "\n".join(["*nat", ":FLANNEL-POSTRTG - [0:0]", *FLANNELD_MASQ_V4, "COMMIT"]) + "\n"
@@ -313,7 +314,7 @@ def test_payload_removes_every_jump_copy_and_strays() -> None:
     legacy = '-A POSTROUTING -s 10.5.0.0/16 -m comment --comment "flanneld masq" -j RETURN'
     lines = [FLANNELD_MASQ_V4[0], legacy, *FLANNELD_MASQ_V4, FLANNELD_MASQ_V4[0]]
     saved = parse_iptables_save(_save("nat", ["FLANNEL-POSTRTG"], lines))["nat"]
-    payload = iptables_restore_payload("nat", saved, _wanted_nat()).splitlines()
+    payload = iptables_restore_payload(WantedTable("nat", _wanted_nat()), saved).splitlines()
     jump_del = FLANNELD_MASQ_V4[0].replace("-A ", "-D ", 1)
     assert payload[:6] == [
         "*nat",
@@ -333,7 +334,9 @@ def test_payload_removes_unwanted_chain_with_references() -> None:
         [*FLANNELD_FWD_V4, "-A MINE -j FLANNEL-FWD"],
     )
     saved = parse_iptables_save(text)["filter"]
-    assert iptables_restore_payload("filter", saved, [], unwanted=["FLANNEL-FWD"]).splitlines() == [
+    assert iptables_restore_payload(
+        WantedTable("filter", unwanted=["FLANNEL-FWD"]), saved
+    ).splitlines() == [
         "*filter",
         FLANNELD_FWD_V4[0].replace("-A ", "-D ", 1),
         "-D MINE -j FLANNEL-FWD",
@@ -342,7 +345,7 @@ def test_payload_removes_unwanted_chain_with_references() -> None:
         "COMMIT",
     ]
     assert iptables_removal_payload("filter", saved, ["FLANNEL-FWD"]) == (
-        iptables_restore_payload("filter", saved, [], unwanted=["FLANNEL-FWD"])
+        iptables_restore_payload(WantedTable("filter", unwanted=["FLANNEL-FWD"]), saved)
     )
     assert iptables_removal_payload("filter", None, ["FLANNEL-FWD"]) is None
     nothing = parse_iptables_save(_save("filter", [], []))["filter"]
@@ -369,7 +372,7 @@ def test_render_parse_roundtrip_v4(addr: int, plen: int, extra: int, random_full
     chain = masq_chain(network, subnet, random_fully=random_fully)
     text = _save("nat", [chain.name], [r.line() for r in chain.flanneld_order()])
     saved = parse_iptables_save(text)["nat"]
-    assert diff_iptables("nat", saved, [chain]) == []
+    assert diff_iptables(WantedTable("nat", [chain]), saved) == []
 
 
 @given(
@@ -382,7 +385,7 @@ def test_render_parse_roundtrip_v6(addr: int, plen: int) -> None:
     chains = [masq_chain(network, subnet, random_fully=True), forward_chain(network)]
     for fc in chains:
         text = _save(fc.table, [fc.name], [r.line() for r in fc.flanneld_order()])
-        assert diff_iptables(fc.table, parse_iptables_save(text)[fc.table], [fc]) == []
+        assert diff_iptables(WantedTable(fc.table, [fc]), parse_iptables_save(text)[fc.table]) == []
 
 
 # --- nftables ---------------------------------------------------------------------------------

@@ -18,11 +18,11 @@ import ipaddress
 import time
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from types import TracebackType
 from typing import Final, Unpack
 
 import structlog
 
+from pyflannel.closing import AsyncClosing
 from pyflannel.errors import RegistryError
 from pyflannel.lease import Lease, LeaseAttrs, encode_attrs, make_subnet_key
 from pyflannel.subnet.etcd.client import (
@@ -69,7 +69,7 @@ _INLINE_WATCH_EVENTS: Final = 16
 _CONFIG_EXAMPLE: Final = '{"Network": "10.5.0.0/16", "Backend": {"Type": "vxlan"}}'
 
 
-class EtcdRegistry:
+class EtcdRegistry(AsyncClosing):
     """Lease storage in etcd v3 under ``<prefix>/subnets/`` plus the network config.
 
     All I/O methods are async; construction does no I/O (the client connects and, with a
@@ -125,17 +125,6 @@ class EtcdRegistry:
 
     async def aclose(self) -> None:
         """Async spelling of :meth:`close`."""
-        self.close()
-
-    async def __aenter__(self) -> EtcdRegistry:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
         self.close()
 
     # ----------------------------------------------------------------- config

@@ -9,11 +9,15 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from typing import TypeVar
 
 from pyflannel.config import NetworkConfig
 from pyflannel.errors import ConfigError
 from pyflannel.lease import Lease, LeaseAttrs, LeaseDecodeError, go_json_dumps
 from pyflannel.subnet.kube.node import Node
+
+_Addr = TypeVar("_Addr", ipaddress.IPv4Address, ipaddress.IPv6Address)
+_Net = TypeVar("_Net", ipaddress.IPv4Network, ipaddress.IPv6Network)
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -166,6 +170,28 @@ def _raw_json(text: str, what: str, node: str) -> object:
         ) from exc
 
 
+def _family_part(
+    node: Node,
+    address: type[_Addr],
+    ip_key: str,
+    podcidr: _Net | None,
+    data_key: str,
+) -> tuple[_Addr, object, _Net]:
+    """One address family's half of a peer's lease: its public-ip annotation parsed by
+    ``address`` (``IPv4Address``/``IPv6Address``), its podCIDR and its backend-data JSON."""
+    family = address.__name__.removesuffix("Address")  # "IPv4" / "IPv6", as in the messages
+    text = node.annotation(ip_key)
+    try:
+        public = address(text)
+    except ValueError as exc:
+        raise LeaseDecodeError(
+            f"node {node.name!r}: annotation {ip_key}={text!r} is not an {family} address"
+        ) from exc
+    if podcidr is None:
+        raise LeaseDecodeError(f"node {node.name!r} has no {family} podCIDR")
+    return public, _raw_json(node.annotation(data_key), data_key, node.name), podcidr
+
+
 def lease_from_node(node: Node, keys: AnnotationKeys, config: NetworkConfig) -> Lease:
     """A peer's lease from its Node (flanneld's ``nodeToLease``).
 
@@ -181,32 +207,16 @@ def lease_from_node(node: Node, keys: AnnotationKeys, config: NetworkConfig) -> 
     data: object = None
     subnet: ipaddress.IPv4Network | None = None
     if config.enable_ipv4:
-        text = node.annotation(keys.public_ip)
-        try:
-            public_ip = ipaddress.IPv4Address(text)
-        except ValueError as exc:
-            raise LeaseDecodeError(
-                f"node {node.name!r}: annotation {keys.public_ip}={text!r} is not an IPv4 address"
-            ) from exc
-        if v4net is None:
-            raise LeaseDecodeError(f"node {node.name!r} has no IPv4 podCIDR")
-        data = _raw_json(node.annotation(keys.backend_data), keys.backend_data, node.name)
-        subnet = v4net
+        public_ip, data, subnet = _family_part(
+            node, ipaddress.IPv4Address, keys.public_ip, v4net, keys.backend_data
+        )
     public6: ipaddress.IPv6Address | None = None
     v6data: object = None
     subnet6: ipaddress.IPv6Network | None = None
     if config.enable_ipv6 and backend_type in _DUAL_STACK_BACKENDS:
-        text = node.annotation(keys.public_ipv6)
-        try:
-            public6 = ipaddress.IPv6Address(text)
-        except ValueError as exc:
-            raise LeaseDecodeError(
-                f"node {node.name!r}: annotation {keys.public_ipv6}={text!r} is not an IPv6 address"
-            ) from exc
-        if v6net is None:
-            raise LeaseDecodeError(f"node {node.name!r} has no IPv6 podCIDR")
-        v6data = _raw_json(node.annotation(keys.backend_v6_data), keys.backend_v6_data, node.name)
-        subnet6 = v6net
+        public6, v6data, subnet6 = _family_part(
+            node, ipaddress.IPv6Address, keys.public_ipv6, v6net, keys.backend_v6_data
+        )
     return Lease(
         subnet=subnet,
         ipv6_subnet=subnet6,

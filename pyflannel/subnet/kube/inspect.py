@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pyflannel.config import parse_network_config
 from pyflannel.errors import FlannelError
+from pyflannel.inspect.findings import print_report
 from pyflannel.lease import LeaseDecodeError
 from pyflannel.subnet.kube.annotations import (
     DEFAULT_PREFIX,
@@ -27,7 +28,7 @@ from pyflannel.subnet.kube.annotations import (
 )
 from pyflannel.subnet.kube.node import Node
 
-__all__ = ["KubeReport", "NodeRow", "collect", "document", "evaluate", "main", "render"]
+__all__ = ["KubeReport", "NodeRow", "collect", "evaluate", "main"]
 
 DEFAULT_NET_CONF = "/etc/kube-flannel/net-conf.json"
 Level = Literal["OK", "WARN", "FAIL"]
@@ -69,6 +70,49 @@ class KubeReport:
     def healthy(self) -> bool:
         """No FAIL finding."""
         return all(f.level != "FAIL" for f in self.findings)
+
+    def render(self) -> str:
+        """The human table and the findings."""
+        header = (
+            "NODE",
+            "PODCIDRS",
+            "FLANNEL",
+            "BACKEND",
+            "PUBLIC IP",
+            "VTEP MAC",
+            "NETWORKUNAVAILABLE",
+        )
+        rows = [header] + [
+            (
+                r.name + (" *" if r.name == self.node else ""),
+                r.pod_cidrs,
+                "refused" if r.refused else ("yes" if r.managed else "no"),
+                r.backend_type,
+                r.public_ip,
+                r.vtep_mac,
+                r.network_unavailable,
+            )
+            for r in self.rows
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        out = [f"Nodes at {self.server}: {len(self.rows)} (* = this node)"]
+        out += [
+            "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+            for row in rows
+        ]
+        out += [f"{f.level:<4} {f.check}: {f.message}" for f in self.findings]
+        return "\n".join(out) + "\n"
+
+    def document(self) -> dict[str, Any]:
+        """The JSON document (``--output json``)."""
+        return {
+            "mode": "kube",
+            "server": self.server,
+            "node": self.node,
+            "healthy": self.healthy,
+            "nodes": [asdict(r) for r in self.rows],
+            "findings": [asdict(f) for f in self.findings],
+        }
 
 
 def _mac(node: Node, keys: AnnotationKeys) -> str:
@@ -187,51 +231,6 @@ async def collect(conn: Any, own: str, keys: AnnotationKeys, net_conf: str | Non
     return evaluate(listing.nodes, own, keys, net_conf, conn.server)
 
 
-def render(report: KubeReport) -> str:
-    """The human table and the findings."""
-    header = (
-        "NODE",
-        "PODCIDRS",
-        "FLANNEL",
-        "BACKEND",
-        "PUBLIC IP",
-        "VTEP MAC",
-        "NETWORKUNAVAILABLE",
-    )
-    rows = [header] + [
-        (
-            r.name + (" *" if r.name == report.node else ""),
-            r.pod_cidrs,
-            "refused" if r.refused else ("yes" if r.managed else "no"),
-            r.backend_type,
-            r.public_ip,
-            r.vtep_mac,
-            r.network_unavailable,
-        )
-        for r in report.rows
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    out = [f"Nodes at {report.server}: {len(report.rows)} (* = this node)"]
-    out += [
-        "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
-    out += [f"{f.level:<4} {f.check}: {f.message}" for f in report.findings]
-    return "\n".join(out) + "\n"
-
-
-def document(report: KubeReport) -> dict[str, Any]:
-    """The JSON document (``--output json``)."""
-    return {
-        "mode": "kube",
-        "server": report.server,
-        "node": report.node,
-        "healthy": report.healthy,
-        "nodes": [asdict(r) for r in report.rows],
-        "findings": [asdict(f) for f in report.findings],
-    }
-
-
 def main(prog: str, argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
     """``pyflannel status|doctor --kube-subnet-mgr …``: 0 when healthy, 1 otherwise."""
     import trio
@@ -267,8 +266,5 @@ def main(prog: str, argv: Sequence[str], environ: Mapping[str, str] | None = Non
     except FlannelError as exc:
         print(f"pyflannel {prog}: {exc}", flush=True)
         return 1
-    if args.output == "json":
-        print(json.dumps(document(report), indent=2))
-    else:
-        print(render(report), end="")
+    print_report(report, args.output)
     return 0 if report.healthy else 1
