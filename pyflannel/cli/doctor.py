@@ -32,7 +32,7 @@ from pyflannel.backend.wireguard import options as wireguard
 from pyflannel.backend.wireguard.options import wireguard_options
 from pyflannel.cli import etcd_tool_opts as tool_opts
 from pyflannel.config import udp_options, vxlan_options
-from pyflannel.inspect import checks, findings, host, sources
+from pyflannel.inspect import checks, etcd_http, findings, host, sources
 from pyflannel.inspect.datapath import evaluate_device, wireguard_findings
 from pyflannel.inspect.findings import Finding, FindingsReport
 from pyflannel.inspect.leases import find_own_lease
@@ -40,10 +40,10 @@ from pyflannel.inspect.leases import find_own_lease
 if TYPE_CHECKING:
     import argparse
 
-    from pyflannel.cli.etcd_tool_opts import HttpAnswer
     from pyflannel.cli.flags import Options
     from pyflannel.config import NetworkConfig
     from pyflannel.iface import ExternalInterface, HostNetwork
+    from pyflannel.inspect.etcd_http import HttpAnswer
     from pyflannel.lease import Lease
 
 __all__ = ["SCHEMA", "TOOL", "DoctorReport", "collect", "main"]
@@ -120,8 +120,8 @@ async def collect(opts: Options) -> DoctorReport:
     except FlannelError as exc:
         etcd_error = str(exc)
     version: HttpAnswer | None = None
-    for base in tool_opts.endpoint_urls(opts):
-        answer = tool_opts.etcd_http_get(opts, base, "/version")
+    for base in etcd_http.endpoint_urls(opts):
+        answer = etcd_http.etcd_http_get(opts, base, "/version")
         if answer.status:
             version = answer
             break

@@ -11,9 +11,9 @@ from pyflannel.backend import vxlan
 from pyflannel.inspect.findings import Finding, format_duration
 
 if TYPE_CHECKING:
-    from pyflannel.cli.etcd_tool_opts import HttpAnswer
     from pyflannel.config import NetworkConfig
     from pyflannel.iface import ExternalInterface, HostNetwork
+    from pyflannel.inspect.etcd_http import HttpAnswer
     from pyflannel.lease import Lease
 
 __all__ = [

@@ -33,13 +33,13 @@ async def load_config(
     reg: EtcdRegistry, opts: Options
 ) -> tuple[NetworkConfig | None, list[Finding]]:
     """The network config, or the findings that explain why there is none."""
-    from pyflannel.cli.config_cmd import (
+    from pyflannel.errors import ConfigError
+    from pyflannel.inspect.etcd_http import etcdctl_command
+    from pyflannel.inspect.missing_config import (
         check_config_text,
         missing_config_summary,
         probe_v2_config,
     )
-    from pyflannel.cli.etcd_tool_opts import etcdctl_command
-    from pyflannel.errors import ConfigError
     from pyflannel.subnet.etcd.errors import ConfigNotFound
 
     key = reg.config_key

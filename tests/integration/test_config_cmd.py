@@ -24,17 +24,13 @@ import structlog
 import trio
 
 from pyflannel.cli import config_cmd
-from pyflannel.cli.config_cmd import (
-    V2Probe,
-    classify_v2_answer,
-    config_diff,
-    describe_config,
-    missing_config_text,
-)
-from pyflannel.cli.etcd_tool_opts import HttpAnswer, new_registry
+from pyflannel.cli.config_cmd import config_diff, describe_config
+from pyflannel.cli.etcd_tool_opts import new_registry
 from pyflannel.cli.flags import parse_flags
 from pyflannel.config import parse_network_config
 from pyflannel.errors import ConfigError
+from pyflannel.inspect.etcd_http import HttpAnswer
+from pyflannel.inspect.missing_config import V2Probe, classify_v2_answer, missing_config_text
 from tests.harness.etcd import EtcdServer, etcdctl_env
 from tests.harness.etcd_tls import start_etcd_tls
 

@@ -13,9 +13,7 @@ from pyflannel.cli.etcd_tool_opts import (
     ETCD_FLAGS,
     IFACE_FLAGS,
     TRAFFIC_FLAGS,
-    HttpAnswer,
     add_flanneld_flags,
-    etcdctl_command,
     options_from,
 )
 from pyflannel.cli.flags import Options
@@ -31,6 +29,7 @@ from pyflannel.inspect.checks import (
     check_udp_port,
     other_candidates,
 )
+from pyflannel.inspect.etcd_http import HttpAnswer, etcdctl_command
 from pyflannel.inspect.findings import Finding
 from pyflannel.inspect.host import parse_ethtool_features, parse_proc_net_udp
 from pyflannel.lease import Lease, LeaseAttrs
