@@ -126,7 +126,9 @@ class Daemon:
             config.backend_type, **await self._backend_options(manager, config, ext)
         )
         prepared = await backend.prepare(config, ext, self.state_dir)
-        self.lease = await manager.acquire_lease(config, prepared.attrs, previous)
+        from pyflannel.subnet.allocation import previous_subnets
+
+        self.lease = await manager.acquire_lease(config, prepared.attrs, previous_subnets(previous))
         self._lease_changed(self.lease)
         log.info(
             "daemon.lease_acquired",

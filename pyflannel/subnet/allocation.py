@@ -68,15 +68,13 @@ class PreviousSubnets:
     ipv6_subnet: ipaddress.IPv6Network | None = None
 
 
-def previous_subnets(env: SubnetEnv | PreviousSubnets | None) -> PreviousSubnets:
+def previous_subnets(env: SubnetEnv | None) -> PreviousSubnets:
     """``FLANNEL_SUBNET=10.5.72.1/24`` → ``10.5.72.0/24`` (and likewise for IPv6).
 
     flanneld masks the gateway address back to the lease subnet when it reads the file.
     """
     if env is None:
         return PreviousSubnets()
-    if isinstance(env, PreviousSubnets):
-        return env
     return PreviousSubnets(
         subnet=None if env.subnet is None else env.subnet.network,
         ipv6_subnet=None if env.ipv6_subnet is None else env.ipv6_subnet.network,

@@ -44,7 +44,6 @@ from pyflannel.subnet.allocation import (
     is_lease_compatible,
     leases_of_node,
     plan_acquisition,
-    previous_subnets,
 )
 from pyflannel.subnet.etcd.endpoints import DEFAULT_ENDPOINTS, DEFAULT_PREFIX
 from pyflannel.subnet.etcd.errors import WatchCompacted
@@ -52,7 +51,6 @@ from pyflannel.subnet.etcd.leases import Unreadable, WatchBatch
 from pyflannel.subnet.etcd.registry import DEFAULT_REQUEST_TIMEOUT, EtcdRegistry
 from pyflannel.subnet.etcd.watch import WatchStream
 from pyflannel.subnet.protocols import Registry
-from pyflannel.subnet.subnet_env import SubnetEnv
 from pyflannel.subnet.watch import PeerFeed
 
 if TYPE_CHECKING:
@@ -247,15 +245,15 @@ class EtcdSubnetManager(AsyncClosing):
         self,
         config: NetworkConfig,
         attrs: LeaseAttrs,
-        previous_subnet_env: SubnetEnv | PreviousSubnets | None = None,
+        previous: PreviousSubnets | None = None,
     ) -> Lease:
         """Get this node's lease (flanneld's ``AcquireLease``; see :mod:`.allocation`).
 
         Raises :class:`~pyflannel.errors.OutOfSubnets` when the range is full,
         :class:`~pyflannel.errors.LeaseError` when other nodes won every race, and
-        :class:`~pyflannel.errors.RegistryError` when etcd fails.
+        :class:`~pyflannel.errors.RegistryError` when etcd fails. ``previous``: the subnets of
+        the last subnet.env (:func:`~.allocation.previous_subnets`), tried first if free.
         """
-        previous = previous_subnets(previous_subnet_env)
         lost: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
         prefix = self._registry.prefix
         for attempt in range(1, self._max_race_retries + 1):
@@ -267,7 +265,7 @@ class EtcdSubnetManager(AsyncClosing):
                 config,
                 leases,
                 attrs,
-                previous,
+                previous or PreviousSubnets(),
                 self._rng,
                 prefix=prefix,
                 exclude=lost,

@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from pyflannel.subnet.allocation import PreviousSubnets
     from pyflannel.subnet.etcd.leases import CreateResult
     from pyflannel.subnet.etcd.watch import WatchStream
-    from pyflannel.subnet.subnet_env import SubnetEnv
 
 __all__ = ["Registry", "SubnetManager"]
 
@@ -112,7 +111,7 @@ class SubnetManager(Protocol):
         self,
         config: NetworkConfig,
         attrs: LeaseAttrs,
-        previous_subnet_env: SubnetEnv | PreviousSubnets | None = None,
+        previous: PreviousSubnets | None = None,
     ) -> Lease:
         """Get (or re-use) this node's lease; raises ``OutOfSubnets``/``LeaseError``/
         ``RegistryError``."""

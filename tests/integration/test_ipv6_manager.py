@@ -26,6 +26,7 @@ from pyflannel.config import NetworkConfig, parse_network_config
 from pyflannel.errors import OutOfSubnets
 from pyflannel.lease import Event, EventKind, Lease, LeaseAttrs, encode_attrs
 from pyflannel.peer_messages import PeerMessage, PeerSnapshot
+from pyflannel.subnet.allocation import previous_subnets
 from pyflannel.subnet.manager import EtcdSubnetManager
 from pyflannel.subnet.subnet_env import (
     parse_subnet_env,
@@ -245,7 +246,7 @@ async def test_dual_stack_reuses_both_subnets_from_subnet_env(
     )
     previous = parse_subnet_env(text)
     async with manager(etcd, prefix) as mgr:
-        lease = await mgr.acquire_lease(DUAL, dual_node(1), previous)
+        lease = await mgr.acquire_lease(DUAL, dual_node(1), previous_subnets(previous))
     assert (lease.subnet, lease.ipv6_subnet) == (V4("10.5.77.0/24"), V6("fd00:10:5:4d::/64"))
     assert list(stored(etcd, prefix)) == ["10.5.77.0-24&fd00:10:5:4d::-64"]
 

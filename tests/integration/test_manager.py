@@ -18,6 +18,7 @@ from structlog.testing import capture_logs
 from pyflannel.config import parse_network_config
 from pyflannel.errors import LeaseLost, OutOfSubnets
 from pyflannel.lease import Lease, LeaseAttrs, decode_attrs, encode_attrs
+from pyflannel.subnet.allocation import previous_subnets
 from pyflannel.subnet.etcd.errors import ConfigNotFound
 from pyflannel.subnet.manager import EtcdSubnetManager
 from pyflannel.subnet.subnet_env import SubnetEnv
@@ -117,7 +118,7 @@ async def test_reuses_the_lease_of_our_public_ip(etcd: EtcdServer) -> None:
     put_with_lease(etcd, f"{prefix}/subnets/10.5.34.0-24", encode_attrs(node(20)))
     async with manager(etcd, prefix) as mgr:
         lease = await mgr.acquire_lease(
-            CFG, ME, SubnetEnv(subnet=ipaddress.IPv4Interface("10.5.90.1/24"))
+            CFG, ME, previous_subnets(SubnetEnv(subnet=ipaddress.IPv4Interface("10.5.90.1/24")))
         )
     assert lease.subnet == V4("10.5.33.0/24"), "PublicIP match beats subnet.env"
     stored = kv(etcd, key)
@@ -160,7 +161,7 @@ async def test_reuses_free_subnet_from_subnet_env(etcd: EtcdServer) -> None:
     prefix = new_prefix()
     env = SubnetEnv(subnet=ipaddress.IPv4Interface("10.5.77.1/24"))
     async with manager(etcd, prefix) as mgr:
-        lease = await mgr.acquire_lease(CFG, ME, env)
+        lease = await mgr.acquire_lease(CFG, ME, previous_subnets(env))
     assert lease.subnet == V4("10.5.77.0/24")
 
 
@@ -169,7 +170,7 @@ async def test_subnet_env_subnet_held_by_another_node_is_not_taken(etcd: EtcdSer
     put_with_lease(etcd, f"{prefix}/subnets/10.5.77.0-24", encode_attrs(node(20)))
     env = SubnetEnv(subnet=ipaddress.IPv4Interface("10.5.77.1/24"))
     async with manager(etcd, prefix) as mgr:
-        lease = await mgr.acquire_lease(CFG, ME, env)
+        lease = await mgr.acquire_lease(CFG, ME, previous_subnets(env))
     assert lease.subnet != V4("10.5.77.0/24")
     held = kv(etcd, f"{prefix}/subnets/10.5.77.0-24")
     assert held is not None and decode_attrs(held["value"]) == node(20)

@@ -47,7 +47,6 @@ from pyflannel.subnet.kube.watch import NodeEvent, NodeFeed
 if TYPE_CHECKING:
     from pyflannel.options import Options
     from pyflannel.subnet.allocation import PreviousSubnets
-    from pyflannel.subnet.subnet_env import SubnetEnv
 
 __all__ = ["NODE_WAIT_SECONDS", "KubeSubnetManager", "manager_from_options"]
 
@@ -177,13 +176,13 @@ class KubeSubnetManager:
         self,
         config: NetworkConfig,
         attrs: LeaseAttrs,
-        previous_subnet_env: SubnetEnv | PreviousSubnets | None = None,
+        previous: PreviousSubnets | None = None,
     ) -> Lease:
         """This node's lease from its podCIDR(s), after publishing the annotations.
 
         Waits while the Node is missing or has no podCIDR. Raises LeaseError when the podCIDR
         lies outside the configured Network (flanneld's message)."""
-        del previous_subnet_env  # kube mode never picks a subnet (flannel-kube.md §8)
+        del previous  # kube mode never picks a subnet (flannel-kube.md §8)
         self._config = config
         name = await self.resolve_node_name()
         node = await self._wait_for_node(name)
