@@ -130,11 +130,13 @@ class Daemon:
 
         self.lease = await manager.acquire_lease(config, prepared.attrs, previous_subnets(previous))
         self._lease_changed(self.lease)
+        # A kube lease carries no etcd lease, so "reservation" (no etcd lease) means nothing.
+        kind = {} if opts.kube_subnet_mgr else {"reservation": self.lease.is_reservation}
         log.info(
             "daemon.lease_acquired",
             subnet=str(self.lease.subnet),
             ipv6_subnet=str(self.lease.ipv6_subnet) if self.lease.ipv6_subnet else None,
-            reservation=self.lease.is_reservation,
+            **kind,
         )
         network = await backend.configure(prepared, self.lease)
         METRICS.backend = network.stats

@@ -65,6 +65,7 @@ def _range_text(
 
 def describe_config(cfg: NetworkConfig) -> list[str]:
     """The effective config, defaults included, one fact per line (pure)."""
+    from pyflannel.backend.vxlan import ENCAP_OVERHEAD, KERNEL_DEFAULT_PORT
     from pyflannel.config import udp_options, vxlan_options
 
     lines: list[str] = []
@@ -80,8 +81,8 @@ def describe_config(cfg: NetworkConfig) -> list[str]:
     backend = f"Backend {cfg.backend_type}"
     if cfg.backend_type == "vxlan":
         vx = vxlan_options(cfg)
-        port = f"{vx.port}" if vx.port else "8472 (kernel default)"
-        mtu = f"{vx.mtu} - 50" if vx.mtu else "interface MTU - 50"
+        port = f"{vx.port}" if vx.port else f"{KERNEL_DEFAULT_PORT} (kernel default)"
+        mtu = f"{vx.mtu or 'interface MTU'} - {ENCAP_OVERHEAD}"
         extras = [f"VNI {vx.vni}", f"UDP port {port}", f"device MTU = {mtu}"]
         extras += [name for name, on in (("GBP", vx.gbp), ("DirectRouting", vx.direct_routing),
                                          ("Learning", vx.learning)) if on]  # fmt: skip
