@@ -39,6 +39,7 @@ __all__ = [
     "BackendStats",
     "Family",
     "Network",
+    "OwnStack",
     "PlanContext",
     "Prepared",
 ]
@@ -83,6 +84,38 @@ class PlanContext:
         idx = {self.dev_index, self.ext_index, *self.direct_routes.values()}
         idx.discard(0)
         return frozenset(idx)
+
+
+@dataclass(frozen=True, slots=True)
+class OwnStack:
+    """This node's side of one address family, the part of a :class:`PlanContext` that does not
+    depend on the backend: our Network, subnet and public IP (and the underlay, when known).
+
+    Each backend's ``plan_context(own, ...)`` adds what is its own (which device peers go on, the
+    VTEP MAC, the lease type it accepts); the daemon and ``pyflannel.inspect`` both call those.
+    """
+
+    family: Family
+    network: IPNetwork
+    subnet: IPNetwork
+    public_ip: IPAddress
+    underlay: IPNetwork | None = None
+
+    def context(
+        self, backend_type: str, *, dev_index: int, ext_index: int, own_mac: str | None = None
+    ) -> PlanContext:
+        """The plan context of this family for a backend programming peers on ``dev_index``."""
+        return PlanContext(
+            family=self.family,
+            backend_type=backend_type,
+            network=self.network,
+            own_subnet=self.subnet,
+            own_public_ip=self.public_ip,
+            dev_index=dev_index,
+            ext_index=ext_index,
+            own_mac=own_mac,
+            underlay=self.underlay,
+        )
 
 
 class Network(Protocol):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from pyflannel.backend.base import BackendStats, Family, PlanContext, Prepared
+from pyflannel.backend.base import BackendStats, Family, OwnStack, PlanContext, Prepared
 from pyflannel.backend.kernel import NetlinkKernel
 from pyflannel.backend.peers import PeerProgrammer
 from pyflannel.backend.programmed import ProgrammedNetwork
@@ -37,26 +37,9 @@ _NAT_MESSAGE = (
 )
 
 
-def plan_context(
-    family: Family,
-    *,
-    network: IPNetwork,
-    own_subnet: IPNetwork,
-    public_ip: IPAddress,
-    ext_index: int,
-    underlay: IPNetwork | None = None,
-) -> PlanContext:
+def plan_context(own: OwnStack, *, ext_index: int) -> PlanContext:
     """What the planner needs to route peers via their public IPs on ``ext_index``."""
-    return PlanContext(
-        family=family,
-        backend_type=HostGwBackend.backend_type,
-        network=network,
-        own_subnet=own_subnet,
-        own_public_ip=public_ip,
-        dev_index=ext_index,
-        ext_index=ext_index,
-        underlay=underlay,
-    )
+    return own.context(HostGwBackend.backend_type, dev_index=ext_index, ext_index=ext_index)
 
 
 def _routable_public_ip(name: str, pub: _Addr | None, own: _Addr | None, *, v6: bool) -> _Addr:
@@ -140,16 +123,9 @@ class HostGwBackend:
                     "subnet",
                     hint="delete the lease in etcd so that a dual-stack one is allocated",
                 )
-            contexts.append(
-                plan_context(
-                    family,
-                    network=network,
-                    own_subnet=own,
-                    public_ip=public,
-                    ext_index=ext.index,
-                    underlay=ext.ipv4_network if family == 4 else ext.ipv6_network,
-                )
-            )
+            underlay = ext.ipv4_network if family == 4 else ext.ipv6_network
+            stack = OwnStack(family, network, own, public, underlay)
+            contexts.append(plan_context(stack, ext_index=ext.index))
         programmer = PeerProgrammer(
             NetlinkWorker(NetlinkKernel()), contexts, metrics=self._metrics, stats=self.stats
         )

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Final, NoReturn
 import structlog
 import trio
 
-from pyflannel.backend.base import BackendStats, PlanContext, Prepared
+from pyflannel.backend.base import BackendStats, OwnStack, PlanContext, Prepared
 from pyflannel.backend.device_keeper import DeviceKeeper
 from pyflannel.backend.rejections import RejectionLog
 from pyflannel.backend.udp_forwarder import Forwarder, ForwarderStats, Mode
@@ -327,13 +327,8 @@ class UdpBackend:
             ifindex = configure_tun(
                 nl, prepared.tun.name, lease.subnet, prepared.network, prepared.mtu
             )
-        ctx = plan_context(
-            network=prepared.network,
-            own_subnet=lease.subnet,
-            public_ip=ext.public_ip,
-            dev_index=ifindex,
-            ext_index=ext.index,
-        )
+        own = OwnStack(4, prepared.network, lease.subnet, ext.public_ip)
+        ctx = plan_context(own, dev_index=ifindex, ext_index=ext.index)
         return UdpNetwork(
             prepared,
             lease,
@@ -420,24 +415,9 @@ def tun_mtu(ext_mtu: int) -> int:
     return ext_mtu - ENCAP_OVERHEAD
 
 
-def plan_context(
-    *,
-    network: ipaddress.IPv4Network,
-    own_subnet: ipaddress.IPv4Network,
-    public_ip: ipaddress.IPv4Address,
-    dev_index: int,
-    ext_index: int,
-) -> PlanContext:
+def plan_context(own: OwnStack, *, dev_index: int, ext_index: int) -> PlanContext:
     """What lease validation needs (udp peers carry no BackendType, IPv4 only)."""
-    return PlanContext(
-        family=4,
-        backend_type=UdpBackend.lease_backend_type,
-        network=network,
-        own_subnet=own_subnet,
-        own_public_ip=public_ip,
-        dev_index=dev_index,
-        ext_index=ext_index,
-    )
+    return own.context(UdpBackend.lease_backend_type, dev_index=dev_index, ext_index=ext_index)
 
 
 @dataclass(frozen=True, slots=True)

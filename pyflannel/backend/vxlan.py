@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import structlog
 import trio
 
-from pyflannel.backend.base import BackendStats, Family, PlanContext, Prepared
+from pyflannel.backend.base import BackendStats, Family, OwnStack, PlanContext, Prepared
 from pyflannel.backend.device_keeper import DeviceKeeper
 from pyflannel.backend.kernel import NetlinkKernel
 from pyflannel.backend.mac_store import choose_vtep_mac, mac_path
@@ -124,27 +124,11 @@ def flannel_mtu(underlay_mtu: int, *, ipv6: bool) -> int:
 
 
 def plan_context(
-    family: Family,
-    *,
-    network: IPNetwork,
-    own_subnet: IPNetwork,
-    public_ip: IPAddress,
-    dev_index: int,
-    ext_index: int,
-    own_mac: str | None,
-    underlay: IPNetwork | None = None,
+    own: OwnStack, *, dev_index: int, ext_index: int, own_mac: str | None
 ) -> PlanContext:
     """What the planner needs to program vxlan peers on the device ``dev_index``."""
-    return PlanContext(
-        family=family,
-        backend_type=VxlanBackend.backend_type,
-        network=network,
-        own_subnet=own_subnet,
-        own_public_ip=public_ip,
-        dev_index=dev_index,
-        ext_index=ext_index,
-        own_mac=own_mac,
-        underlay=underlay,
+    return own.context(
+        VxlanBackend.backend_type, dev_index=dev_index, ext_index=ext_index, own_mac=own_mac
     )
 
 
@@ -343,15 +327,10 @@ class VxlanBackend:
 
 
 def _context(ext: ExternalInterface, dev: VxlanDevice, own: IPNetwork) -> PlanContext:
+    underlay = ext.ipv4_network if dev.family == 4 else ext.ipv6_network
+    stack = OwnStack(dev.family, dev.network, own, dev.public_ip, underlay)
     return plan_context(
-        dev.family,
-        network=dev.network,
-        own_subnet=own,
-        public_ip=dev.public_ip,
-        dev_index=dev.ifindex,
-        ext_index=dev.spec.vtep_ifindex,
-        own_mac=dev.mac,
-        underlay=ext.ipv4_network if dev.family == 4 else ext.ipv6_network,
+        stack, dev_index=dev.ifindex, ext_index=dev.spec.vtep_ifindex, own_mac=dev.mac
     )
 
 

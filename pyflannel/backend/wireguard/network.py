@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Final
 import structlog
 import trio
 
-from pyflannel.backend.base import BackendStats, Family, PlanContext, Prepared
+from pyflannel.backend.base import BackendStats, Family, OwnStack, PlanContext, Prepared
 from pyflannel.backend.wanted import Failing, WantedPeers
 from pyflannel.backend.wireguard.device import (
     Device,
@@ -231,15 +231,10 @@ class WireguardBackend:
                     "subnet",
                     hint="delete the lease in etcd so that a dual-stack one is allocated",
                 )
-            contexts[family] = PlanContext(  # type: ignore[index]
-                family=family,  # type: ignore[arg-type]
-                backend_type=self.backend_type,
-                network=network,
-                own_subnet=own,
-                own_public_ip=public,
-                dev_index=0,
-                ext_index=ext.index,
-                underlay=ext.ipv4_network if family == 4 else ext.ipv6_network,
+            underlay = ext.ipv4_network if family == 4 else ext.ipv6_network
+            stack = OwnStack(family, network, own, public, underlay)  # type: ignore[arg-type]
+            contexts[family] = stack.context(  # type: ignore[index]
+                self.backend_type, dev_index=0, ext_index=ext.index
             )
         opts = self.options
         return WgContext(
