@@ -91,23 +91,27 @@ class HostGwBackend:
     ) -> HostGwPrepared:
         """Check the interface (no NAT); the result holds the lease attrs (no BackendData)."""
         del state_dir  # host-gw keeps no state
-        stacks: list[tuple[Family, IPNetwork, IPAddress]] = []
-        attrs = LeaseAttrs(backend_type=self.backend_type)
+        pub: ipaddress.IPv4Address | None = None
+        pub6: ipaddress.IPv6Address | None = None
         if config.enable_ipv4:
-            assert config.network is not None
             pub = _routable_public_ip(
                 ext_iface.name, ext_iface.public_ip, ext_iface.ipv4_addr, v6=False
             )
-            stacks.append((4, config.network, pub))
-            attrs = replace(attrs, public_ip=pub)
         if config.enable_ipv6:
-            assert config.ipv6_network is not None
             pub6 = _routable_public_ip(
                 ext_iface.name, ext_iface.public_ipv6, ext_iface.ipv6_addr, v6=True
             )
-            stacks.append((6, config.ipv6_network, pub6))
-            attrs = replace(attrs, public_ipv6=pub6)
-        return HostGwPrepared(ext_iface, tuple(stacks), attrs)
+        per_family: tuple[tuple[Family, IPNetwork | None, IPAddress | None], ...] = (
+            (4, config.network, pub),
+            (6, config.ipv6_network, pub6),
+        )
+        stacks = tuple(
+            (f, net, ip) for f, net, ip in per_family if net is not None and ip is not None
+        )
+        attrs = LeaseAttrs(backend_type=self.backend_type, public_ipv6=pub6)
+        if pub is not None:
+            attrs = replace(attrs, public_ip=pub)
+        return HostGwPrepared(ext_iface, stacks, attrs)
 
     async def configure(self, prepared: Prepared, lease: Lease) -> HostGwNetwork:
         """Nothing to configure on the kernel; return the network that programs routes."""
