@@ -63,7 +63,7 @@ from pyflannel.netlink import consts as nlc
 from pyflannel.netlink.addresses import ensure_address, list_addresses
 from pyflannel.netlink.changes import ChangeMonitor
 from pyflannel.netlink.dump import dump_routes
-from pyflannel.netlink.encode import attr, rtmsg
+from pyflannel.netlink.encode import device_route_body
 from pyflannel.netlink.links import get_link, set_link_mtu, set_link_up
 from pyflannel.netlink.nlsocket import KernelRefused, NetlinkSocket
 from pyflannel.netlink.ops import IPNetwork
@@ -375,17 +375,7 @@ def ensure_network_route(nl: NetlinkSocket, ifindex: int, network: ipaddress.IPv
     EEXIST is fine when the existing route already uses the TUN; a route via anything else is
     replaced, with a warning (it would swallow the overlay's traffic).
     """
-    body = (
-        rtmsg(
-            nlc.AF_INET,
-            network.prefixlen,
-            protocol=nlc.RTPROT_BOOT,
-            scope=nlc.RT_SCOPE_UNIVERSE,
-            rtype=nlc.RTN_UNICAST,
-        )
-        + attr(nlc.RTA_DST, network.network_address.packed)
-        + attr(nlc.RTA_OIF, struct.pack("=I", ifindex))
-    )
+    body = device_route_body(network, ifindex, scope=nlc.RT_SCOPE_UNIVERSE)
     what = f"add route {network} dev ifindex {ifindex}"
     try:
         nl.request(nlc.RTM_NEWROUTE, nlc.NLM_F_CREATE | nlc.NLM_F_EXCL, body, what=what)
