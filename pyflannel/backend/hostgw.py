@@ -133,27 +133,11 @@ class HostGwBackend:
         programmer = PeerProgrammer(
             NetlinkWorker(NetlinkKernel()), contexts, metrics=self._metrics, stats=self.stats
         )
-        return HostGwNetwork(lease, ext.mtu, self.resync_interval, programmer)
+        return HostGwNetwork(lease, ext.mtu, programmer, self.resync_interval)
 
 
 class HostGwNetwork(ProgrammedNetwork):
-    """The host-gw data path for our lease."""
-
-    def __init__(
-        self, lease: Lease, mtu: int, resync_interval: float, programmer: PeerProgrammer
-    ) -> None:
-        super().__init__(lease, programmer, resync_interval)
-        self._mtu = mtu
-
-    @property
-    def mtu(self) -> int:
-        """``FLANNEL_MTU``: the external interface's MTU."""
-        return self._mtu
-
-    @property
-    def stats(self) -> BackendStats:
-        """Backend counters."""
-        return self.programmer.stats
+    """The host-gw data path for our lease (``FLANNEL_MTU``: the external interface's MTU)."""
 
     async def run(self) -> None:
         """Re-check (reconcile) the routes every ``resync_interval`` s until cancelled."""

@@ -51,6 +51,7 @@ import trio
 
 from pyflannel.backend.base import BackendStats, OwnStack, PlanContext, Prepared
 from pyflannel.backend.device_keeper import DeviceKeeper
+from pyflannel.backend.network_base import NetworkBase
 from pyflannel.backend.rejections import RejectionLog
 from pyflannel.backend.udp_forwarder import Forwarder, ForwarderStats, Mode
 from pyflannel.backend.udp_packet import PeerAddr, PeerTable
@@ -67,7 +68,7 @@ from pyflannel.netlink.encode import device_route_body
 from pyflannel.netlink.links import get_link, set_link_mtu, set_link_up
 from pyflannel.netlink.nlsocket import KernelRefused, NetlinkSocket
 from pyflannel.netlink.ops import IPNetwork
-from pyflannel.peer_messages import AppliesPeerMessages, PeerMessage, PeerSnapshot
+from pyflannel.peer_messages import PeerMessage, PeerSnapshot
 
 if TYPE_CHECKING:
     from pyflannel.config import NetworkConfig
@@ -502,7 +503,7 @@ def plan_table(
     return PeerTable.build(((net, addr) for _, net, addr in valid), subnet_len), rejected
 
 
-class UdpNetwork(AppliesPeerMessages):
+class UdpNetwork(NetworkBase):
     """The configured udp data path: the peer table and the forwarder, and the TUN (kept by a
     :class:`~pyflannel.backend.device_keeper.DeviceKeeper`)."""
 
@@ -519,18 +520,17 @@ class UdpNetwork(AppliesPeerMessages):
         stats: BackendStats,
     ) -> None:
         assert lease.subnet is not None
+        # FLANNEL_MTU: the external MTU minus 28
+        super().__init__(lease, mtu=prepared.mtu, stats=stats, peers=WantedPeers())
         self._prepared = prepared
-        self._lease = lease
         self._subnet = lease.subnet
         self._ctx = ctx
         self.ifindex = ifindex
         self.mode: Mode = mode
         self.offload = offload
         self._metrics = metrics
-        self._stats = stats
         self._keeper = DeviceKeeper("udp", stats)
         self._rejections = RejectionLog(stats)
-        self._wanted = WantedPeers()
         self._table = PeerTable.build((), prepared.subnet_len)
         self.forwarder = self._new_forwarder()
         self._stats_base = ForwarderStats()
@@ -552,21 +552,6 @@ class UdpNetwork(AppliesPeerMessages):
         )
 
     @property
-    def mtu(self) -> int:
-        """``FLANNEL_MTU``: the external MTU minus 28."""
-        return self._prepared.mtu
-
-    @property
-    def lease(self) -> Lease:
-        """Our own lease."""
-        return self._lease
-
-    @property
-    def stats(self) -> BackendStats:
-        """Backend counters (rejected leases, device re-creations)."""
-        return self._stats
-
-    @property
     def tun_name(self) -> str:
         """The TUN device's current name."""
         return self._prepared.tun.name
@@ -583,30 +568,25 @@ class UdpNetwork(AppliesPeerMessages):
         base = self._stats_base.as_dict()
         return ForwarderStats(**{k: cur[k] + base[k] for k in cur})
 
-    @property
-    def peers(self) -> WantedPeers:
-        """The wanted peer set (the one owner; the forwarder's table is built from it)."""
-        return self._wanted
-
     async def apply(self, msg: PeerMessage) -> None:
         """Rebuild the forwarder's peer table after a snapshot or changes."""
         if isinstance(msg, PeerSnapshot):
-            self._wanted.replace(msg.leases)
+            self.peers.replace(msg.leases)
             self._rebuild("snapshot")
         elif msg.events:
-            self._wanted.update(msg.events)
+            self.peers.update(msg.events)
             self._rebuild("events")
-        self._metrics.leases_known = len(self._wanted) + 1
+        self._metrics.leases_known = len(self.peers) + 1
 
     def _rebuild(self, reason: str) -> None:
         p = self._prepared
-        table, rejected = plan_table(self._wanted.leases, self._ctx, p.subnet_len, p.port)
+        table, rejected = plan_table(self.peers.leases, self._ctx, p.subnet_len, p.port)
         for lease, rej in rejected:
             self._rejections.note(lease, rej)
         self._table = table
         self.forwarder.set_table(table)
         self._metrics.peers_programmed = len(table)
-        log.info("udp.peers_updated", reason=reason, peers=len(table), leases=len(self._wanted))
+        log.info("udp.peers_updated", reason=reason, peers=len(table), leases=len(self.peers))
 
     async def run(self) -> None:
         """Forward packets in the forwarder's thread(s) until cancelled; re-create the TUN if it

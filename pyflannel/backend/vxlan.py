@@ -322,7 +322,6 @@ class VxlanBackend:
             programmer,
             sock=self._socket(),
             resync_interval=self.resync_interval,
-            stats=self.stats,
         )
 
 
@@ -346,24 +345,13 @@ class VxlanNetwork(ProgrammedNetwork):
         *,
         sock: NetlinkSocket,
         resync_interval: float,
-        stats: BackendStats,
     ) -> None:
-        super().__init__(lease, programmer, resync_interval)
+        # FLANNEL_MTU: the underlay MTU minus 50 (minus 70 when IPv6 is enabled)
+        super().__init__(lease, prepared.mtu, programmer, resync_interval)
         self._prepared = prepared
         self._sock = sock
         self._devices = {d.family: d for d in prepared.devices}
-        self._stats = stats
-        self._keeper = DeviceKeeper("vxlan", stats)
-
-    @property
-    def mtu(self) -> int:
-        """``FLANNEL_MTU``: the underlay MTU minus 50 (minus 70 when IPv6 is enabled)."""
-        return self._prepared.mtu
-
-    @property
-    def stats(self) -> BackendStats:
-        """Backend counters (rejections, device re-creations, resyncs)."""
-        return self._stats
+        self._keeper = DeviceKeeper("vxlan", self.stats)
 
     async def run(self) -> None:
         """Re-create deleted devices (re-programming every peer) and resync, until cancelled."""

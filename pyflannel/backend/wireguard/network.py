@@ -31,6 +31,7 @@ import structlog
 import trio
 
 from pyflannel.backend.base import BackendStats, Family, OwnStack, PlanContext, Prepared
+from pyflannel.backend.network_base import NetworkBase
 from pyflannel.backend.wanted import Failing, WantedPeers
 from pyflannel.backend.wireguard.device import (
     Device,
@@ -70,7 +71,7 @@ from pyflannel.lease import Lease, LeaseAttrs
 from pyflannel.metrics import METRICS, Metrics
 from pyflannel.netlink.nlsocket import NetlinkSocket
 from pyflannel.netlink.ops import IPNetwork
-from pyflannel.peer_messages import AppliesPeerMessages, PeerMessage, PeerSnapshot
+from pyflannel.peer_messages import PeerMessage, PeerSnapshot
 from pyflannel.retry import Backoff, FailureLog
 
 if TYPE_CHECKING:
@@ -280,20 +281,20 @@ class WireguardBackend:
             )
         ctx = self._context(lease)
         await trio.to_thread.run_sync(self.configure_links, lease)
-        return WireguardNetwork(self, lease, ctx, self._metrics)
+        return WireguardNetwork(self, lease, ctx, self._metrics, self.mtu)
 
 
-class WireguardNetwork(AppliesPeerMessages):
+class WireguardNetwork(NetworkBase):
     """The configured WireGuard data path: keeps every device's peers equal to the plan."""
 
     def __init__(
-        self, backend: WireguardBackend, lease: Lease, ctx: WgContext, metrics: Metrics
+        self, backend: WireguardBackend, lease: Lease, ctx: WgContext, metrics: Metrics, mtu: int
     ) -> None:
+        """``mtu``: ``FLANNEL_MTU``, the prepared backend's :attr:`WireguardBackend.mtu`."""
+        super().__init__(lease, mtu=mtu, stats=backend.stats, peers=WantedPeers())
         self._be = backend
         self._metrics = metrics
-        self._lease = lease
         self.ctx = ctx
-        self._wanted = WantedPeers()
         self._lock = trio.Lock()
         self._dirty = True
         self._warned: set[tuple[str, str]] = set()
@@ -301,29 +302,7 @@ class WireguardNetwork(AppliesPeerMessages):
         self.plan = PeerPlan(peers={})
         self.states: dict[str, DeviceState] = {}
         self.states_at = 0.0
-        metrics.extra_families = metric_families(
-            lambda: peer_stats(self.states, self._wanted.leases)
-        )
-
-    @property
-    def mtu(self) -> int:
-        """``FLANNEL_MTU``: flanneld's (MTU base) − 80."""
-        return self._be.mtu
-
-    @property
-    def lease(self) -> Lease:
-        """Our own lease."""
-        return self._lease
-
-    @property
-    def peers(self) -> WantedPeers:
-        """The one owner of the wanted peer set."""
-        return self._wanted
-
-    @property
-    def stats(self) -> BackendStats:
-        """Backend counters."""
-        return self._be.stats
+        metrics.extra_families = metric_families(lambda: peer_stats(self.states, self.peers.leases))
 
     @property
     def devices(self) -> list[Device]:
@@ -335,13 +314,13 @@ class WireguardNetwork(AppliesPeerMessages):
         failure is repaired by :meth:`run` after a backoff, never raised."""
         async with self._lock:
             if isinstance(msg, PeerSnapshot):
-                self._wanted.replace(msg.leases)
+                self.peers.replace(msg.leases)
             elif msg.events:
-                self._wanted.update(msg.events)
+                self.peers.update(msg.events)
             else:
                 return
             self._dirty = True
-            self._metrics.leases_known = len(self._wanted) + 1
+            self._metrics.leases_known = len(self.peers) + 1
             try:
                 await self._sync_locked("snapshot" if isinstance(msg, PeerSnapshot) else "events")
             except (FlannelError, OSError) as exc:
@@ -383,7 +362,7 @@ class WireguardNetwork(AppliesPeerMessages):
         return len(req.peers) - len(refused), refused
 
     async def _sync_locked(self, reason: str) -> None:
-        plan = plan_peers(self._wanted.programmable(), self.ctx)
+        plan = plan_peers(self.peers.programmable(), self.ctx)
         self._log_rejections(plan)
         written = 0
         for dev in self.devices:
@@ -392,7 +371,7 @@ class WireguardNetwork(AppliesPeerMessages):
             written += n
             for key in refused:
                 lease = plan.owners[key]
-                self._wanted.quarantine(
+                self.peers.quarantine(
                     Failing(
                         lease,
                         "EINVAL",
@@ -409,7 +388,7 @@ class WireguardNetwork(AppliesPeerMessages):
                 reason=reason,
                 peers=count_peers(plan),
                 written=written,
-                leases=len(self._wanted),
+                leases=len(self.peers),
             )
 
     async def run(self) -> None:
@@ -468,7 +447,7 @@ class WireguardNetwork(AppliesPeerMessages):
         out: list[str] = []
         with NetlinkSocket() as nl:
             for spec in self._be.specs:
-                subnets, networks = self._be.link_plan(self._lease, spec)
+                subnets, networks = self._be.link_plan(self.lease, spec)
                 out += [
                     f"{spec.name}: {r}"
                     for r in link_repairs(nl, spec.name, self.mtu, subnets, networks)
@@ -486,7 +465,7 @@ class WireguardNetwork(AppliesPeerMessages):
                 devs = await trio.to_thread.run_sync(
                     _blocking_ensure, [spec], be.private_key, be.socket_dir
                 )
-                await trio.to_thread.run_sync(be.configure_links, self._lease)
+                await trio.to_thread.run_sync(be.configure_links, self.lease)
                 break
             except (FlannelError, NetlinkError, OSError) as exc:
                 delay = backoff.next()
@@ -494,7 +473,7 @@ class WireguardNetwork(AppliesPeerMessages):
                 await trio.sleep(delay)
         failures.resolved(device=name)
         be.devices = [devs[0] if d.name == name else d for d in be.devices]
-        self._wanted.release_all()  # a new device: refused peers get another chance
+        self.peers.release_all()  # a new device: refused peers get another chance
         async with self._lock:
             self._dirty = True
             try:
