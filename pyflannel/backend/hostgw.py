@@ -14,13 +14,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from pyflannel.backend.base import BackendStats, Family, OwnStack, PlanContext, Prepared
+from pyflannel.backend.base import BackendBase, Family, OwnStack, PlanContext, Prepared
 from pyflannel.backend.kernel import NetlinkKernel
 from pyflannel.backend.peers import PeerProgrammer
 from pyflannel.backend.programmed import ProgrammedNetwork
 from pyflannel.errors import ConfigError, InterfaceError, LeaseError
 from pyflannel.lease import Lease, LeaseAttrs
-from pyflannel.metrics import Metrics
 from pyflannel.netlink.ops import IPAddress, IPNetwork
 from pyflannel.netlink.worker import NetlinkWorker
 
@@ -70,21 +69,10 @@ class HostGwPrepared:
     attrs: LeaseAttrs
 
 
-class HostGwBackend:
+class HostGwBackend(BackendBase):
     """Routes to peers via their public IPs; nothing to create before the lease."""
 
     backend_type = "host-gw"
-
-    def __init__(
-        self,
-        *,
-        resync_interval: float = 10.0,
-        metrics: Metrics | None = None,
-        stats: BackendStats | None = None,
-    ) -> None:
-        self.resync_interval = resync_interval
-        self._metrics = metrics
-        self.stats = stats if stats is not None else BackendStats()
 
     async def prepare(
         self, config: NetworkConfig, ext_iface: ExternalInterface, state_dir: Path
@@ -131,7 +119,7 @@ class HostGwBackend:
             stack = OwnStack(family, network, own, public, underlay)
             contexts.append(plan_context(stack, ext_index=ext.index))
         programmer = PeerProgrammer(
-            NetlinkWorker(NetlinkKernel()), contexts, metrics=self._metrics, stats=self.stats
+            NetlinkWorker(NetlinkKernel()), contexts, metrics=self.metrics, stats=self.stats
         )
         return HostGwNetwork(lease, ext.mtu, programmer, self.resync_interval)
 

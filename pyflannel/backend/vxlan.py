@@ -27,12 +27,19 @@ import ipaddress
 import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Unpack
 
 import structlog
 import trio
 
-from pyflannel.backend.base import BackendStats, Family, OwnStack, PlanContext, Prepared
+from pyflannel.backend.base import (
+    BackendBase,
+    BackendOptions,
+    Family,
+    OwnStack,
+    PlanContext,
+    Prepared,
+)
 from pyflannel.backend.device_keeper import DeviceKeeper
 from pyflannel.backend.kernel import NetlinkKernel
 from pyflannel.backend.mac_store import choose_vtep_mac, mac_path
@@ -40,7 +47,6 @@ from pyflannel.backend.peers import PeerProgrammer
 from pyflannel.backend.programmed import ProgrammedNetwork
 from pyflannel.errors import ConfigError, InterfaceError, LeaseError, NetlinkError
 from pyflannel.lease import Lease, LeaseAttrs
-from pyflannel.metrics import Metrics
 from pyflannel.netlink.addresses import ensure_address, list_addresses
 from pyflannel.netlink.links import (
     LinkInfo,
@@ -164,26 +170,23 @@ class VxlanPrepared:
     attrs: LeaseAttrs
 
 
-class VxlanBackend:
+class VxlanBackend(BackendBase):
     """Creates the vxlan device(s) before the lease and configures them after it."""
 
     backend_type = "vxlan"
+    default_resync_interval = 60.0
 
     def __init__(
         self,
         *,
-        resync_interval: float = 60.0,
         mac_hint: str | None = None,
         mac_hint_v6: str | None = None,
-        metrics: Metrics | None = None,
-        stats: BackendStats | None = None,
+        **options: Unpack[BackendOptions],
     ) -> None:
         """``mac_hint``/``mac_hint_v6``: the VtepMAC of our previous lease, if known (used only
         when neither the device nor the state file has one, e.g. after a reboot)."""
-        self.resync_interval = resync_interval
+        super().__init__(**options)
         self._hints: dict[Family, str | None] = {4: mac_hint, 6: mac_hint_v6}
-        self._metrics = metrics
-        self.stats = stats if stats is not None else BackendStats()
         self._sock: NetlinkSocket | None = None
         self._prepared: VxlanPrepared | None = None
 
@@ -313,7 +316,7 @@ class VxlanBackend:
             NetlinkWorker(NetlinkKernel()),
             contexts,
             direct_routing=prepared.direct_routing,
-            metrics=self._metrics,
+            metrics=self.metrics,
             stats=self.stats,
         )
         return VxlanNetwork(

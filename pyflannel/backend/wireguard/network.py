@@ -25,12 +25,19 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Unpack
 
 import structlog
 import trio
 
-from pyflannel.backend.base import BackendStats, Family, OwnStack, PlanContext, Prepared
+from pyflannel.backend.base import (
+    BackendBase,
+    BackendOptions,
+    Family,
+    OwnStack,
+    PlanContext,
+    Prepared,
+)
 from pyflannel.backend.network_base import NetworkBase
 from pyflannel.backend.wanted import Failing, WantedPeers
 from pyflannel.backend.wireguard.device import (
@@ -68,7 +75,7 @@ from pyflannel.backend.wireguard.peers import (
 from pyflannel.backend.wireguard.uapi import SOCKET_DIR, DeviceState, PeerSet, SetDevice, UapiError
 from pyflannel.errors import ConfigError, FlannelError, InterfaceError, LeaseError, NetlinkError
 from pyflannel.lease import Lease, LeaseAttrs
-from pyflannel.metrics import METRICS, Metrics
+from pyflannel.metrics import Metrics
 from pyflannel.netlink.nlsocket import NetlinkSocket
 from pyflannel.netlink.ops import IPNetwork
 from pyflannel.peer_messages import PeerMessage, PeerSnapshot
@@ -124,22 +131,13 @@ class WireguardPrepared:
     devices: tuple[str, ...]
 
 
-class WireguardBackend:
+class WireguardBackend(BackendBase):
     """flanneld's ``wireguard`` backend: devices and key before the lease, routes after."""
 
     backend_type = "wireguard"
 
-    def __init__(
-        self,
-        *,
-        resync_interval: float = 10.0,
-        metrics: Metrics | None = None,
-        stats: BackendStats | None = None,
-        socket_dir: Path = SOCKET_DIR,
-    ) -> None:
-        self.resync_interval = resync_interval
-        self._metrics = metrics if metrics is not None else METRICS
-        self.stats = stats if stats is not None else BackendStats()
+    def __init__(self, *, socket_dir: Path = SOCKET_DIR, **options: Unpack[BackendOptions]) -> None:
+        super().__init__(**options)
         self.socket_dir = socket_dir
         self._ext: ExternalInterface | None = None
         self._config: NetworkConfig | None = None
@@ -281,7 +279,7 @@ class WireguardBackend:
             )
         ctx = self._context(lease)
         await trio.to_thread.run_sync(self.configure_links, lease)
-        return WireguardNetwork(self, lease, ctx, self._metrics, self.mtu)
+        return WireguardNetwork(self, lease, ctx, self.metrics, self.mtu)
 
 
 class WireguardNetwork(NetworkBase):
