@@ -32,14 +32,7 @@ from typing import TYPE_CHECKING, Unpack
 import structlog
 import trio
 
-from pyflannel.backend.base import (
-    BackendBase,
-    BackendOptions,
-    Family,
-    OwnStack,
-    PlanContext,
-    Prepared,
-)
+from pyflannel.backend.base import BackendBase, OwnStack
 from pyflannel.backend.device_keeper import DeviceKeeper
 from pyflannel.backend.kernel import NetlinkKernel
 from pyflannel.backend.mac_store import choose_vtep_mac, mac_path
@@ -65,6 +58,7 @@ from pyflannel.netlink.ops import IPAddress, IPNetwork
 from pyflannel.netlink.worker import NetlinkWorker
 
 if TYPE_CHECKING:
+    from pyflannel.backend.base import BackendOptions, Family, PlanContext, Prepared
     from pyflannel.config import NetworkConfig
     from pyflannel.iface import ExternalInterface
 

@@ -30,14 +30,7 @@ from typing import TYPE_CHECKING, Final, Unpack
 import structlog
 import trio
 
-from pyflannel.backend.base import (
-    BackendBase,
-    BackendOptions,
-    Family,
-    OwnStack,
-    PlanContext,
-    Prepared,
-)
+from pyflannel.backend.base import BackendBase, OwnStack
 from pyflannel.backend.network_base import NetworkBase
 from pyflannel.backend.wanted import Failing, WantedPeers
 from pyflannel.backend.wireguard.device import (
@@ -82,6 +75,7 @@ from pyflannel.peer_messages import PeerMessage, PeerSnapshot
 from pyflannel.retry import Backoff, FailureLog
 
 if TYPE_CHECKING:
+    from pyflannel.backend.base import BackendOptions, Family, PlanContext, Prepared
     from pyflannel.config import NetworkConfig
     from pyflannel.iface import ExternalInterface
 
