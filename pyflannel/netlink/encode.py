@@ -242,5 +242,5 @@ def device_route_body(
             family_of(dst), dst.prefixlen, protocol=c.RTPROT_BOOT, scope=scope, rtype=c.RTN_UNICAST
         )
         + _addr_attr(c.RTA_DST, dst.network_address)
-        + _RTA_U32.pack(8, c.RTA_OIF, ifindex)
+        + _RTA_I32.pack(8, c.RTA_OIF, ifindex)
     )
