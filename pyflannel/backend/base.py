@@ -14,7 +14,8 @@ A *backend* owns one data path (vxlan, host-gw). The daemon drives it in this or
 ``HostGwPrepared``) that ``configure`` consumes and hands to the ``Network``; a network never
 reaches back into its backend.
 
-Everything in this module is plain data or a ``typing.Protocol``: no I/O.
+Everything in this module is plain data, a ``typing.Protocol`` or the constructor every backend
+with a resync loop shares (:class:`BackendBase`): no I/O.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, TypedDict, Unpack
 
 from pyflannel.lease import Lease, LeaseAttrs
-from pyflannel.metrics import BackendStats
+from pyflannel.metrics import METRICS, BackendStats, Metrics
 from pyflannel.netlink.ops import IPAddress, IPNetwork
 
 if TYPE_CHECKING:
@@ -36,9 +37,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Backend",
+    "BackendBase",
+    "BackendOptions",
     "BackendStats",
     "Family",
     "Network",
+    "OwnStack",
     "PlanContext",
     "Prepared",
 ]
@@ -83,6 +87,38 @@ class PlanContext:
         idx = {self.dev_index, self.ext_index, *self.direct_routes.values()}
         idx.discard(0)
         return frozenset(idx)
+
+
+@dataclass(frozen=True, slots=True)
+class OwnStack:
+    """This node's side of one address family, the part of a :class:`PlanContext` that does not
+    depend on the backend: our Network, subnet and public IP (and the underlay, when known).
+
+    Each backend's ``plan_context(own, ...)`` adds what is its own (which device peers go on, the
+    VTEP MAC, the lease type it accepts); the daemon and ``pyflannel.inspect`` both call those.
+    """
+
+    family: Family
+    network: IPNetwork
+    subnet: IPNetwork
+    public_ip: IPAddress
+    underlay: IPNetwork | None = None
+
+    def context(
+        self, backend_type: str, *, dev_index: int, ext_index: int, own_mac: str | None = None
+    ) -> PlanContext:
+        """The plan context of this family for a backend programming peers on ``dev_index``."""
+        return PlanContext(
+            family=self.family,
+            backend_type=backend_type,
+            network=self.network,
+            own_subnet=self.subnet,
+            own_public_ip=self.public_ip,
+            dev_index=dev_index,
+            ext_index=ext_index,
+            own_mac=own_mac,
+            underlay=self.underlay,
+        )
 
 
 class Network(Protocol):
@@ -142,3 +178,26 @@ class Backend(Protocol):
         """Finish the data path that ``prepared`` (this backend's ``prepare()`` result) began,
         for our acquired ``lease``, and return the live network."""
         ...
+
+
+class BackendOptions(TypedDict, total=False):
+    """The keyword options of :class:`BackendBase` (``make_backend(type, **options)``)."""
+
+    resync_interval: float
+    metrics: Metrics | None
+    stats: BackendStats | None
+
+
+class BackendBase:
+    """What the host-gw, vxlan and wireguard backends are built with: how often their network
+    re-checks the kernel (default :attr:`default_resync_interval` s), where metrics go (default:
+    the process's ``METRICS``) and the counters their networks share (default: new ones)."""
+
+    default_resync_interval: ClassVar[float] = 10.0
+
+    def __init__(self, **options: Unpack[BackendOptions]) -> None:
+        self.resync_interval = options.get("resync_interval", self.default_resync_interval)
+        metrics = options.get("metrics")
+        self.metrics = metrics if metrics is not None else METRICS
+        stats = options.get("stats")
+        self.stats = stats if stats is not None else BackendStats()

@@ -14,13 +14,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from pyflannel.backend.base import BackendStats, Family, PlanContext, Prepared
+from pyflannel.backend.base import BackendBase, Family, OwnStack, PlanContext, Prepared
 from pyflannel.backend.kernel import NetlinkKernel
 from pyflannel.backend.peers import PeerProgrammer
 from pyflannel.backend.programmed import ProgrammedNetwork
 from pyflannel.errors import ConfigError, InterfaceError, LeaseError
 from pyflannel.lease import Lease, LeaseAttrs
-from pyflannel.metrics import Metrics
 from pyflannel.netlink.ops import IPAddress, IPNetwork
 from pyflannel.netlink.worker import NetlinkWorker
 
@@ -37,26 +36,9 @@ _NAT_MESSAGE = (
 )
 
 
-def plan_context(
-    family: Family,
-    *,
-    network: IPNetwork,
-    own_subnet: IPNetwork,
-    public_ip: IPAddress,
-    ext_index: int,
-    underlay: IPNetwork | None = None,
-) -> PlanContext:
+def plan_context(own: OwnStack, *, ext_index: int) -> PlanContext:
     """What the planner needs to route peers via their public IPs on ``ext_index``."""
-    return PlanContext(
-        family=family,
-        backend_type=HostGwBackend.backend_type,
-        network=network,
-        own_subnet=own_subnet,
-        own_public_ip=public_ip,
-        dev_index=ext_index,
-        ext_index=ext_index,
-        underlay=underlay,
-    )
+    return own.context(HostGwBackend.backend_type, dev_index=ext_index, ext_index=ext_index)
 
 
 def _routable_public_ip(name: str, pub: _Addr | None, own: _Addr | None, *, v6: bool) -> _Addr:
@@ -87,44 +69,37 @@ class HostGwPrepared:
     attrs: LeaseAttrs
 
 
-class HostGwBackend:
+class HostGwBackend(BackendBase):
     """Routes to peers via their public IPs; nothing to create before the lease."""
 
     backend_type = "host-gw"
-
-    def __init__(
-        self,
-        *,
-        resync_interval: float = 10.0,
-        metrics: Metrics | None = None,
-        stats: BackendStats | None = None,
-    ) -> None:
-        self.resync_interval = resync_interval
-        self._metrics = metrics
-        self.stats = stats if stats is not None else BackendStats()
 
     async def prepare(
         self, config: NetworkConfig, ext_iface: ExternalInterface, state_dir: Path
     ) -> HostGwPrepared:
         """Check the interface (no NAT); the result holds the lease attrs (no BackendData)."""
         del state_dir  # host-gw keeps no state
-        stacks: list[tuple[Family, IPNetwork, IPAddress]] = []
-        attrs = LeaseAttrs(backend_type=self.backend_type)
+        pub: ipaddress.IPv4Address | None = None
+        pub6: ipaddress.IPv6Address | None = None
         if config.enable_ipv4:
-            assert config.network is not None
             pub = _routable_public_ip(
                 ext_iface.name, ext_iface.public_ip, ext_iface.ipv4_addr, v6=False
             )
-            stacks.append((4, config.network, pub))
-            attrs = replace(attrs, public_ip=pub)
         if config.enable_ipv6:
-            assert config.ipv6_network is not None
             pub6 = _routable_public_ip(
                 ext_iface.name, ext_iface.public_ipv6, ext_iface.ipv6_addr, v6=True
             )
-            stacks.append((6, config.ipv6_network, pub6))
-            attrs = replace(attrs, public_ipv6=pub6)
-        return HostGwPrepared(ext_iface, tuple(stacks), attrs)
+        per_family: tuple[tuple[Family, IPNetwork | None, IPAddress | None], ...] = (
+            (4, config.network, pub),
+            (6, config.ipv6_network, pub6),
+        )
+        stacks = tuple(
+            (f, net, ip) for f, net, ip in per_family if net is not None and ip is not None
+        )
+        attrs = LeaseAttrs(backend_type=self.backend_type, public_ipv6=pub6)
+        if pub is not None:
+            attrs = replace(attrs, public_ip=pub)
+        return HostGwPrepared(ext_iface, stacks, attrs)
 
     async def configure(self, prepared: Prepared, lease: Lease) -> HostGwNetwork:
         """Nothing to configure on the kernel; return the network that programs routes."""
@@ -140,40 +115,17 @@ class HostGwBackend:
                     "subnet",
                     hint="delete the lease in etcd so that a dual-stack one is allocated",
                 )
-            contexts.append(
-                plan_context(
-                    family,
-                    network=network,
-                    own_subnet=own,
-                    public_ip=public,
-                    ext_index=ext.index,
-                    underlay=ext.ipv4_network if family == 4 else ext.ipv6_network,
-                )
-            )
+            underlay = ext.ipv4_network if family == 4 else ext.ipv6_network
+            stack = OwnStack(family, network, own, public, underlay)
+            contexts.append(plan_context(stack, ext_index=ext.index))
         programmer = PeerProgrammer(
-            NetlinkWorker(NetlinkKernel()), contexts, metrics=self._metrics, stats=self.stats
+            NetlinkWorker(NetlinkKernel()), contexts, metrics=self.metrics, stats=self.stats
         )
-        return HostGwNetwork(lease, ext.mtu, self.resync_interval, programmer)
+        return HostGwNetwork(lease, ext.mtu, programmer, self.resync_interval)
 
 
 class HostGwNetwork(ProgrammedNetwork):
-    """The host-gw data path for our lease."""
-
-    def __init__(
-        self, lease: Lease, mtu: int, resync_interval: float, programmer: PeerProgrammer
-    ) -> None:
-        super().__init__(lease, programmer, resync_interval)
-        self._mtu = mtu
-
-    @property
-    def mtu(self) -> int:
-        """``FLANNEL_MTU``: the external interface's MTU."""
-        return self._mtu
-
-    @property
-    def stats(self) -> BackendStats:
-        """Backend counters."""
-        return self.programmer.stats
+    """The host-gw data path for our lease (``FLANNEL_MTU``: the external interface's MTU)."""
 
     async def run(self) -> None:
         """Re-check (reconcile) the routes every ``resync_interval`` s until cancelled."""

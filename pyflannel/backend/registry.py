@@ -51,8 +51,9 @@ def backend_class(backend_type: str) -> type[Backend]:
 def make_backend(backend_type: str, **options: Any) -> Backend:
     """Instantiate the backend for ``backend_type`` with its keyword ``options``.
 
-    vxlan takes ``resync_interval``, ``mac_hint``, ``mac_hint_v6``, ``metrics``, ``stats``;
-    host-gw takes ``resync_interval``, ``metrics``, ``stats``.
+    host-gw, vxlan and wireguard take :class:`~pyflannel.backend.base.BackendOptions`
+    (``resync_interval``, ``metrics``, ``stats``); vxlan also ``mac_hint``, ``mac_hint_v6``,
+    wireguard ``socket_dir``; udp ``mode``, ``offload``, ``metrics``, ``stats``.
     """
     return backend_class(backend_type)(**options)
 

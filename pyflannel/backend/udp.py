@@ -49,8 +49,9 @@ from typing import TYPE_CHECKING, Final, NoReturn
 import structlog
 import trio
 
-from pyflannel.backend.base import BackendStats, PlanContext, Prepared
+from pyflannel.backend.base import BackendStats, OwnStack, PlanContext, Prepared
 from pyflannel.backend.device_keeper import DeviceKeeper
+from pyflannel.backend.network_base import NetworkBase
 from pyflannel.backend.rejections import RejectionLog
 from pyflannel.backend.udp_forwarder import Forwarder, ForwarderStats, Mode
 from pyflannel.backend.udp_packet import PeerAddr, PeerTable
@@ -63,11 +64,11 @@ from pyflannel.netlink import consts as nlc
 from pyflannel.netlink.addresses import ensure_address, list_addresses
 from pyflannel.netlink.changes import ChangeMonitor
 from pyflannel.netlink.dump import dump_routes
-from pyflannel.netlink.encode import attr, rtmsg
+from pyflannel.netlink.encode import device_route_body
 from pyflannel.netlink.links import get_link, set_link_mtu, set_link_up
 from pyflannel.netlink.nlsocket import KernelRefused, NetlinkSocket
 from pyflannel.netlink.ops import IPNetwork
-from pyflannel.peer_messages import AppliesPeerMessages, PeerMessage, PeerSnapshot
+from pyflannel.peer_messages import PeerMessage, PeerSnapshot
 
 if TYPE_CHECKING:
     from pyflannel.config import NetworkConfig
@@ -327,13 +328,8 @@ class UdpBackend:
             ifindex = configure_tun(
                 nl, prepared.tun.name, lease.subnet, prepared.network, prepared.mtu
             )
-        ctx = plan_context(
-            network=prepared.network,
-            own_subnet=lease.subnet,
-            public_ip=ext.public_ip,
-            dev_index=ifindex,
-            ext_index=ext.index,
-        )
+        own = OwnStack(4, prepared.network, lease.subnet, ext.public_ip)
+        ctx = plan_context(own, dev_index=ifindex, ext_index=ext.index)
         return UdpNetwork(
             prepared,
             lease,
@@ -380,17 +376,7 @@ def ensure_network_route(nl: NetlinkSocket, ifindex: int, network: ipaddress.IPv
     EEXIST is fine when the existing route already uses the TUN; a route via anything else is
     replaced, with a warning (it would swallow the overlay's traffic).
     """
-    body = (
-        rtmsg(
-            nlc.AF_INET,
-            network.prefixlen,
-            protocol=nlc.RTPROT_BOOT,
-            scope=nlc.RT_SCOPE_UNIVERSE,
-            rtype=nlc.RTN_UNICAST,
-        )
-        + attr(nlc.RTA_DST, network.network_address.packed)
-        + attr(nlc.RTA_OIF, struct.pack("=I", ifindex))
-    )
+    body = device_route_body(network, ifindex, scope=nlc.RT_SCOPE_UNIVERSE)
     what = f"add route {network} dev ifindex {ifindex}"
     try:
         nl.request(nlc.RTM_NEWROUTE, nlc.NLM_F_CREATE | nlc.NLM_F_EXCL, body, what=what)
@@ -420,24 +406,9 @@ def tun_mtu(ext_mtu: int) -> int:
     return ext_mtu - ENCAP_OVERHEAD
 
 
-def plan_context(
-    *,
-    network: ipaddress.IPv4Network,
-    own_subnet: ipaddress.IPv4Network,
-    public_ip: ipaddress.IPv4Address,
-    dev_index: int,
-    ext_index: int,
-) -> PlanContext:
+def plan_context(own: OwnStack, *, dev_index: int, ext_index: int) -> PlanContext:
     """What lease validation needs (udp peers carry no BackendType, IPv4 only)."""
-    return PlanContext(
-        family=4,
-        backend_type=UdpBackend.lease_backend_type,
-        network=network,
-        own_subnet=own_subnet,
-        own_public_ip=public_ip,
-        dev_index=dev_index,
-        ext_index=ext_index,
-    )
+    return own.context(UdpBackend.lease_backend_type, dev_index=dev_index, ext_index=ext_index)
 
 
 @dataclass(frozen=True, slots=True)
@@ -532,7 +503,7 @@ def plan_table(
     return PeerTable.build(((net, addr) for _, net, addr in valid), subnet_len), rejected
 
 
-class UdpNetwork(AppliesPeerMessages):
+class UdpNetwork(NetworkBase):
     """The configured udp data path: the peer table and the forwarder, and the TUN (kept by a
     :class:`~pyflannel.backend.device_keeper.DeviceKeeper`)."""
 
@@ -549,18 +520,17 @@ class UdpNetwork(AppliesPeerMessages):
         stats: BackendStats,
     ) -> None:
         assert lease.subnet is not None
+        # FLANNEL_MTU: the external MTU minus 28
+        super().__init__(lease, mtu=prepared.mtu, stats=stats, peers=WantedPeers())
         self._prepared = prepared
-        self._lease = lease
         self._subnet = lease.subnet
         self._ctx = ctx
         self.ifindex = ifindex
         self.mode: Mode = mode
         self.offload = offload
         self._metrics = metrics
-        self._stats = stats
         self._keeper = DeviceKeeper("udp", stats)
         self._rejections = RejectionLog(stats)
-        self._wanted = WantedPeers()
         self._table = PeerTable.build((), prepared.subnet_len)
         self.forwarder = self._new_forwarder()
         self._stats_base = ForwarderStats()
@@ -582,21 +552,6 @@ class UdpNetwork(AppliesPeerMessages):
         )
 
     @property
-    def mtu(self) -> int:
-        """``FLANNEL_MTU``: the external MTU minus 28."""
-        return self._prepared.mtu
-
-    @property
-    def lease(self) -> Lease:
-        """Our own lease."""
-        return self._lease
-
-    @property
-    def stats(self) -> BackendStats:
-        """Backend counters (rejected leases, device re-creations)."""
-        return self._stats
-
-    @property
     def tun_name(self) -> str:
         """The TUN device's current name."""
         return self._prepared.tun.name
@@ -613,30 +568,25 @@ class UdpNetwork(AppliesPeerMessages):
         base = self._stats_base.as_dict()
         return ForwarderStats(**{k: cur[k] + base[k] for k in cur})
 
-    @property
-    def peers(self) -> WantedPeers:
-        """The wanted peer set (the one owner; the forwarder's table is built from it)."""
-        return self._wanted
-
     async def apply(self, msg: PeerMessage) -> None:
         """Rebuild the forwarder's peer table after a snapshot or changes."""
         if isinstance(msg, PeerSnapshot):
-            self._wanted.replace(msg.leases)
+            self.peers.replace(msg.leases)
             self._rebuild("snapshot")
         elif msg.events:
-            self._wanted.update(msg.events)
+            self.peers.update(msg.events)
             self._rebuild("events")
-        self._metrics.leases_known = len(self._wanted) + 1
+        self._metrics.leases_known = len(self.peers) + 1
 
     def _rebuild(self, reason: str) -> None:
         p = self._prepared
-        table, rejected = plan_table(self._wanted.leases, self._ctx, p.subnet_len, p.port)
+        table, rejected = plan_table(self.peers.leases, self._ctx, p.subnet_len, p.port)
         for lease, rej in rejected:
             self._rejections.note(lease, rej)
         self._table = table
         self.forwarder.set_table(table)
         self._metrics.peers_programmed = len(table)
-        log.info("udp.peers_updated", reason=reason, peers=len(table), leases=len(self._wanted))
+        log.info("udp.peers_updated", reason=reason, peers=len(table), leases=len(self.peers))
 
     async def run(self) -> None:
         """Forward packets in the forwarder's thread(s) until cancelled; re-create the TUN if it

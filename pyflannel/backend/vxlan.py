@@ -27,12 +27,12 @@ import ipaddress
 import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Unpack
 
 import structlog
 import trio
 
-from pyflannel.backend.base import BackendStats, Family, PlanContext, Prepared
+from pyflannel.backend.base import BackendBase, OwnStack
 from pyflannel.backend.device_keeper import DeviceKeeper
 from pyflannel.backend.kernel import NetlinkKernel
 from pyflannel.backend.mac_store import choose_vtep_mac, mac_path
@@ -40,7 +40,6 @@ from pyflannel.backend.peers import PeerProgrammer
 from pyflannel.backend.programmed import ProgrammedNetwork
 from pyflannel.errors import ConfigError, InterfaceError, LeaseError, NetlinkError
 from pyflannel.lease import Lease, LeaseAttrs
-from pyflannel.metrics import Metrics
 from pyflannel.netlink.addresses import ensure_address, list_addresses
 from pyflannel.netlink.links import (
     LinkInfo,
@@ -59,6 +58,7 @@ from pyflannel.netlink.ops import IPAddress, IPNetwork
 from pyflannel.netlink.worker import NetlinkWorker
 
 if TYPE_CHECKING:
+    from pyflannel.backend.base import BackendOptions, Family, PlanContext, Prepared
     from pyflannel.config import NetworkConfig
     from pyflannel.iface import ExternalInterface
 
@@ -124,27 +124,11 @@ def flannel_mtu(underlay_mtu: int, *, ipv6: bool) -> int:
 
 
 def plan_context(
-    family: Family,
-    *,
-    network: IPNetwork,
-    own_subnet: IPNetwork,
-    public_ip: IPAddress,
-    dev_index: int,
-    ext_index: int,
-    own_mac: str | None,
-    underlay: IPNetwork | None = None,
+    own: OwnStack, *, dev_index: int, ext_index: int, own_mac: str | None
 ) -> PlanContext:
     """What the planner needs to program vxlan peers on the device ``dev_index``."""
-    return PlanContext(
-        family=family,
-        backend_type=VxlanBackend.backend_type,
-        network=network,
-        own_subnet=own_subnet,
-        own_public_ip=public_ip,
-        dev_index=dev_index,
-        ext_index=ext_index,
-        own_mac=own_mac,
-        underlay=underlay,
+    return own.context(
+        VxlanBackend.backend_type, dev_index=dev_index, ext_index=ext_index, own_mac=own_mac
     )
 
 
@@ -180,26 +164,23 @@ class VxlanPrepared:
     attrs: LeaseAttrs
 
 
-class VxlanBackend:
+class VxlanBackend(BackendBase):
     """Creates the vxlan device(s) before the lease and configures them after it."""
 
     backend_type = "vxlan"
+    default_resync_interval = 60.0
 
     def __init__(
         self,
         *,
-        resync_interval: float = 60.0,
         mac_hint: str | None = None,
         mac_hint_v6: str | None = None,
-        metrics: Metrics | None = None,
-        stats: BackendStats | None = None,
+        **options: Unpack[BackendOptions],
     ) -> None:
         """``mac_hint``/``mac_hint_v6``: the VtepMAC of our previous lease, if known (used only
         when neither the device nor the state file has one, e.g. after a reboot)."""
-        self.resync_interval = resync_interval
+        super().__init__(**options)
         self._hints: dict[Family, str | None] = {4: mac_hint, 6: mac_hint_v6}
-        self._metrics = metrics
-        self.stats = stats if stats is not None else BackendStats()
         self._sock: NetlinkSocket | None = None
         self._prepared: VxlanPrepared | None = None
 
@@ -329,7 +310,7 @@ class VxlanBackend:
             NetlinkWorker(NetlinkKernel()),
             contexts,
             direct_routing=prepared.direct_routing,
-            metrics=self._metrics,
+            metrics=self.metrics,
             stats=self.stats,
         )
         return VxlanNetwork(
@@ -338,20 +319,14 @@ class VxlanBackend:
             programmer,
             sock=self._socket(),
             resync_interval=self.resync_interval,
-            stats=self.stats,
         )
 
 
 def _context(ext: ExternalInterface, dev: VxlanDevice, own: IPNetwork) -> PlanContext:
+    underlay = ext.ipv4_network if dev.family == 4 else ext.ipv6_network
+    stack = OwnStack(dev.family, dev.network, own, dev.public_ip, underlay)
     return plan_context(
-        dev.family,
-        network=dev.network,
-        own_subnet=own,
-        public_ip=dev.public_ip,
-        dev_index=dev.ifindex,
-        ext_index=dev.spec.vtep_ifindex,
-        own_mac=dev.mac,
-        underlay=ext.ipv4_network if dev.family == 4 else ext.ipv6_network,
+        stack, dev_index=dev.ifindex, ext_index=dev.spec.vtep_ifindex, own_mac=dev.mac
     )
 
 
@@ -367,24 +342,13 @@ class VxlanNetwork(ProgrammedNetwork):
         *,
         sock: NetlinkSocket,
         resync_interval: float,
-        stats: BackendStats,
     ) -> None:
-        super().__init__(lease, programmer, resync_interval)
+        # FLANNEL_MTU: the underlay MTU minus 50 (minus 70 when IPv6 is enabled)
+        super().__init__(lease, prepared.mtu, programmer, resync_interval)
         self._prepared = prepared
         self._sock = sock
         self._devices = {d.family: d for d in prepared.devices}
-        self._stats = stats
-        self._keeper = DeviceKeeper("vxlan", stats)
-
-    @property
-    def mtu(self) -> int:
-        """``FLANNEL_MTU``: the underlay MTU minus 50 (minus 70 when IPv6 is enabled)."""
-        return self._prepared.mtu
-
-    @property
-    def stats(self) -> BackendStats:
-        """Backend counters (rejections, device re-creations, resyncs)."""
-        return self._stats
+        self._keeper = DeviceKeeper("vxlan", self.stats)
 
     async def run(self) -> None:
         """Re-create deleted devices (re-programming every peer) and resync, until cancelled."""

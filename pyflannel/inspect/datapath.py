@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pyflannel.backend import hostgw, udp, vxlan
-from pyflannel.backend.base import Family, PlanContext
+from pyflannel.backend.base import Family, OwnStack, PlanContext
 from pyflannel.backend.kernel import KernelView, direct_routes, read_kernel
 from pyflannel.backend.plan import entry_key, plan_reconcile
 from pyflannel.errors import FlannelError
@@ -312,9 +312,7 @@ def _udp_findings(
             )
         )
     ctx = udp.plan_context(
-        network=network,
-        own_subnet=own_subnet,
-        public_ip=public,
+        OwnStack(4, network, own_subnet, public),
         dev_index=link.ifindex if link is not None else 0,
         ext_index=ext.ifindex if ext is not None else 0,
     )
@@ -392,6 +390,7 @@ def data_path_findings(
         if network is None or own_subnet is None or public is None:
             out.append(_no_family(own, family))
             continue
+        own_stack = OwnStack(family, network, own_subnet, public)
         ctx: PlanContext
         if cfg.backend_type == "vxlan":
             name = vxlan.device_name(family, vni)
@@ -402,10 +401,7 @@ def data_path_findings(
             if link is None or link.kind != "vxlan":
                 continue
             ctx = vxlan.plan_context(
-                family,
-                network=network,
-                own_subnet=own_subnet,
-                public_ip=public,
+                own_stack,
                 dev_index=link.ifindex,
                 ext_index=link.vxlan.link if link.vxlan is not None else 0,
                 own_mac=link.mac,
@@ -425,12 +421,6 @@ def data_path_findings(
                     )
                 )
                 continue
-            ctx = hostgw.plan_context(
-                family,
-                network=network,
-                own_subnet=own_subnet,
-                public_ip=public,
-                ext_index=ext.ifindex,
-            )
+            ctx = hostgw.plan_context(own_stack, ext_index=ext.ifindex)
         out += evaluate_peers(leases, read_kernel(kernel, ctx), ctx, node.names)
     return out

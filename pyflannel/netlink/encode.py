@@ -22,6 +22,7 @@ from pyflannel.netlink.ops import Delete, FdbEntry, IPAddress, NeighEntry, Op, R
 __all__ = [
     "REPLACE_FLAGS",
     "attr",
+    "device_route_body",
     "encode_fdb",
     "encode_message",
     "encode_neigh",
@@ -228,3 +229,18 @@ def encode_op(op: Op, seq: int, ack: bool = True) -> bytes:
     if isinstance(entry, FdbEntry):
         return encode_fdb(entry, delete=delete, seq=seq, ack=ack)
     raise ValueError(f"not a netlink operation: {op!r}")
+
+
+def device_route_body(
+    dst: ipaddress.IPv4Network | ipaddress.IPv6Network, ifindex: int, *, scope: int
+) -> bytes:
+    """``rtmsg`` + attributes of ``ip route add <dst> dev <ifindex> proto boot scope <scope>`` in
+    the main table, without ``nlmsghdr``: for a request that picks its own flags (create-only,
+    then replace) through :meth:`~pyflannel.netlink.nlsocket.NetlinkSocket.request`."""
+    return (
+        rtmsg(
+            family_of(dst), dst.prefixlen, protocol=c.RTPROT_BOOT, scope=scope, rtype=c.RTN_UNICAST
+        )
+        + _addr_attr(c.RTA_DST, dst.network_address)
+        + _RTA_I32.pack(8, c.RTA_OIF, ifindex)
+    )

@@ -360,3 +360,21 @@ def test_parse_link_reads_vxlan_attributes() -> None:
     assert link.vxlan == VxlanAttrs(
         7, 2, IPv4Address("198.51.100.1"), None, 8472, True, False, False, False
     )
+
+
+@given(
+    st.sampled_from([IPv4Network("10.5.0.0/16"), IPv6Network("fd00:5::/48")]),
+    st.integers(min_value=1, max_value=2**31 - 1),
+)
+def test_device_route_body_is_the_replace_route_body(
+    net: IPv4Network | IPv6Network, ix: int
+) -> None:
+    """The link-scope device route (wireguard) is exactly the body ``encode_route`` sends for a
+    route without gateway; udp's scope-universe one differs only in the rtmsg scope byte."""
+    from pyflannel.netlink.encode import device_route_body
+
+    routed = encode_route(RouteEntry(net, None, ix), delete=False, seq=1, ack=False)[16:]
+    assert device_route_body(net, ix, scope=c.RT_SCOPE_LINK) == routed
+    universe = device_route_body(net, ix, scope=c.RT_SCOPE_UNIVERSE)
+    assert universe[6] == c.RT_SCOPE_UNIVERSE
+    assert universe[:6] + universe[7:] == routed[:6] + routed[7:]

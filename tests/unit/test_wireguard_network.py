@@ -85,7 +85,7 @@ def network(dev: MemoryDevice) -> tuple[WireguardNetwork, Metrics]:
         ext_index=2,
     )
     ctx = WgContext("separate", be.specs, {4: pctx}, OWN, 51820, 51821)
-    return WireguardNetwork(be, lease(1, 7), ctx, metrics), metrics
+    return WireguardNetwork(be, lease(1, 7), ctx, metrics, 1420), metrics
 
 
 async def test_snapshot_removes_stale_peers_and_keeps_good_ones() -> None:

@@ -21,7 +21,6 @@ import errno as errno_mod
 import ipaddress
 import os
 import shutil
-import struct
 import subprocess
 import tempfile
 import time
@@ -45,7 +44,7 @@ from pyflannel.errors import InterfaceError
 from pyflannel.netlink import consts as nlc
 from pyflannel.netlink.addresses import ensure_address, list_addresses
 from pyflannel.netlink.dump import dump_routes
-from pyflannel.netlink.encode import attr, ifinfomsg, nested, rtmsg
+from pyflannel.netlink.encode import attr, device_route_body, ifinfomsg, nested
 from pyflannel.netlink.links import delete_link, get_link, set_link_mtu, set_link_up
 from pyflannel.netlink.nlsocket import KernelRefused, NetlinkSocket
 from pyflannel.netlink.ops import IPNetwork
@@ -283,21 +282,6 @@ def device_alive(nl: NetlinkSocket, dev: Device) -> bool:
     return dev.client.listening()
 
 
-def _route_body(ifindex: int, network: IPNetwork) -> bytes:
-    family = nlc.AF_INET if network.version == 4 else nlc.AF_INET6
-    return (
-        rtmsg(
-            family,
-            network.prefixlen,
-            protocol=nlc.RTPROT_BOOT,
-            scope=nlc.RT_SCOPE_LINK,
-            rtype=nlc.RTN_UNICAST,
-        )
-        + attr(nlc.RTA_DST, network.network_address.packed)
-        + attr(nlc.RTA_OIF, struct.pack("=I", ifindex))
-    )
-
-
 def link_repairs(
     nl: NetlinkSocket,
     name: str,
@@ -344,7 +328,7 @@ def link_repairs(
             nl.request(
                 nlc.RTM_NEWROUTE,
                 nlc.NLM_F_CREATE | nlc.NLM_F_REPLACE,
-                _route_body(link.ifindex, network),
+                device_route_body(network, link.ifindex, scope=nlc.RT_SCOPE_LINK),
                 what=f"ip route replace {network} dev {name} scope link",
             )
             changed.append(f"route {network}")

@@ -19,7 +19,13 @@ import struct
 from collections.abc import Iterable
 from typing import Final
 
-from pyflannel.backend.wireguard.uapi import DeviceState, PeerState, SetDevice, UapiError
+from pyflannel.backend.wireguard.uapi import (
+    DeviceState,
+    PeerState,
+    SetDevice,
+    UapiError,
+    request_socket,
+)
 from pyflannel.netlink import consts as nlc
 from pyflannel.netlink.encode import attr, encode_message, nested
 from pyflannel.netlink.nlsocket import iter_messages, parse_attrs, parse_error_payload
@@ -245,7 +251,7 @@ class GenlWireguard:
             socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_GENERIC
         )
         sock.settimeout(10.0)
-        try:
+        with request_socket(sock, f"generic netlink request for {self.device}"):
             sock.bind((0, 0))
             sock.send(msg)
             out: list[bytes] = []
@@ -266,12 +272,6 @@ class GenlWireguard:
                     if mtype == nlc.NLMSG_DONE:
                         return out
                     out.append(buf[start:end])
-        except OSError as exc:
-            raise UapiError(
-                f"generic netlink request for {self.device} failed: {exc}", errno=exc.errno or 0
-            ) from exc
-        finally:
-            sock.close()
 
     def _next(self) -> int:
         self._seq += 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final, Literal
 
@@ -58,16 +58,11 @@ class PeerStat:
 
     def as_dict(self) -> dict[str, object]:
         """JSON form (stable keys)."""
-        return {
-            "device": self.device,
-            "public_key": self.public_key,
-            "lease": self.lease,
-            "endpoint": self.endpoint,
-            "allowed_ips": list(self.allowed_ips),
-            "handshake_age": None if self.handshake_age is None else round(self.handshake_age),
-            "rx_bytes": self.rx_bytes,
-            "tx_bytes": self.tx_bytes,
-        }
+        out: dict[str, object] = asdict(self)
+        out["allowed_ips"] = list(self.allowed_ips)
+        if self.handshake_age is not None:
+            out["handshake_age"] = round(self.handshake_age)
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,12 +25,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Unpack
 
 import structlog
 import trio
 
-from pyflannel.backend.base import BackendStats, Family, PlanContext, Prepared
+from pyflannel.backend.base import BackendBase, OwnStack
+from pyflannel.backend.network_base import NetworkBase
 from pyflannel.backend.wanted import Failing, WantedPeers
 from pyflannel.backend.wireguard.device import (
     Device,
@@ -67,13 +68,14 @@ from pyflannel.backend.wireguard.peers import (
 from pyflannel.backend.wireguard.uapi import SOCKET_DIR, DeviceState, PeerSet, SetDevice, UapiError
 from pyflannel.errors import ConfigError, FlannelError, InterfaceError, LeaseError, NetlinkError
 from pyflannel.lease import Lease, LeaseAttrs
-from pyflannel.metrics import METRICS, Metrics
+from pyflannel.metrics import Metrics
 from pyflannel.netlink.nlsocket import NetlinkSocket
 from pyflannel.netlink.ops import IPNetwork
-from pyflannel.peer_messages import AppliesPeerMessages, PeerMessage, PeerSnapshot
+from pyflannel.peer_messages import PeerMessage, PeerSnapshot
 from pyflannel.retry import Backoff, FailureLog
 
 if TYPE_CHECKING:
+    from pyflannel.backend.base import BackendOptions, Family, PlanContext, Prepared
     from pyflannel.config import NetworkConfig
     from pyflannel.iface import ExternalInterface
 
@@ -123,22 +125,13 @@ class WireguardPrepared:
     devices: tuple[str, ...]
 
 
-class WireguardBackend:
+class WireguardBackend(BackendBase):
     """flanneld's ``wireguard`` backend: devices and key before the lease, routes after."""
 
     backend_type = "wireguard"
 
-    def __init__(
-        self,
-        *,
-        resync_interval: float = 10.0,
-        metrics: Metrics | None = None,
-        stats: BackendStats | None = None,
-        socket_dir: Path = SOCKET_DIR,
-    ) -> None:
-        self.resync_interval = resync_interval
-        self._metrics = metrics if metrics is not None else METRICS
-        self.stats = stats if stats is not None else BackendStats()
+    def __init__(self, *, socket_dir: Path = SOCKET_DIR, **options: Unpack[BackendOptions]) -> None:
+        super().__init__(**options)
         self.socket_dir = socket_dir
         self._ext: ExternalInterface | None = None
         self._config: NetworkConfig | None = None
@@ -231,15 +224,10 @@ class WireguardBackend:
                     "subnet",
                     hint="delete the lease in etcd so that a dual-stack one is allocated",
                 )
-            contexts[family] = PlanContext(  # type: ignore[index]
-                family=family,  # type: ignore[arg-type]
-                backend_type=self.backend_type,
-                network=network,
-                own_subnet=own,
-                own_public_ip=public,
-                dev_index=0,
-                ext_index=ext.index,
-                underlay=ext.ipv4_network if family == 4 else ext.ipv6_network,
+            underlay = ext.ipv4_network if family == 4 else ext.ipv6_network
+            stack = OwnStack(family, network, own, public, underlay)  # type: ignore[arg-type]
+            contexts[family] = stack.context(  # type: ignore[index]
+                self.backend_type, dev_index=0, ext_index=ext.index
             )
         opts = self.options
         return WgContext(
@@ -285,20 +273,20 @@ class WireguardBackend:
             )
         ctx = self._context(lease)
         await trio.to_thread.run_sync(self.configure_links, lease)
-        return WireguardNetwork(self, lease, ctx, self._metrics)
+        return WireguardNetwork(self, lease, ctx, self.metrics, self.mtu)
 
 
-class WireguardNetwork(AppliesPeerMessages):
+class WireguardNetwork(NetworkBase):
     """The configured WireGuard data path: keeps every device's peers equal to the plan."""
 
     def __init__(
-        self, backend: WireguardBackend, lease: Lease, ctx: WgContext, metrics: Metrics
+        self, backend: WireguardBackend, lease: Lease, ctx: WgContext, metrics: Metrics, mtu: int
     ) -> None:
+        """``mtu``: ``FLANNEL_MTU``, the prepared backend's :attr:`WireguardBackend.mtu`."""
+        super().__init__(lease, mtu=mtu, stats=backend.stats, peers=WantedPeers())
         self._be = backend
         self._metrics = metrics
-        self._lease = lease
         self.ctx = ctx
-        self._wanted = WantedPeers()
         self._lock = trio.Lock()
         self._dirty = True
         self._warned: set[tuple[str, str]] = set()
@@ -306,29 +294,7 @@ class WireguardNetwork(AppliesPeerMessages):
         self.plan = PeerPlan(peers={})
         self.states: dict[str, DeviceState] = {}
         self.states_at = 0.0
-        metrics.extra_families = metric_families(
-            lambda: peer_stats(self.states, self._wanted.leases)
-        )
-
-    @property
-    def mtu(self) -> int:
-        """``FLANNEL_MTU``: flanneld's (MTU base) − 80."""
-        return self._be.mtu
-
-    @property
-    def lease(self) -> Lease:
-        """Our own lease."""
-        return self._lease
-
-    @property
-    def peers(self) -> WantedPeers:
-        """The one owner of the wanted peer set."""
-        return self._wanted
-
-    @property
-    def stats(self) -> BackendStats:
-        """Backend counters."""
-        return self._be.stats
+        metrics.extra_families = metric_families(lambda: peer_stats(self.states, self.peers.leases))
 
     @property
     def devices(self) -> list[Device]:
@@ -340,13 +306,13 @@ class WireguardNetwork(AppliesPeerMessages):
         failure is repaired by :meth:`run` after a backoff, never raised."""
         async with self._lock:
             if isinstance(msg, PeerSnapshot):
-                self._wanted.replace(msg.leases)
+                self.peers.replace(msg.leases)
             elif msg.events:
-                self._wanted.update(msg.events)
+                self.peers.update(msg.events)
             else:
                 return
             self._dirty = True
-            self._metrics.leases_known = len(self._wanted) + 1
+            self._metrics.leases_known = len(self.peers) + 1
             try:
                 await self._sync_locked("snapshot" if isinstance(msg, PeerSnapshot) else "events")
             except (FlannelError, OSError) as exc:
@@ -388,7 +354,7 @@ class WireguardNetwork(AppliesPeerMessages):
         return len(req.peers) - len(refused), refused
 
     async def _sync_locked(self, reason: str) -> None:
-        plan = plan_peers(self._wanted.programmable(), self.ctx)
+        plan = plan_peers(self.peers.programmable(), self.ctx)
         self._log_rejections(plan)
         written = 0
         for dev in self.devices:
@@ -397,7 +363,7 @@ class WireguardNetwork(AppliesPeerMessages):
             written += n
             for key in refused:
                 lease = plan.owners[key]
-                self._wanted.quarantine(
+                self.peers.quarantine(
                     Failing(
                         lease,
                         "EINVAL",
@@ -414,7 +380,7 @@ class WireguardNetwork(AppliesPeerMessages):
                 reason=reason,
                 peers=count_peers(plan),
                 written=written,
-                leases=len(self._wanted),
+                leases=len(self.peers),
             )
 
     async def run(self) -> None:
@@ -473,7 +439,7 @@ class WireguardNetwork(AppliesPeerMessages):
         out: list[str] = []
         with NetlinkSocket() as nl:
             for spec in self._be.specs:
-                subnets, networks = self._be.link_plan(self._lease, spec)
+                subnets, networks = self._be.link_plan(self.lease, spec)
                 out += [
                     f"{spec.name}: {r}"
                     for r in link_repairs(nl, spec.name, self.mtu, subnets, networks)
@@ -491,7 +457,7 @@ class WireguardNetwork(AppliesPeerMessages):
                 devs = await trio.to_thread.run_sync(
                     _blocking_ensure, [spec], be.private_key, be.socket_dir
                 )
-                await trio.to_thread.run_sync(be.configure_links, self._lease)
+                await trio.to_thread.run_sync(be.configure_links, self.lease)
                 break
             except (FlannelError, NetlinkError, OSError) as exc:
                 delay = backoff.next()
@@ -499,7 +465,7 @@ class WireguardNetwork(AppliesPeerMessages):
                 await trio.sleep(delay)
         failures.resolved(device=name)
         be.devices = [devs[0] if d.name == name else d for d in be.devices]
-        self._wanted.release_all()  # a new device: refused peers get another chance
+        self.peers.release_all()  # a new device: refused peers get another chance
         async with self._lock:
             self._dirty = True
             try:

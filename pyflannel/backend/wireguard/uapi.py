@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -31,6 +32,7 @@ __all__ = [
     "UapiError",
     "parse_device",
     "parse_endpoint",
+    "request_socket",
     "serialise_set",
     "socket_path",
 ]
@@ -154,6 +156,30 @@ def _hex_key(value: str, what: str) -> bytes:
     return raw
 
 
+def _private_key(value: str) -> bytes:
+    return _hex_key(value, "private_key")
+
+
+def _preshared_key(value: str) -> bytes:
+    return _hex_key(value, "preshared_key")
+
+
+# UAPI key → (field of DeviceState / PeerState, parser) for the keys that set one field; the
+# accumulating ones (allowed_ip, last_handshake_time_*) are parsed in place.
+_DEVICE_KEYS: Final[dict[str, tuple[str, Callable[[str], object]]]] = {
+    "private_key": ("private_key", _private_key),
+    "listen_port": ("listen_port", int),
+    "fwmark": ("fwmark", int),
+}
+_PEER_KEYS: Final[dict[str, tuple[str, Callable[[str], object]]]] = {
+    "preshared_key": ("preshared_key", _preshared_key),
+    "endpoint": ("endpoint", parse_endpoint),
+    "persistent_keepalive_interval": ("keepalive", int),
+    "rx_bytes": ("rx_bytes", int),
+    "tx_bytes": ("tx_bytes", int),
+}
+
+
 def parse_errno(text: str) -> int:
     """The ``errno=N`` of an answer (0: success); ValueError if there is none."""
     for line in text.split("\n"):
@@ -187,19 +213,13 @@ def parse_device(text: str) -> DeviceState:
             cur = {"public_key": _hex_key(value, "public_key")}
             continue
         if cur is None:
-            if key == "private_key":
-                dev["private_key"] = _hex_key(value, key)
-            elif key == "listen_port":
-                dev["listen_port"] = int(value)
-            elif key == "fwmark":
-                dev["fwmark"] = int(value)
+            if key in _DEVICE_KEYS:
+                name, parse = _DEVICE_KEYS[key]
+                dev[name] = parse(value)
             continue  # unknown device keys are ignored, as wg does
-        if key == "preshared_key":
-            cur["preshared_key"] = _hex_key(value, key)
-        elif key == "endpoint":
-            cur["endpoint"] = parse_endpoint(value)
-        elif key == "persistent_keepalive_interval":
-            cur["keepalive"] = int(value)
+        if key in _PEER_KEYS:
+            name, parse = _PEER_KEYS[key]
+            cur[name] = parse(value)
         elif key == "allowed_ip":
             nets = cur.setdefault("allowed_ips", ())
             assert isinstance(nets, tuple)
@@ -208,10 +228,6 @@ def parse_device(text: str) -> DeviceState:
             cur["last_handshake"] = float(cur.get("last_handshake", 0.0)) + int(value)  # type: ignore[arg-type]
         elif key == "last_handshake_time_nsec":
             cur["last_handshake"] = float(cur.get("last_handshake", 0.0)) + int(value) / 1e9  # type: ignore[arg-type]
-        elif key == "rx_bytes":
-            cur["rx_bytes"] = int(value)
-        elif key == "tx_bytes":
-            cur["tx_bytes"] = int(value)
     flush()
     if errno_seen is None:
         raise ValueError("answer has no errno line")
@@ -225,6 +241,18 @@ def _has_errno(buf: bytearray) -> bool:
     return tail.startswith(b"errno=") or b"\nerrno=" in tail
 
 
+@contextmanager
+def request_socket(sock: socket.socket, what: str) -> Iterator[socket.socket]:
+    """Use ``sock`` for one request and close it; an OSError on the way becomes a UapiError
+    "``what`` failed: ..." carrying its errno (the UAPI and the generic netlink client alike)."""
+    try:
+        yield sock
+    except OSError as exc:
+        raise UapiError(f"{what} failed: {exc}", errno=exc.errno or 0) from exc
+    finally:
+        sock.close()
+
+
 class UapiClient:
     """Talks to one device's UAPI socket; one connection per request (as ``wg`` does)."""
 
@@ -236,7 +264,7 @@ class UapiClient:
     def _exchange(self, request: bytes) -> str:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         sock.settimeout(self.timeout)
-        try:
+        with request_socket(sock, f"UAPI request to {self.device}"):
             try:
                 sock.connect(str(self.path))
             except OSError as exc:
@@ -258,12 +286,6 @@ class UapiClient:
                 if len(buf) > _MAX_ANSWER:
                     raise UapiError(f"UAPI answer of {self.device} is larger than 16 MiB")
             return buf.decode("ascii", "replace")
-        except OSError as exc:
-            raise UapiError(
-                f"UAPI request to {self.device} failed: {exc}", errno=exc.errno or 0
-            ) from exc
-        finally:
-            sock.close()
 
     def listening(self) -> bool:
         """True if something accepts connections on the socket (a cheap liveness probe: no
