@@ -212,16 +212,20 @@ def test_single_tunnel_ipv6_mode(prefix: str) -> None:
         argv = [sys.executable, "-m", "pyflannel", f"--etcd-endpoints={LAB_ETCD_URL}", "--ip-masq"]
         topo.spawn_in_node(node, argv, node.log_dir / "pyflanneld-ipv6-mode.log")
 
-    def endpoints() -> list[str] | None:
-        out = topo.run_in_node("n1", ["wg", "show", "all", "endpoints"], check=False).stdout
-        eps = [line.rsplit("\t", 1)[-1] for line in out.splitlines() if "\t" in line]
-        # the peers separate mode left on flannel-wg carry the same keys: wait for the new ones
-        return eps if len(eps) == NODES - 1 and all(e.startswith("[") for e in eps) else None
+    def wg_column(what: str) -> list[str]:
+        out = topo.run_in_node("n1", ["wg", "show", "flannel-wg", what], check=False).stdout
+        return out.split()[1::2]
 
-    eps = wait_for("n1 dials its peers over IPv6", endpoints, 20)
-    for what, want in (("preshared-keys", psk), ("persistent-keepalive", "25")):
-        out = topo.run_in_node("n1", ["wg", "show", "flannel-wg", what]).stdout.split()
-        assert out[1::2] == [want, want], (what, out)
+    def endpoints() -> list[str] | None:
+        # The peers separate mode left on flannel-wg carry the same keys, and WireGuard roams:
+        # a new peer's handshake over IPv6 moves an old entry's endpoint to IPv6 before n1's
+        # daemon rewrites it. Only the PSK and keepalive say n1's daemon has programmed them.
+        eps = wg_column("endpoints")
+        done = wg_column("preshared-keys") == [psk] * (NODES - 1)
+        done = done and wg_column("persistent-keepalive") == ["25"] * (NODES - 1)
+        return eps if done and len(eps) == NODES - 1 else None
+
+    eps = wait_for("n1 dials its peers over IPv6 with the PSK and keepalive", endpoints, 20)
     for node in topo.nodes:
         links = run_in(node.ns, ["ip", "-o", "link", "show"]).stdout
         assert "flannel-wg-v6" not in links and "flannel-wg:" in links, links
