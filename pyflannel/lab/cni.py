@@ -1,8 +1,7 @@
 """Attach lab pods through the real CNI chain (flannel + portmap), as a container runtime would.
 
 A minimal conflist runner following the spec's chaining rules: ADD runs the plugins in order,
-each later one receiving the previous result as ``prevResult``; DEL runs them in reverse with the
-final ADD result. It runs on a node (its netns and private /run/flannel, /var/lib/cni), so the
+each later one receiving the previous result as ``prevResult``. It runs on a node (its netns and private /run/flannel, /var/lib/cni), so the
 plugin reads that node's subnet.env. Standard library only.
 """
 
@@ -18,7 +17,7 @@ from typing import Any
 from pyflannel.errors import ConfigError
 from pyflannel.lab.topology import NodeRef, Topology
 
-__all__ = ["SEED_CONFLIST", "CniError", "cni_add", "cni_del"]
+__all__ = ["SEED_CONFLIST", "CniError", "cni_add"]
 
 # The seed's /etc/cni/net.d/10-flannel.conflist (kube-flannel.yml's shape) with a valid spec
 # version: the Debian plugins here speak up to 1.0.0. systemd/10-flannel.conflist holds the same.
@@ -93,24 +92,12 @@ def cni_add(
     cni_path: str,
     conflist: Mapping[str, Any] = SEED_CONFLIST,
 ) -> Any:
-    """Run ADD through the whole chain; return the final result (also needed for DEL)."""
+    """Run ADD through the whole chain; return the final result.
+
+    The lab never runs DEL: ``lab down`` removes the pods' namespaces and the nodes' state
+    directories with them."""
     env = _env("ADD", container_id, pod_ns, cni_path)
     result: Any = None
     for plugin in conflist["plugins"]:
         result = _run_plugin(topo, node, plugin, conflist, env, result)
     return result
-
-
-def cni_del(
-    topo: Topology,
-    node: NodeRef,
-    pod_ns: str,
-    container_id: str,
-    cni_path: str,
-    result: Any,
-    conflist: Mapping[str, Any] = SEED_CONFLIST,
-) -> None:
-    """Run DEL through the chain in reverse, each plugin seeing the final ADD result."""
-    env = _env("DEL", container_id, pod_ns, cni_path)
-    for plugin in reversed(conflist["plugins"]):
-        _run_plugin(topo, node, plugin, conflist, env, result)
