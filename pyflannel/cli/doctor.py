@@ -33,9 +33,10 @@ from pyflannel.backend.wireguard.options import wireguard_options
 from pyflannel.cli import etcd_tool_opts as tool_opts
 from pyflannel.config import udp_options, vxlan_options
 from pyflannel.inspect import checks, etcd_http, findings, host, sources
-from pyflannel.inspect.datapath import evaluate_device, wireguard_findings
+from pyflannel.inspect.datapath import evaluate_device
 from pyflannel.inspect.findings import Finding, FindingsReport
 from pyflannel.inspect.leases import find_own_lease
+from pyflannel.inspect.wireguard import wireguard_findings
 
 if TYPE_CHECKING:
     import argparse

@@ -12,6 +12,7 @@ traffic manager (``differences()``). The CLI modules only gather options and ren
 - :mod:`.sources`: the network config, subnet.env and their agreement with the lease;
 - :mod:`.entries`: kernel entries as ``ip``/``bridge`` print them and the commands fixing them;
 - :mod:`.datapath`: devices and peers per backend (vxlan, host-gw, udp);
+- :mod:`.wireguard`: WireGuard peers (handshake age, peers no lease explains);
 - :mod:`.rules`: the masquerade/forward rules;
 - :mod:`.checks`: doctor's host checks (br_netfilter, etcd, interface, MTU, port, offload).
 """

@@ -23,6 +23,7 @@ from pyflannel.inspect.entries import Entry, describe_entry, entry_kind, fix_com
 from pyflannel.inspect.findings import Finding
 from pyflannel.inspect.host import Node, bound_udp_ports
 from pyflannel.inspect.leases import vtep_mac
+from pyflannel.inspect.wireguard import wireguard_findings
 from pyflannel.lease import Lease
 from pyflannel.netlink.ops import Delete, IPNetwork, Replace, RouteEntry
 
@@ -341,17 +342,6 @@ def _no_family(own: Lease, family: Family) -> Finding:
         str(own.key_suffix),
         f"IPv{family} is enabled but this node's lease has no IPv{family} subnet or public address",
     )
-
-
-def wireguard_findings(own: Lease, leases: Sequence[Lease]) -> list[Finding]:
-    """wireguard: one finding per peer (handshake age, rx/tx bytes) read from the devices."""
-    from pyflannel.backend.wireguard.inspect import peer_checks, peer_stats, read_devices
-
-    stats = peer_stats(read_devices(), leases)
-    return [
-        Finding(c.level, "wireguard", c.subject, c.message, c.fix)
-        for c in peer_checks(stats, leases, own)
-    ]
 
 
 def data_path_findings(

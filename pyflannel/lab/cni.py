@@ -1,8 +1,9 @@
 """Attach lab pods through the real CNI chain (flannel + portmap), as a container runtime would.
 
 A minimal conflist runner following the spec's chaining rules: ADD runs the plugins in order,
-each later one receiving the previous result as ``prevResult``. It runs on a node (its netns and private /run/flannel, /var/lib/cni), so the
-plugin reads that node's subnet.env. Standard library only.
+each later one receiving the previous result as ``prevResult``. It runs on a node (its netns
+and private /run/flannel, /var/lib/cni), so the plugin reads that node's subnet.env. Standard
+library only.
 """
 
 from __future__ import annotations

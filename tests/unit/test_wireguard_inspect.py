@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import ipaddress
 
-from pyflannel.backend.wireguard.inspect import metric_families, peer_checks, peer_stats
+from pyflannel.backend.wireguard.inspect import metric_families, peer_stats
 from pyflannel.backend.wireguard.keys import encode_key
 from pyflannel.backend.wireguard.uapi import DeviceState, PeerState
 from pyflannel.health import render_metrics
+from pyflannel.inspect.wireguard import peer_checks
 from pyflannel.lease import Lease, LeaseAttrs
 from pyflannel.metrics import Metrics
 

@@ -2,8 +2,8 @@
 counters, with the lease each peer belongs to.
 
 :func:`read_devices` asks the devices themselves (UAPI socket or generic netlink), so the CLI
-tools work without the daemon; :func:`peer_stats` and :func:`peer_checks` are pure;
-:func:`metric_families` turns the daemon's last reading into Prometheus families.
+tools work without the daemon; :func:`peer_stats` is pure; :func:`metric_families` turns the
+daemon's last reading into Prometheus families. :mod:`pyflannel.inspect.wireguard` judges them.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Final, Literal
 
 from pyflannel.backend.wireguard.genl import GenlWireguard
 from pyflannel.backend.wireguard.keys import KeyError_, decode_key, encode_key
@@ -27,20 +26,11 @@ from pyflannel.backend.wireguard.uapi import (
 from pyflannel.lease import Lease
 
 __all__ = [
-    "STALE_HANDSHAKE",
-    "Check",
     "PeerStat",
     "metric_families",
-    "peer_checks",
     "peer_stats",
     "read_devices",
 ]
-
-STALE_HANDSHAKE: Final = 180.0
-"""WireGuard re-handshakes every 2 minutes while traffic flows; older means no traffic or a
-peer that does not answer."""
-
-Level = Literal["OK", "WARN", "FAIL"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,16 +53,6 @@ class PeerStat:
         if self.handshake_age is not None:
             out["handshake_age"] = round(self.handshake_age)
         return out
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    """One finding: ``level``, about ``subject``, a one-line ``message``, maybe a ``fix``."""
-
-    level: Level
-    subject: str
-    message: str
-    fix: str | None = None
 
 
 def read_devices(
@@ -134,65 +114,6 @@ def peer_stats(
                     tx_bytes=p.tx_bytes,
                 )
             )
-    return out
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "never"
-    return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
-
-
-def peer_checks(
-    stats: Sequence[PeerStat], leases: Iterable[Lease], own: Lease | None
-) -> list[Check]:
-    """One check per wireguard peer lease (peer present; handshake age; counters) and one per
-    device peer no lease explains."""
-    out: list[Check] = []
-    by_lease: dict[str, list[PeerStat]] = {}
-    for s in stats:
-        if s.lease is None:
-            out.append(
-                Check(
-                    "WARN",
-                    f"{s.device} peer {s.public_key[:8]}…",
-                    f"peer {s.public_key} on {s.device} belongs to no lease; the daemon removes "
-                    "it at its next resync",
-                    "systemctl restart pyflanneld",
-                )
-            )
-        else:
-            by_lease.setdefault(s.lease, []).append(s)
-    for le in leases:
-        if le.attrs.backend_type != "wireguard" or (own is not None and le == own):
-            continue
-        if own is not None and le.key_suffix == own.key_suffix:
-            continue
-        got = by_lease.get(le.key_suffix)
-        if not got:
-            out.append(
-                Check(
-                    "FAIL",
-                    le.key_suffix,
-                    f"no WireGuard peer for lease {le.key_suffix} (its key is missing, refused or "
-                    "not programmed yet)",
-                    "pyflannel status --output json shows refusals; check the daemon log",
-                )
-            )
-            continue
-        for s in got:
-            text = (
-                f"{s.device} peer {s.endpoint or '-'}: handshake {_age(s.handshake_age)}, "
-                f"rx {s.rx_bytes} B, tx {s.tx_bytes} B"
-            )
-            stale = s.handshake_age is None or s.handshake_age > STALE_HANDSHAKE
-            level: Level = "WARN" if stale and s.tx_bytes > 0 else "OK"
-            hint = (
-                "check that UDP to the peer's listen port passes the firewalls in between"
-                if level == "WARN"
-                else None
-            )
-            out.append(Check(level, le.key_suffix, text, hint))
     return out
 
 
