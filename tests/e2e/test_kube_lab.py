@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -196,7 +197,7 @@ def test_hostgw_kube_lab(prefix: str) -> None:
         check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "OK   condition: NetworkUnavailable=False (FlannelIsUp)" in out.stdout
+    assert re.search(r"OK +condition +n1 +NetworkUnavailable=False \(FlannelIsUp\)", out.stdout)
     assert out.stdout.count("host-gw") == 3
     check_ghost_node(state, srv, "host-gw", "ghost1")
 

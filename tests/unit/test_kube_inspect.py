@@ -21,8 +21,13 @@ def test_healthy_node_and_refused_peer() -> None:
     bad = Node("n2", annotations={**GOOD, K.public_ip: "x"}, pod_cidr="10.244.2.0/24")
     report = evaluate([bad, me], "n1", K, CONF, "https://198.51.100.250:6443")
     assert report.healthy
-    levels = {f.check: f.level for f in report.findings}
-    assert levels == {"peer n2": "WARN", "podCIDR": "OK", "annotations": "OK", "condition": "OK"}
+    levels = {(f.check, f.subject): f.level for f in report.findings}
+    assert levels == {
+        ("peer", "n2"): "WARN",
+        ("podCIDR", "n1"): "OK",
+        ("annotations", "n1"): "OK",
+        ("condition", "n1"): "OK",
+    }
     text = report.render()
     assert "n1 *" in text and "refused" in text
     assert report.document()["nodes"][0]["name"] == "n1"

@@ -13,11 +13,11 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from pyflannel.config import parse_network_config
 from pyflannel.errors import FlannelError
-from pyflannel.inspect.findings import print_report
+from pyflannel.inspect.findings import Finding, findings_document, print_report, render_findings
 from pyflannel.lease import LeaseDecodeError
 from pyflannel.subnet.kube.annotations import (
     DEFAULT_PREFIX,
@@ -31,7 +31,6 @@ from pyflannel.subnet.kube.node import Node
 __all__ = ["KubeReport", "NodeRow", "collect", "evaluate", "main"]
 
 DEFAULT_NET_CONF = "/etc/kube-flannel/net-conf.json"
-Level = Literal["OK", "WARN", "FAIL"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,15 +45,6 @@ class NodeRow:
     vtep_mac: str
     network_unavailable: str
     refused: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One check: level, what was checked, and the message (with the fix)."""
-
-    level: Level
-    check: str
-    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +90,7 @@ class KubeReport:
             "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
             for row in rows
         ]
-        out += [f"{f.level:<4} {f.check}: {f.message}" for f in self.findings]
+        out += render_findings(self.findings)
         return "\n".join(out) + "\n"
 
     def document(self) -> dict[str, Any]:
@@ -111,7 +101,7 @@ class KubeReport:
             "node": self.node,
             "healthy": self.healthy,
             "nodes": [asdict(r) for r in self.rows],
-            "findings": [asdict(f) for f in self.findings],
+            **findings_document(self.findings),
         }
 
 
@@ -132,7 +122,7 @@ def evaluate(
         try:
             config = parse_network_config(net_conf)
         except FlannelError as exc:
-            findings.append(Finding("FAIL", "net-conf", str(exc)))
+            findings.append(Finding("FAIL", "net-conf", "net-conf.json", exc.message, exc.hint))
     rows: list[NodeRow] = []
     for n in sorted(nodes, key=lambda n: n.name):
         refused = ""
@@ -143,7 +133,11 @@ def evaluate(
                 refused = exc.message
                 findings.append(
                     Finding(
-                        "WARN", f"peer {n.name}", f"{refused}: not programmed (fix its annotations)"
+                        "WARN",
+                        "peer",
+                        n.name,
+                        f"{refused}: not programmed",
+                        f"fix the {keys.prefix}* annotations of Node {n.name}",
                     )
                 )
         cond = n.condition("NetworkUnavailable")
@@ -166,9 +160,9 @@ def evaluate(
                 Finding(
                     "FAIL",
                     "node",
-                    f"Node {own!r} does not exist: the daemon "
-                    "waits for it (is NODE_NAME right? has the kubelet "
-                    "registered?)",
+                    own,
+                    f"Node {own!r} does not exist: the daemon waits for it",
+                    "check NODE_NAME, and that the kubelet has registered this node",
                 )
             )
         elif not (me.pod_cidr or me.pod_cidrs):
@@ -176,8 +170,9 @@ def evaluate(
                 Finding(
                     "FAIL",
                     "podCIDR",
-                    f"Node {own!r} has no podCIDR: enable the "
-                    "controller manager's --allocate-node-cidrs",
+                    own,
+                    f"Node {own!r} has no podCIDR",
+                    "enable the controller manager's --allocate-node-cidrs",
                 )
             )
         else:
@@ -185,6 +180,7 @@ def evaluate(
                 Finding(
                     "OK",
                     "podCIDR",
+                    own,
                     f"Node {own!r} has podCIDR(s) {', '.join(me.pod_cidrs or (me.pod_cidr,))}",
                 )
             )
@@ -193,28 +189,29 @@ def evaluate(
                     Finding(
                         "FAIL",
                         "annotations",
-                        f"Node {own!r} has no "
-                        f"{keys.kube_managed}=true: pyflanneld has not started "
-                        "here (check its log)",
+                        own,
+                        f"Node {own!r} has no {keys.kube_managed}=true: pyflanneld has not "
+                        "started here",
+                        "check the pyflanneld log on this node",
                     )
                 )
             else:
-                findings.append(Finding("OK", "annotations", f"published ({keys.prefix}*)"))
+                findings.append(Finding("OK", "annotations", own, f"published ({keys.prefix}*)"))
             cond = me.condition("NetworkUnavailable")
             if cond is None or cond.status != "False":
                 findings.append(
                     Finding(
                         "WARN",
                         "condition",
-                        f"Node {own!r} NetworkUnavailable is "
-                        f"{cond.status if cond else 'unset'}: the daemon is not "
-                        "ready yet or cannot patch "
-                        "nodes/status (RBAC)",
+                        own,
+                        f"Node {own!r} NetworkUnavailable is {cond.status if cond else 'unset'}: "
+                        "the daemon is not ready yet or cannot patch nodes/status",
+                        "check the daemon log and its RBAC (nodes/status: patch)",
                     )
                 )
             else:
                 findings.append(
-                    Finding("OK", "condition", f"NetworkUnavailable=False ({cond.reason})")
+                    Finding("OK", "condition", own, f"NetworkUnavailable=False ({cond.reason})")
                 )
     return KubeReport(server, own, tuple(rows), tuple(findings))
 
