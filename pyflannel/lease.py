@@ -94,6 +94,10 @@ class Lease:
         """The part after ``<prefix>/subnets/``."""
         return subnet_key_suffix(self.subnet, self.ipv6_subnet)
 
+    def subnet_of(self, family: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+        """The lease's subnet of one address family (4 or 6), None when it has none."""
+        return self.subnet if family == 4 else self.ipv6_subnet
+
 
 @dataclass(frozen=True, slots=True)
 class Event:

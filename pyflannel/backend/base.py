@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, TypedDict, Unpack
 
+from pyflannel.errors import LeaseError
 from pyflannel.lease import Lease, LeaseAttrs
 from pyflannel.metrics import METRICS, BackendStats, Metrics
 from pyflannel.netlink.ops import IPAddress, IPNetwork
@@ -45,9 +46,22 @@ __all__ = [
     "OwnStack",
     "PlanContext",
     "Prepared",
+    "own_subnet",
 ]
 
 Family = Literal[4, 6]
+
+
+def own_subnet(lease: Lease, family: Family) -> IPNetwork:
+    """Our lease's subnet of ``family``, which the config enables; LeaseError when the lease
+    was allocated without one (before the family was turned on)."""
+    subnet = lease.subnet_of(family)
+    if subnet is None:
+        raise LeaseError(
+            f"IPv{family} is enabled but lease {lease.key_suffix} has no IPv{family} subnet",
+            hint="delete the lease in etcd so that a dual-stack one is allocated",
+        )
+    return subnet
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,11 +14,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from pyflannel.backend.base import BackendBase, Family, OwnStack, PlanContext, Prepared
+from pyflannel.backend.base import (
+    BackendBase,
+    Family,
+    OwnStack,
+    PlanContext,
+    Prepared,
+    own_subnet,
+)
 from pyflannel.backend.kernel import NetlinkKernel
 from pyflannel.backend.peers import PeerProgrammer
 from pyflannel.backend.programmed import ProgrammedNetwork
-from pyflannel.errors import ConfigError, InterfaceError, LeaseError
+from pyflannel.errors import ConfigError, InterfaceError
 from pyflannel.lease import Lease, LeaseAttrs
 from pyflannel.netlink.ops import IPAddress, IPNetwork
 from pyflannel.netlink.worker import NetlinkWorker
@@ -108,13 +115,7 @@ class HostGwBackend(BackendBase):
         ext = prepared.ext
         contexts = []
         for family, network, public in prepared.stacks:
-            own = lease.subnet if family == 4 else lease.ipv6_subnet
-            if own is None:
-                raise LeaseError(
-                    f"IPv{family} is enabled but lease {lease.key_suffix} has no IPv{family} "
-                    "subnet",
-                    hint="delete the lease in etcd so that a dual-stack one is allocated",
-                )
+            own = own_subnet(lease, family)
             underlay = ext.ipv4_network if family == 4 else ext.ipv6_network
             stack = OwnStack(family, network, own, public, underlay)
             contexts.append(plan_context(stack, ext_index=ext.index))

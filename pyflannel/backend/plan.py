@@ -391,7 +391,7 @@ def _held_mac(lease: Lease, ctx: PlanContext) -> str | None:
 
 
 def _family_subnet(lease: Lease, ctx: PlanContext) -> IPNetwork | None:
-    return lease.subnet if ctx.family == 4 else lease.ipv6_subnet
+    return lease.subnet_of(ctx.family)
 
 
 def _precedence(peer: Peer) -> tuple[float, int, int]:

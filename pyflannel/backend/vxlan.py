@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING, Unpack
 import structlog
 import trio
 
-from pyflannel.backend.base import BackendBase, OwnStack
+from pyflannel.backend.base import BackendBase, OwnStack, own_subnet
 from pyflannel.backend.device_keeper import DeviceKeeper
 from pyflannel.backend.kernel import NetlinkKernel
 from pyflannel.backend.mac_store import choose_vtep_mac, mac_path
 from pyflannel.backend.peers import PeerProgrammer
 from pyflannel.backend.programmed import ProgrammedNetwork
-from pyflannel.errors import ConfigError, InterfaceError, LeaseError, NetlinkError
+from pyflannel.errors import ConfigError, InterfaceError, NetlinkError
 from pyflannel.lease import Lease, LeaseAttrs
 from pyflannel.netlink.addresses import ensure_address, list_addresses
 from pyflannel.netlink.links import (
@@ -295,13 +295,7 @@ class VxlanBackend(BackendBase):
             raise TypeError(f"VxlanBackend.configure() takes a VxlanPrepared, not {prepared!r}")
         contexts: list[PlanContext] = []
         for dev in prepared.devices:
-            own = lease.subnet if dev.family == 4 else lease.ipv6_subnet
-            if own is None:
-                raise LeaseError(
-                    f"cannot configure {dev.spec.name}: IPv{dev.family} is enabled but lease "
-                    f"{lease.key_suffix} has no IPv{dev.family} subnet",
-                    hint="delete the lease in etcd so that a dual-stack one is allocated",
-                )
+            own = own_subnet(lease, dev.family)
             _configure_device(self._socket(), dev, own)
             contexts.append(_context(prepared.ext, dev, own))
         # Peers are programmed on a socket and thread of their own; device repair keeps using

@@ -206,7 +206,7 @@ def evaluate_peers(
     out += stale
     for lease, rej in plan.rejected:
         if not rej.benign:
-            subject = str(lease.subnet if ctx.family == 4 else lease.ipv6_subnet)
+            subject = str(lease.subnet_of(ctx.family))
             out.append(Finding("WARN", "peer", subject, f"not programmed: {rej.reason}"))
     return out
 
@@ -375,7 +375,7 @@ def data_path_findings(
     kernel = node.kernel()
     for family in fams:
         network = cfg.network if family == 4 else cfg.ipv6_network
-        own_subnet = own.subnet if family == 4 else own.ipv6_subnet
+        own_subnet = own.subnet_of(family)
         public = own.attrs.public_ip if family == 4 else own.attrs.public_ipv6
         if network is None or own_subnet is None or public is None:
             out.append(_no_family(own, family))

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Final, Unpack
 import structlog
 import trio
 
-from pyflannel.backend.base import BackendBase, OwnStack
+from pyflannel.backend.base import BackendBase, OwnStack, own_subnet
 from pyflannel.backend.network_base import NetworkBase
 from pyflannel.backend.wanted import Failing, WantedPeers
 from pyflannel.backend.wireguard.device import (
@@ -66,7 +66,7 @@ from pyflannel.backend.wireguard.peers import (
     plan_peers,
 )
 from pyflannel.backend.wireguard.uapi import SOCKET_DIR, DeviceState, PeerSet, SetDevice, UapiError
-from pyflannel.errors import ConfigError, FlannelError, InterfaceError, LeaseError, NetlinkError
+from pyflannel.errors import ConfigError, FlannelError, InterfaceError, NetlinkError
 from pyflannel.lease import Lease, LeaseAttrs
 from pyflannel.metrics import Metrics
 from pyflannel.netlink.nlsocket import NetlinkSocket
@@ -211,24 +211,20 @@ class WireguardBackend(BackendBase):
         ext, config = self._ext, self._config
         assert ext is not None and config is not None
         contexts: dict[Family, PlanContext] = {}
-        for family, network, own, public in (
-            (4, config.network, lease.subnet, ext.public_ip),
-            (6, config.ipv6_network, lease.ipv6_subnet, ext.public_ipv6),
+        v4: Family = 4
+        v6: Family = 6
+        for family, enabled, network, public in (
+            (v4, config.enable_ipv4, config.network, ext.public_ip),
+            (v6, config.enable_ipv6, config.ipv6_network, ext.public_ipv6),
         ):
-            enabled = config.enable_ipv4 if family == 4 else config.enable_ipv6
             if not enabled:
                 continue
-            if own is None or network is None or public is None:
-                raise LeaseError(
-                    f"IPv{family} is enabled but lease {lease.key_suffix} has no IPv{family} "
-                    "subnet",
-                    hint="delete the lease in etcd so that a dual-stack one is allocated",
-                )
+            # The config parser refuses an enabled family without its Network, and prepare()
+            # one without a public address.
+            assert network is not None and public is not None
             underlay = ext.ipv4_network if family == 4 else ext.ipv6_network
-            stack = OwnStack(family, network, own, public, underlay)  # type: ignore[arg-type]
-            contexts[family] = stack.context(  # type: ignore[index]
-                self.backend_type, dev_index=0, ext_index=ext.index
-            )
+            stack = OwnStack(family, network, own_subnet(lease, family), public, underlay)
+            contexts[family] = stack.context(self.backend_type, dev_index=0, ext_index=ext.index)
         opts = self.options
         return WgContext(
             mode=opts.mode,
@@ -250,7 +246,7 @@ class WireguardBackend(BackendBase):
         subnets: list[IPNetwork] = []
         networks: list[IPNetwork] = []
         for fam in spec.families:
-            own = lease.subnet if fam == 4 else lease.ipv6_subnet
+            own = lease.subnet_of(fam)
             net = config.network if fam == 4 else config.ipv6_network
             if own is not None and net is not None:
                 subnets.append(own)
