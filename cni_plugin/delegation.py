@@ -327,6 +327,54 @@ def list_saved(data_dir: str, network: str) -> "list[tuple[str, str]]":
     return found
 
 
+# A temp file older than this whose writer is gone can never be renamed into place. The age
+# keeps GC from racing an ADD in another PID namespace (its PID means nothing here); a day
+# covers a reused PID.
+ORPHAN_TEMP_AGE = 60.0
+ORPHAN_TEMP_MAX_AGE = 86400.0
+
+
+def _writer_alive(pid: int) -> bool:
+    try:
+        posix.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: a process of another user holds the PID
+        return True
+    return True
+
+
+def orphan_temps(data_dir: str, network: str, now: "float | None" = None) -> "list[str]":
+    """The names of ``network``'s temp files that a killed :func:`save` left (sorted): its
+    writer's PID is gone and the file is over a minute old, or the file is over a day old."""
+    try:
+        names = posix.listdir(data_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as e:
+        raise _io_error("list", data_dir, e) from None
+    when = time.time() if now is None else now
+    found = []
+    for name in sorted(names):
+        if not (name.startswith(f".{network}:") and name.endswith(".tmp")):
+            continue
+        # .<network>:<containerID>:<ifname>.<pid>.<8 hex>.tmp (IDs may hold dots: split right)
+        parts = name[: -len(".tmp")].rsplit(".", 2)
+        if len(parts) != 3 or not parts[1].isdigit() or len(parts[2]) != 8:
+            continue
+        try:
+            st = posix.lstat(saved_path(data_dir, name))
+        except OSError:
+            continue
+        if st.st_mode & _S_IFMT != _S_IFREG:
+            continue
+        age = when - st.st_mtime
+        dead = age > ORPHAN_TEMP_AGE and not _writer_alive(int(parts[1]))
+        if dead or age > ORPHAN_TEMP_MAX_AGE:
+            found.append(name)
+    return found
+
+
 # ----------------------------------------------------------------------------------------------
 # Delegates
 

@@ -301,8 +301,11 @@ def cmd_gc(args: "CmdArgs", raw: "dict[str, Any]", io: Io) -> int:
         delegate_error,
         find_plugin,
         list_saved,
+        orphan_temps,
+        remove_saved,
         run_plugin,
         saved_key,
+        saved_path,
     )
     from .netconf import build_delegate, delegate_type, parse_flannel_conf, read_subnet_env
     from .protocol import dumps
@@ -324,6 +327,12 @@ def cmd_gc(args: "CmdArgs", raw: "dict[str, Any]", io: Io) -> int:
                 io.note(f"GC: left {conf.data_dir}/{key} alone, this plugin did not write it")
         except CniError as e:
             errors.append(e)
+    try:
+        for name in orphan_temps(conf.data_dir, conf.name):
+            remove_saved(saved_path(conf.data_dir, name))
+            io.note(f"GC: removed {conf.data_dir}/{name}, left by an ADD that was killed")
+    except CniError as e:
+        errors.append(e)
     try:
         plugin = find_plugin(delegate_type(conf), args.path)
         if _delegate_speaks(plugin, conf.cni_version, "GC", io):

@@ -12,6 +12,8 @@ import io
 import json
 import os
 import stat
+import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -493,6 +495,43 @@ def test_gc_spares_other_networks_and_foreign_files(world: World) -> None:
     assert world.run("DEL", world.conf(name="netb"), cid="pod-b").code == 0
     assert not world.saved("pod-b", network="netb").exists()
     assert world.calls().count("DEL") == 1
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_gc_removes_temp_files_a_killed_add_left(world: World) -> None:
+    """A save() killed between its write and its rename leaves a temp file no reader ever
+    renames; GC removes this network's when the writer is gone (and only then)."""
+    assert world.run("ADD", cid="keep-1").code == 0
+    dead, alive, now = _dead_pid(), os.getpid(), time.time()
+    temps = {
+        f".cbr0:pod.a:eth0.{dead}.0badc0de.tmp": now - 120,  # writer gone: removed
+        f".cbr0:pod-b:eth0.{alive}.0badc0de.tmp": now - 120,  # writer alive: kept
+        f".cbr0:pod-c:eth0.{dead}.0badc0de.tmp": now,  # maybe another PID namespace's ADD
+        f".cbr0:pod-d:eth0.{alive}.0badc0de.tmp": now - 2 * 86400,  # a day old: removed
+        f".netb:pod-e:eth0.{dead}.0badc0de.tmp": now - 120,  # another network's
+        ".cbr0:pod-f:eth0.tmp": now - 2 * 86400,  # not a name save() writes
+    }
+    for name, mtime in temps.items():
+        (world.data_dir / name).write_text("{")
+        os.utime(world.data_dir / name, (mtime, mtime))
+    run = world.run("GC", gc_conf(world, ["keep-1"]), cid="")
+    assert run.code == 0, run
+    left = sorted(p.name for p in world.data_dir.iterdir())
+    assert left == sorted(
+        [
+            "cbr0:keep-1:eth0",
+            f".cbr0:pod-b:eth0.{alive}.0badc0de.tmp",
+            f".cbr0:pod-c:eth0.{dead}.0badc0de.tmp",
+            f".netb:pod-e:eth0.{dead}.0badc0de.tmp",
+            ".cbr0:pod-f:eth0.tmp",
+        ]
+    )
+    assert run.stderr.count(b"left by an ADD that was killed") == 2
 
 
 def test_gc_entry_without_ifname_keeps_all_interfaces(world: World) -> None:
