@@ -301,20 +301,25 @@ def collect_saved(data_dir: str, network: str, container_id: str, ifname: str) -
     return True
 
 
+def _names(data_dir: str) -> "list[str]":
+    """The names in ``data_dir``, sorted; a missing directory is empty."""
+    try:
+        return sorted(posix.listdir(data_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as e:
+        raise _io_error("list", data_dir, e) from None
+
+
 def list_saved(data_dir: str, network: str) -> "list[tuple[str, str]]":
     """``(containerID, ifname)`` of every state file named for ``network`` (sorted).
 
     Only regular files with a well-formed name count; whether the content carries the marker
     is for the caller to check before deleting. A missing directory is empty.
     """
-    try:
-        names = posix.listdir(data_dir)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    except OSError as e:
-        raise _io_error("list", data_dir, e) from None
+    names = _names(data_dir)
     found = []
-    for name in sorted(names):
+    for name in names:
         parts = name.split(":")
         if len(parts) != 3 or parts[0] != network or not parts[1] or not parts[2]:
             continue
@@ -347,15 +352,10 @@ def _writer_alive(pid: int) -> bool:
 def orphan_temps(data_dir: str, network: str, now: "float | None" = None) -> "list[str]":
     """The names of ``network``'s temp files that a killed :func:`save` left (sorted): its
     writer's PID is gone and the file is over a minute old, or the file is over a day old."""
-    try:
-        names = posix.listdir(data_dir)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    except OSError as e:
-        raise _io_error("list", data_dir, e) from None
+    names = _names(data_dir)
     when = time.time() if now is None else now
     found = []
-    for name in sorted(names):
+    for name in names:
         if not (name.startswith(f".{network}:") and name.endswith(".tmp")):
             continue
         # .<network>:<containerID>:<ifname>.<pid>.<8 hex>.tmp (IDs may hold dots: split right)
