@@ -198,13 +198,23 @@ def test_masq_rules_are_repaired_within_a_resync_period(lab: DaemonLab) -> None:
     c = shlex.split(MASQ_COMMENT)
     # delete rule 3 (own subnet → network: RETURN) ...
     rule3 = ["-s", str(subnet), "-d", str(NETWORK), *c, "-j", "RETURN"]
-    lab.iptables(node, "-t", "nat", "-D", "FLANNEL-POSTRTG", *rule3)
     # ... and move the catch-all MASQUERADE (rule 6) to the top, where it would masquerade
     # pod-to-pod traffic
     masq6 = ["-s", str(NETWORK), "!", "-d", "224.0.0.0/4", *c, "-j", "MASQUERADE", "--random-fully"]
-    lab.iptables(node, "-t", "nat", "-D", "FLANNEL-POSTRTG", *masq6)
-    lab.iptables(node, "-t", "nat", "-I", "FLANNEL-POSTRTG", "1", *masq6)
-    broken = lab.flannel_masq_rules(node)
+
+    def break_rules() -> list[str]:
+        lab.iptables(node, "-t", "nat", "-D", "FLANNEL-POSTRTG", *rule3)
+        lab.iptables(node, "-t", "nat", "-D", "FLANNEL-POSTRTG", *masq6)
+        lab.iptables(node, "-t", "nat", "-I", "FLANNEL-POSTRTG", "1", *masq6)
+        return lab.flannel_masq_rules(node)
+
+    # The resync runs every second: one may repair the chain between these commands. Then
+    # the state read is not the one made; wait for the repair and break it again.
+    for _ in range(5):
+        broken = break_rules()
+        if len(broken) == len(want) - 1 and broken[1].endswith("-j MASQUERADE --random-fully"):
+            break
+        wait_for("a mid-break repair completes", lambda: lab.flannel_masq_rules(node) == want, 5)
     assert broken != want and len(broken) == len(want) - 1
     assert broken[1].endswith("-j MASQUERADE --random-fully")
 
