@@ -166,6 +166,23 @@ def _fsync_dir(path: str) -> None:
         posix.close(fd)
 
 
+def _temp_name(key: str) -> str:
+    # A leading dot: no network name starts with one, so GC never mistakes it for state. The
+    # writer's PID lets GC tell a killed ADD's leftover (see orphan_temps) from one in progress.
+    return f".{key}.{posix.getpid()}.{posix.urandom(4).hex()}.tmp"
+
+
+def _temp_writer(name: str, network: str) -> "int | None":
+    """The writer PID in a :func:`_temp_name` of ``network``; None for any other name."""
+    if not (name.startswith(f".{network}:") and name.endswith(".tmp")):
+        return None
+    # container IDs may hold dots: split from the right
+    parts = name[: -len(".tmp")].rsplit(".", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or len(parts[2]) != 8:
+        return None
+    return int(parts[1])
+
+
 def save(data_dir: str, network: str, container_id: str, ifname: str, data: bytes) -> str:
     """Save ``data`` (the delegate config) for one attachment, atomically and durably.
 
@@ -177,8 +194,7 @@ def save(data_dir: str, network: str, container_id: str, ifname: str, data: byte
         _makedirs(data_dir)
     except OSError as e:
         raise _io_error("create data directory", data_dir, e) from None
-    # A leading dot: no network name starts with one, so GC never mistakes it for state.
-    temp = saved_path(data_dir, f".{key}.{posix.getpid()}.{posix.urandom(4).hex()}.tmp")
+    temp = saved_path(data_dir, _temp_name(key))
     try:
         fd = posix.open(
             temp,
@@ -356,11 +372,8 @@ def orphan_temps(data_dir: str, network: str, now: "float | None" = None) -> "li
     when = time.time() if now is None else now
     found = []
     for name in names:
-        if not (name.startswith(f".{network}:") and name.endswith(".tmp")):
-            continue
-        # .<network>:<containerID>:<ifname>.<pid>.<8 hex>.tmp (IDs may hold dots: split right)
-        parts = name[: -len(".tmp")].rsplit(".", 2)
-        if len(parts) != 3 or not parts[1].isdigit() or len(parts[2]) != 8:
+        pid = _temp_writer(name, network)
+        if pid is None:
             continue
         try:
             st = posix.lstat(saved_path(data_dir, name))
@@ -369,7 +382,7 @@ def orphan_temps(data_dir: str, network: str, now: "float | None" = None) -> "li
         if st.st_mode & _S_IFMT != _S_IFREG:
             continue
         age = when - st.st_mtime
-        dead = age > ORPHAN_TEMP_AGE and not _writer_alive(int(parts[1]))
+        dead = age > ORPHAN_TEMP_AGE and not _writer_alive(pid)
         if dead or age > ORPHAN_TEMP_MAX_AGE:
             found.append(name)
     return found

@@ -233,7 +233,7 @@ def plan_events(
     touched: set[str] = set()  # VTEP MACs whose claims changed in this batch
     pending: dict[IPNetwork, tuple[str, Lease]] = {}  # vxlan peers, decided per MAC below
     for ev in events:
-        subnet = _family_subnet(ev.lease, ctx)
+        subnet = ev.lease.subnet_of(ctx.family)
         if ev.kind == EventKind.REMOVED:
             if subnet is not None:
                 pending.pop(subnet, None)
@@ -388,10 +388,6 @@ def _subnet_of(pid: PeerId) -> IPNetwork:
 def _held_mac(lease: Lease, ctx: PlanContext) -> str | None:
     peer = validate_peer(lease, ctx)
     return _fdb_mac(peer, ctx) if isinstance(peer, Peer) else None
-
-
-def _family_subnet(lease: Lease, ctx: PlanContext) -> IPNetwork | None:
-    return lease.subnet_of(ctx.family)
 
 
 def _precedence(peer: Peer) -> tuple[float, int, int]:

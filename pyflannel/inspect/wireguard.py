@@ -54,7 +54,7 @@ def peer_checks(
         else:
             by_lease.setdefault(s.lease, []).append(s)
     for le in leases:
-        if le.attrs.backend_type != "wireguard" or (own is not None and le == own):
+        if le.attrs.backend_type != "wireguard":
             continue
         if own is not None and le.key_suffix == own.key_suffix:
             continue

@@ -17,7 +17,13 @@ from typing import Any
 
 from pyflannel.config import parse_network_config
 from pyflannel.errors import FlannelError
-from pyflannel.inspect.findings import Finding, findings_document, print_report, render_findings
+from pyflannel.inspect.findings import (
+    Finding,
+    count_levels,
+    findings_document,
+    print_report,
+    render_findings,
+)
 from pyflannel.lease import LeaseDecodeError
 from pyflannel.subnet.kube.annotations import (
     DEFAULT_PREFIX,
@@ -59,7 +65,7 @@ class KubeReport:
     @property
     def healthy(self) -> bool:
         """No FAIL finding."""
-        return all(f.level != "FAIL" for f in self.findings)
+        return count_levels(self.findings)["fail"] == 0
 
     def render(self) -> str:
         """The human table and the findings."""
