@@ -166,6 +166,14 @@ def _fsync_dir(path: str) -> None:
         posix.close(fd)
 
 
+# A temp file older than this whose writer is gone can never be renamed into place. The age
+# keeps GC from racing an ADD in another PID namespace (its PID means nothing here); a day
+# covers a reused PID.
+ORPHAN_TEMP_AGE = 60.0
+ORPHAN_TEMP_MAX_AGE = 86400.0
+_PID_MAX_LIMIT = 1 << 22
+
+
 def _temp_name(key: str) -> str:
     # A leading dot: no network name starts with one, so GC never mistakes it for state. The
     # writer's PID lets GC tell a killed ADD's leftover (see orphan_temps) from one in progress.
@@ -178,9 +186,13 @@ def _temp_writer(name: str, network: str) -> "int | None":
         return None
     # container IDs may hold dots: split from the right
     parts = name[: -len(".tmp")].rsplit(".", 2)
-    if len(parts) != 3 or not parts[1].isdigit() or len(parts[2]) != 8:
+    # isascii: str.isdigit() also accepts "²", which int() refuses
+    if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit()) or len(parts[2]) != 8:
         return None
-    return int(parts[1])
+    pid = int(parts[1])
+    # Linux PIDs are 1..2**22 (PID_MAX_LIMIT); kill() would raise OverflowError on a larger one
+    # and treat 0 as our own process group.
+    return pid if 0 < pid <= _PID_MAX_LIMIT else None
 
 
 def save(data_dir: str, network: str, container_id: str, ifname: str, data: bytes) -> str:
@@ -346,13 +358,6 @@ def list_saved(data_dir: str, network: str) -> "list[tuple[str, str]]":
         if mode & _S_IFMT == _S_IFREG:
             found.append((parts[1], parts[2]))
     return found
-
-
-# A temp file older than this whose writer is gone can never be renamed into place. The age
-# keeps GC from racing an ADD in another PID namespace (its PID means nothing here); a day
-# covers a reused PID.
-ORPHAN_TEMP_AGE = 60.0
-ORPHAN_TEMP_MAX_AGE = 86400.0
 
 
 def _writer_alive(pid: int) -> bool:

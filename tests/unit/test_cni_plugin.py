@@ -515,6 +515,10 @@ def test_gc_removes_temp_files_a_killed_add_left(world: World) -> None:
         f".cbr0:pod-d:eth0.{alive}.0badc0de.tmp": now - 2 * 86400,  # a day old: removed
         f".netb:pod-e:eth0.{dead}.0badc0de.tmp": now - 120,  # another network's
         ".cbr0:pod-f:eth0.tmp": now - 2 * 86400,  # not a name save() writes
+        # a lying neighbour's names: PIDs kill() cannot take (OverflowError) or 0 (our group)
+        f".cbr0:pod-g:eth0.{10**30}.0badc0de.tmp": now - 120,
+        ".cbr0:pod-h:eth0.0.0badc0de.tmp": now - 120,
+        ".cbr0:pod-i:eth0.\u00b2\u00b3.0badc0de.tmp": now - 120,  # digits int() refuses
     }
     for name, mtime in temps.items():
         (world.data_dir / name).write_text("{")
@@ -529,6 +533,9 @@ def test_gc_removes_temp_files_a_killed_add_left(world: World) -> None:
             f".cbr0:pod-c:eth0.{dead}.0badc0de.tmp",
             f".netb:pod-e:eth0.{dead}.0badc0de.tmp",
             ".cbr0:pod-f:eth0.tmp",
+            f".cbr0:pod-g:eth0.{10**30}.0badc0de.tmp",
+            ".cbr0:pod-h:eth0.0.0badc0de.tmp",
+            ".cbr0:pod-i:eth0.\u00b2\u00b3.0badc0de.tmp",
         ]
     )
     assert run.stderr.count(b"left by an ADD that was killed") == 2
