@@ -6,9 +6,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.harness.etcd import EtcdServer, start_etcd
+from tests.harness.etcd import EtcdServer, reap_orphans, start_etcd
+from tests.harness.isolation import enter_private_netns
 from tests.harness.kube import kube_api  # one API server per session (kube mode)
 from tests.harness.threads import send_idle_workers_home
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """As root, the session leaves the host's network namespace before any test runs (see
+    tests/harness/isolation.py), after reaping etcd members an earlier, killed session left."""
+    reap_orphans()
+    enter_private_netns()
 
 
 @pytest.fixture(autouse=True)

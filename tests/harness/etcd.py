@@ -2,9 +2,10 @@
 
 The 3-member cluster (etcd_cluster.py) and the TLS/auth variant (etcd_tls.py) build on this.
 Every process is started from Debian's ``etcd`` binary with a temp data dir and is killed and
-removed when the context ends, also after failures. Members in the root namespace listen on
-127.0.0.1 with ports from the ephemeral range, never on 2379/2380, and every etcdctl call names
-its endpoint explicitly, so nothing here can talk to a packaged etcd on 127.0.0.1:2379.
+removed when the context ends, also after failures. Members without a namespace of their own
+listen on 127.0.0.1 of the session's private network namespace (tests/harness/isolation.py: never
+the host's) with ports from the ephemeral range, never on 2379/2380, and every etcdctl call names
+its endpoint explicitly.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from pathlib import Path
 from types import EllipsisType
 from typing import Any
 
+import pytest
+
 from pyflannel.lab.netns import exec_argv, http_request, run
+from tests.harness.isolation import in_private_netns
 
 __all__ = [
     "ETCDCTL_BIN",
@@ -129,7 +133,13 @@ class EtcdServer:
         return exec_argv(self.netns, args) if self.netns else args
 
     def start(self, *, initial_cluster: str | None = None, state: str = "new") -> None:
-        """Start (or restart) the member; call :meth:`wait_healthy` to wait for it."""
+        """Start (or restart) the member; call :meth:`wait_healthy` to wait for it.
+
+        A member without ``netns`` listens on the session's loopback, which is only allowed once
+        the session left the host's network namespace (as root; tests/harness/isolation.py).
+        """
+        if self.netns is None and not in_private_netns():
+            pytest.skip("needs root: the suite's etcd runs in its own network namespace")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if initial_cluster:
             self.initial_cluster = initial_cluster
@@ -297,6 +307,30 @@ class EtcdServer:
         return str(json.loads(body)["node"]["value"])
 
 
+_TEMP_PREFIX = os.fsencode(os.path.join(tempfile.gettempdir(), "pyflannel-etcd-"))
+
+
+def reap_orphans() -> int:
+    """Kill etcd members a killed test session left behind (their data dir is a harness temp
+    dir and their parent is gone, so they were reparented); returns how many. A live session's
+    members keep their parent and are left alone."""
+    reaped = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        ours = any(a.startswith(_TEMP_PREFIX) for a in argv)
+        if ours and argv[0].endswith(b"etcd") and ppid == 1:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), signal.SIGKILL)
+                reaped += 1
+    return reaped
+
+
 def etcdctl_env() -> dict[str, str]:
     """Environment for etcdctl: API v3, and no inherited ETCDCTL_* that could redirect it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
@@ -339,8 +373,9 @@ def start_etcd(
 ) -> Iterator[EtcdServer]:
     """A single-member etcd, removed afterwards.
 
-    Root namespace: 127.0.0.1 on free ephemeral ports. With ``netns``: on ``host`` (the
-    namespace's own address) ports 2379/2380, health-checked from inside the namespace.
+    Without ``netns``: 127.0.0.1 of the session's private namespace, on free ephemeral ports.
+    With ``netns``: on ``host`` (the namespace's own address) ports 2379/2380, health-checked
+    from inside the namespace.
     ``enable_v2`` adds ``--enable-v2=true`` (for tests of configs written with the v2 API).
     """
     if netns and not host:

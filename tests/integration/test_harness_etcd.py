@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
 import urllib.parse
+from pathlib import Path
 
 import pytest
 
 from pyflannel.lab.netns import CommandFailed, http_request
-from tests.harness.etcd import EtcdServer, start_etcd
+from tests.harness.etcd import EtcdServer, free_port, reap_orphans, start_etcd
 from tests.harness.etcd_cluster import EtcdCluster
 from tests.harness.etcd_tls import EtcdTLS
 
@@ -23,6 +30,51 @@ def test_single_member_put_get(etcd: EtcdServer) -> None:
     assert etcd.get("/absent") is None
     st = etcd.status()
     assert st["leader"] == st["member_id"] and st["version"].startswith("3.4")
+
+
+def test_single_member_is_off_the_host_network(etcd: EtcdServer) -> None:
+    # Network-safety rule: the member without a namespace of its own listens on the session's
+    # private loopback (tests/harness/isolation.py), not in the namespace the session came from.
+    assert etcd.proc is not None
+    member = os.stat(f"/proc/{etcd.proc.pid}/ns/net").st_ino
+    assert member == os.stat("/proc/self/ns/net").st_ino
+    assert member != os.stat(f"/proc/{os.getppid()}/ns/net").st_ino, "etcd on the host network"
+
+
+def test_members_a_killed_session_left_are_reaped() -> None:
+    data = Path(tempfile.mkdtemp(prefix="pyflannel-etcd-orphan-"))
+    try:
+        urls = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+        # sh starts the member in the background and exits: like a session killed with -9.
+        subprocess.run(
+            ["sh", "-c", 'setsid "$@" >/dev/null 2>&1 &', "sh", "etcd", "--data-dir", str(data),
+             "--listen-client-urls", urls[0], "--advertise-client-urls", urls[0],
+             "--listen-peer-urls", urls[1]],
+            check=True,
+        )  # fmt: skip
+        orphan = _wait_for_pid(str(data))
+        assert reap_orphans() >= 1
+        _wait_gone(orphan)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def _wait_for_pid(arg: str) -> int:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for proc in Path("/proc").iterdir():
+            with contextlib.suppress(OSError):
+                if proc.name.isdigit() and arg.encode() in (proc / "cmdline").read_bytes():
+                    return int(proc.name)
+        time.sleep(0.05)
+    raise AssertionError(f"no process with {arg} in its argv")
+
+
+def _wait_gone(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists(), f"orphan etcd {pid} still running"
 
 
 def test_v2_written_key_is_invisible_to_v3(etcd_v2: EtcdServer) -> None:
