@@ -6,10 +6,13 @@ Only the flag parser (stdlib) is imported before the flags are known, so ``--hel
 
 from __future__ import annotations
 
+import contextlib
 import os
+import posix
 import sys
+from typing import NoReturn
 
-__all__ = ["main"]
+__all__ = ["main", "run"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,5 +72,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run(argv: list[str] | None = None) -> NoReturn:
+    """Process entry point: :func:`main`, then flush the logs and exit at once, as a Go binary
+    does, without the interpreter's teardown.
+
+    When main returns, the daemon has stopped everything it owns (the etcd client is closed,
+    the kernel state is deliberately left for the next start). Teardown would only join
+    library threads and run their finalizers, and grpc's can hang the exit (grpc/grpc#40620,
+    #29560; once in our own suite: ``daemon.exiting`` logged, the process still alive 15 s
+    later), which systemd answers with SIGKILL after TimeoutStopSec.
+    """
+    code = main(argv)
+    for stream in (sys.stdout, sys.stderr):
+        # A closed or broken pipe: nothing more can be said there.
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    # os._exit is public API despite its name.
+    posix._exit(code)  # noqa: SLF001
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -240,3 +240,24 @@ def test_network_config_change_while_running_exits_1_then_restarts_with_it(
     assert "FLANNEL_NETWORK=10.6.0.0/16" in env_text, env_text
     assert again.stop() == 0
     _no_traceback(again)
+
+
+def test_sigterm_exits_promptly_while_etcd_hangs(lab: LabEnv) -> None:
+    """A stop must not wait on etcd: with the etcd process frozen (every call and the watch
+    stream hang, as behind a dead link), SIGTERM still ends the daemon, exit 0, within two
+    seconds; systemd would otherwise SIGKILL it after TimeoutStopSec."""
+    assert lab.etcd is not None and lab.etcd.proc is not None
+    run = _start(lab, "frozen-etcd", [])
+    run.wait_line("daemon.subnet_file_written")
+    os.killpg(lab.etcd.proc.pid, signal.SIGSTOP)
+    try:
+        time.sleep(0.5)  # let renewals/watches get stuck in flight
+        started = time.monotonic()
+        run.proc.send_signal(signal.SIGTERM)
+        code = run.wait_exit(15.0)
+        took = time.monotonic() - started
+    finally:
+        os.killpg(lab.etcd.proc.pid, signal.SIGCONT)
+    assert code == 0, run.text()
+    assert took < 2.0, f"exit took {took:.1f}s:\n{run.text()}"
+    _no_traceback(run)
