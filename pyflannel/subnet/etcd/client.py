@@ -21,6 +21,7 @@ flanneld's Go client does; all three are here and nowhere else, and
 from __future__ import annotations
 
 import os
+import queue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -337,22 +338,45 @@ class EtcdClient:
             endpoints=eps, timeout=timeout, failover=True
         )
         self._raw.metadata = (_REQUIRE_LEADER,)
-        # pyetcd creates its watcher (a gRPC stream and stub) lazily on the first watch; two
-        # threads creating watches at once (own-key and peer watch at start-up) crashed the
-        # interpreter inside grpc. Watch creation is rare, so it is simply serialised.
+        # pyetcd creates its gRPC stubs lazily, from whichever thread asks first, and creating
+        # one registers its methods on the channel: grpc says that is not thread-safe, and on a
+        # closed channel it is a segfault (reproduced: close(), then get_watcher()). A daemon
+        # stopping closes the client while a cancelled worker thread may still be about to
+        # watch. So every stub is fetched through _stub(), under this lock, which close() also
+        # takes; after close() it raises EtcdFailure instead. RPCs run outside the lock (on a
+        # closed channel grpc raises ValueError, which _guarded maps).
+        self._stub_lock = threading.Lock()
+        self._closed = False
+        # Only one watch creation may be pending on a stream at a time (pyetcd waits for the
+        # created response under its own lock); creations are rare, so they are serialised.
         self._watch_lock = threading.Lock()
 
     # ------------------------------------------------------------------ plumbing
+    def _closed_failure(self) -> EtcdFailure:
+        return EtcdFailure("other", "CANCELLED", "the etcd client was closed (pyflannel stopping)")
+
+    def _stub(self, name: str) -> Any:
+        """pyetcd's stub ``name`` (created on first use), or EtcdFailure once closed."""
+        with self._stub_lock:
+            if self._closed:
+                raise self._closed_failure()
+            return getattr(self._raw, name)
+
     def _guarded(self, fn: Callable[[], _T]) -> _T:
         try:
             return fn()
         except (grpc.RpcError, pexc.Etcd3Exception) as exc:
             raise failure_of(exc) from exc
+        except ValueError as exc:
+            # grpc's "Cannot invoke RPC on closed channel!": close() won a race with a call.
+            if self._closed:
+                raise self._closed_failure() from exc
+            raise
 
     def _unary(self, stub: str, method: str, request: Any, *, auth: bool = True) -> Any:
         def call() -> Any:
             try:
-                rpc = getattr(getattr(self._raw, stub), method)
+                rpc = getattr(self._stub(stub), method)
                 if not auth:
                     return rpc(request, self._timeout)
                 return rpc(
@@ -383,9 +407,12 @@ class EtcdClient:
     def renew_watch_stream(self) -> None:
         """Open a new watch stream for new watches (after :meth:`authenticate`): a stream keeps
         the token it was opened with. Watches on the old stream end and resume on their own."""
-        # _stubs: peek without creating a stream; pyetcd has no public accessor for that.
-        old = getattr(self._raw, _STUBS).get("watcher")
-        self._raw.watcher = self._raw.get_watcher()
+        with self._stub_lock:
+            if self._closed:
+                return
+            # _stubs: peek without creating a stream; pyetcd has no public accessor for that.
+            old = getattr(self._raw, _STUBS).get("watcher")
+            self._raw.watcher = self._raw.get_watcher()
         if old is not None:
             old.close()
 
@@ -400,8 +427,12 @@ class EtcdClient:
             ep.last_failed = 0
 
     def close(self) -> None:
-        """Close the gRPC channels and the watch stream."""
-        self._raw.close()
+        """Close the gRPC channels and the watch stream; later calls raise EtcdFailure."""
+        with self._stub_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._raw.close()
 
     # ------------------------------------------------------------------ KV
     def range(
@@ -462,7 +493,7 @@ class EtcdClient:
         """:meth:`time_to_live` of every ID, all requests in flight at once (gRPC futures)."""
 
         def run() -> dict[int, int]:
-            stub = self._raw.leasestub
+            stub = self._stub("leasestub")
             futures = [
                 (
                     lid,
@@ -512,12 +543,20 @@ class EtcdClient:
         kwargs: dict[str, Any] = {"start_revision": start_revision, "progress_notify": True}
         if range_end:
             kwargs["range_end"] = range_end
+
+        def create() -> int:
+            watcher = self._stub("watcher")
+            try:
+                return int(watcher.add_callback(key, on_item, **kwargs))
+            except queue.Empty:  # what pyetcd's add_watch_callback maps, too
+                raise pexc.WatchTimedOut() from None
+
         with self._watch_lock:
-            return int(self._guarded(lambda: self._raw.add_watch_callback(key, on_item, **kwargs)))
+            return self._guarded(create)
 
     def cancel_watch(self, watch_id: int) -> None:
         """Stop a watch."""
-        self._guarded(lambda: self._raw.cancel_watch(watch_id))
+        self._guarded(lambda: self._stub("watcher").cancel(watch_id))
 
 
 def _watch_item(item: object) -> WatchItem:
