@@ -205,7 +205,7 @@ class ReportTool:
 def run_report_tool(tool: ReportTool, argv: Sequence[str]) -> int:
     """The ``main`` of a report tool: in kube mode (``--kube-subnet-mgr`` or
     ``FLANNELD_KUBE_SUBNET_MGR=true``) the kube report of Nodes
-    (:mod:`pyflannel.subnet.kube.inspect`); else parse ``argv`` (:func:`tool_parser`), build the
+    (:mod:`pyflannel.cli.kube_inspect`); else parse ``argv`` (:func:`tool_parser`), build the
     options from the tool's flags (and their ``FLANNELD_*`` environment), run its ``collect``
     under trio and print the report (:func:`~pyflannel.inspect.findings.print_report`). Returns
     the exit code: 0 when the report is ``ok``, 1 otherwise or on a
@@ -214,7 +214,7 @@ def run_report_tool(tool: ReportTool, argv: Sequence[str]) -> int:
     """
     if "--kube-subnet-mgr" in argv or os.environ.get("FLANNELD_KUBE_SUBNET_MGR") == "true":
         # kube mode: Nodes instead of etcd leases.
-        from pyflannel.subnet.kube.inspect import main as kube_main
+        from pyflannel.cli.kube_inspect import main as kube_main
 
         return kube_main(tool.name, argv)
     args = tool_parser(tool.prog, tool.description, tool.flags).parse_args(list(argv))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from pyflannel.inspect.kube import evaluate
 from pyflannel.subnet.kube.annotations import annotation_keys
-from pyflannel.subnet.kube.inspect import evaluate
 from pyflannel.subnet.kube.node import Node, NodeCondition
 
 K = annotation_keys()

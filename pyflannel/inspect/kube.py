@@ -1,17 +1,14 @@
 """What ``pyflannel status`` and ``doctor`` show in kube mode: every Node as flannel sees it
 (podCIDRs, annotations, NetworkUnavailable) and findings about this node and its peers.
 
-:func:`collect` reads the API (one list); :func:`render` and :func:`document` are pure, so the
-status/doctor front ends only choose the output. :func:`main` is the whole command for
-``pyflannel status|doctor --kube-subnet-mgr`` (flags as pyflanneld's kube flags).
+:func:`collect` reads the API (one list); :func:`evaluate` and the report's ``render`` and
+``document`` are pure, so the command (``pyflannel.cli.kube_inspect``) only chooses the output.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,22 +18,13 @@ from pyflannel.inspect.findings import (
     Finding,
     count_levels,
     findings_document,
-    print_report,
     render_findings,
 )
 from pyflannel.lease import LeaseDecodeError
-from pyflannel.subnet.kube.annotations import (
-    DEFAULT_PREFIX,
-    AnnotationKeys,
-    annotation_keys,
-    is_managed,
-    lease_from_node,
-)
+from pyflannel.subnet.kube.annotations import AnnotationKeys, is_managed, lease_from_node
 from pyflannel.subnet.kube.node import Node
 
-__all__ = ["KubeReport", "NodeRow", "collect", "evaluate", "main"]
-
-DEFAULT_NET_CONF = "/etc/kube-flannel/net-conf.json"
+__all__ = ["KubeReport", "NodeRow", "collect", "evaluate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,42 +220,3 @@ async def collect(conn: Any, own: str, keys: AnnotationKeys, net_conf: str | Non
     finally:
         await client.aclose()
     return evaluate(listing.nodes, own, keys, net_conf, conn.server)
-
-
-def main(prog: str, argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
-    """``pyflannel status|doctor --kube-subnet-mgr …``: 0 when healthy, 1 otherwise."""
-    import trio
-
-    from pyflannel.subnet.kube.connection import resolve_connection
-
-    env = dict(os.environ if environ is None else environ)
-    p = argparse.ArgumentParser(
-        prog=f"pyflannel {prog}", description="kube mode: Nodes as flannel sees them"
-    )
-    p.add_argument("--kube-subnet-mgr", action="store_true")
-    p.add_argument("--kube-api-url", default=env.get("FLANNELD_KUBE_API_URL", ""))
-    p.add_argument("--kubeconfig-file", default=env.get("FLANNELD_KUBECONFIG_FILE", ""))
-    p.add_argument(
-        "--kube-annotation-prefix",
-        default=env.get("FLANNELD_KUBE_ANNOTATION_PREFIX", DEFAULT_PREFIX),
-    )
-    p.add_argument(
-        "--net-config-path", default=env.get("FLANNELD_NET_CONFIG_PATH", DEFAULT_NET_CONF)
-    )
-    p.add_argument("--node-name", default=env.get("NODE_NAME", ""), help="this node (NODE_NAME)")
-    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
-    args = p.parse_args(list(argv))
-    try:
-        keys = annotation_keys(args.kube_annotation_prefix)
-        conn = resolve_connection(args.kube_api_url, args.kubeconfig_file, env)
-        try:
-            with open(args.net_config_path) as f:
-                net_conf: str | None = f.read()
-        except OSError:
-            net_conf = None
-        report = trio.run(collect, conn, args.node_name, keys, net_conf)
-    except FlannelError as exc:
-        print(f"pyflannel {prog}: {exc}", flush=True)
-        return 1
-    print_report(report, args.output)
-    return 0 if report.healthy else 1
