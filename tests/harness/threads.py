@@ -36,22 +36,42 @@ def _setns(fd: int) -> None:
         raise OSError(err, f"setns(CLONE_NEWNET) failed: {os.strerror(err)}")
 
 
+def _workers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(_WORKER_PREFIX)]
+
+
+def _thread_netns(thread: threading.Thread) -> int | None:
+    """The network namespace of another thread (from /proc, without running anything in it);
+    None if it already exited."""
+    try:
+        return os.stat(f"/proc/self/task/{thread.native_id}/ns/net").st_ino
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
 def send_idle_workers_home() -> int:
     """Move every idle trio worker thread into this process's network namespace (that of its
     main thread); returns how many were elsewhere. Call from a thread in that namespace.
 
-    One job per worker thread that exists is started at once, each blocking on a barrier:
-    trio hands jobs to idle workers first, so every idle worker runs one of them (jobs left
-    over, one per busy worker, spawn fresh threads here, in the right namespace).
+    Workers are first looked at through /proc: when none is elsewhere (nearly every test),
+    nothing is done, so idle workers keep retiring after trio's idle timeout. Otherwise one job
+    per worker thread that exists is started at once, each blocking on a barrier: trio hands
+    jobs to idle workers first, so every idle worker runs one of them (jobs left over, one per
+    busy worker, spawn fresh threads here, in the right namespace). It returns only after every
+    job was delivered, i.e. every worker is idle again: returning earlier let the test's next
+    ``to_thread`` call find no idle worker and spawn one more -- and as every call touched every
+    worker, none ever retired; the pool grew by one now and then, and the window grew with the
+    pool, up to ~11,600 threads in one full run.
     """
     home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         home_ino = os.fstat(home).st_ino
-        workers = sum(1 for t in threading.enumerate() if t.name.startswith(_WORKER_PREFIX))
-        jobs = workers
-        if jobs == 0:
+        workers = _workers()
+        if all(_thread_netns(t) in (home_ino, None) for t in workers):
             return 0
+        jobs = len(workers)
         barrier = threading.Barrier(jobs + 1)
+        delivered = threading.Semaphore(0)
         moved: list[int] = []
         errors: list[BaseException] = []
 
@@ -66,8 +86,11 @@ def send_idle_workers_home() -> int:
                 barrier.wait(timeout=30)
 
         for _ in range(jobs):
-            trio.lowlevel.start_thread_soon(job, lambda _outcome: None)
+            trio.lowlevel.start_thread_soon(job, lambda _outcome: delivered.release())
         barrier.wait(timeout=30)
+        for _ in range(jobs):
+            if not delivered.acquire(timeout=30):
+                raise TimeoutError("trio worker threads did not return to idle within 30 s")
     finally:
         os.close(home)
     if errors:

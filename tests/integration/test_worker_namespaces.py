@@ -72,3 +72,20 @@ def test_harness_sends_idle_workers_home(foreign_ns: str) -> None:
     idle = sum(1 for t in threading.enumerate() if t.name.startswith("Trio thread"))
     assert trio.run(_worker_namespaces, idle + 1) == {home}
     assert send_idle_workers_home() == 0
+
+
+def _trio_workers() -> int:
+    return sum(1 for t in threading.enumerate() if t.name.startswith("Trio thread"))
+
+
+def test_workers_at_home_are_left_alone_so_the_pool_does_not_grow() -> None:
+    """The harness runs before every test. It used to hand every idle worker a job each time
+    and return before they were idle again: the test's next to_thread call then spawned one
+    more worker now and then, and as every worker was touched every test none ever retired
+    (~11,600 threads by the end of one full run)."""
+    trio.run(_worker_namespaces, 8)  # eight idle workers, all at home
+    before = _trio_workers()
+    for _ in range(300):
+        assert send_idle_workers_home() == 0
+        trio.run(_worker_namespaces, 8)  # needs all eight at once, right away
+    assert _trio_workers() <= before
