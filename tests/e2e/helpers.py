@@ -60,9 +60,9 @@ MASQ_COMMENT = '-m comment --comment "flanneld masq"'
 T = TypeVar("T")
 
 
-def wait_for(what: str, probe: Callable[[], T], timeout: float, interval: float = 0.05) -> T:
-    """Call ``probe`` until it returns something truthy and return that; fail the test after
-    ``timeout`` seconds, showing the last value seen."""
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.05) -> T:
+    """Call ``probe`` until it returns something truthy and return that (so never ``None``);
+    fail the test after ``timeout`` seconds, showing the last value seen."""
     deadline = time.monotonic() + timeout
     while True:
         value = probe()

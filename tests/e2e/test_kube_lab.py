@@ -96,12 +96,14 @@ def check_ghost_node(
         if backend == "vxlan"
         else ("10.5.9.0/24 via 198.51.100.99 dev eth0")
     )
+    # Each probe binds ns as a default (ruff's B023); mypy cannot infer such a lambda [misc].
     for ns in nodes:
         wait_for(f"{want} on {ns}", lambda ns=ns: want in routes(ns))  # type: ignore[misc]
         if v6:
             wait_for(
-                f"fd00:10:5:9::/64 on {ns}", lambda ns=ns: "fd00:10:5:9::/64" in routes(ns, "-6")
-            )  # type: ignore[misc]
+                f"fd00:10:5:9::/64 on {ns}",
+                lambda ns=ns: "fd00:10:5:9::/64" in routes(ns, "-6"),  # type: ignore[misc]
+            )
         if backend == "vxlan":
             fdb = run_in(ns, ["bridge", "fdb", "show", "dev", "flannel.1"]).stdout
             assert f"{GHOST_MAC} dst 198.51.100.99" in fdb

@@ -140,9 +140,9 @@ def test_unreachable_hostgw_peer_is_quarantined_without_a_busy_loop(lab: DaemonL
         ]
         res = lab.topo.run_in_node(lab.nodes[0], argv, check=False, timeout=60)
         doc = json.loads(res.stdout)
-        failing = {row["subnet"]: row["failing"] for row in doc["leases"]}
-        assert failing["10.5.51.0/24"] == "ENETUNREACH"
-        assert all(v is None for k, v in failing.items() if k != "10.5.51.0/24")
+        failing_by_subnet = {row["subnet"]: row["failing"] for row in doc["leases"]}
+        assert failing_by_subnet["10.5.51.0/24"] == "ENETUNREACH"
+        assert all(v is None for k, v in failing_by_subnet.items() if k != "10.5.51.0/24")
     finally:
         lab.etcd.etcdctl("del", f"{ETCD_PREFIX}/subnets/{key}")
     for node in lab.nodes:

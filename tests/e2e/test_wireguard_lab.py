@@ -185,7 +185,7 @@ def test_wireguard_restarts_and_rekeying(tmp_path: Path) -> None:
                 lambda n=node: (
                     new_key in lab.wireguard_peers(n)  # type: ignore[misc]
                     and old_key not in lab.wireguard_peers(n)
-                ),  # type: ignore[misc]
+                ),
                 10,
             )
         wait_for("all pods ping after the rotation", lambda: lab.ping_failures() == [], 15)

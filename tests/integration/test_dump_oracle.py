@@ -20,6 +20,7 @@ import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from functools import partial
 from ipaddress import (
     IPv4Address,
     IPv4Network,
@@ -364,8 +365,8 @@ def test_dump_routes_matches_pyroute2(lab: Lab, family: int) -> None:
 def test_dump_neighbours_matches_pyroute2(lab: Lab, family: int, permanent_only: bool) -> None:
     for idx in (None, *(lab.ifindex[name] for name in ("flannel.1", "flannel-v6.1", "u"))):
         ours = agree(
-            lambda idx=idx: dump_neighbours(lab.sock, idx, family, permanent_only=permanent_only),
-            lambda idx=idx: oracle_neighbours(lab, family, idx, permanent_only),
+            partial(dump_neighbours, lab.sock, idx, family, permanent_only=permanent_only),
+            partial(oracle_neighbours, lab, family, idx, permanent_only),
         )
         if idx is None:
             assert len(ours) >= N_PEERS

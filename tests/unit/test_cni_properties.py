@@ -328,7 +328,7 @@ def test_concurrent_commands_never_tear_or_touch_foreign_state(
     data = root / "data"
     foreign = {k: v for k, v in _share(data).items() if not k.startswith("cbr0:cid-1:")}
     (data / "cbr0:cid-1:eth0").unlink()
-    confs = [
+    confs: list[dict[str, Any]] = [
         {
             "cniVersion": "1.1.0",
             "name": "cbr0",

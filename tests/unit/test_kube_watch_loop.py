@@ -69,7 +69,7 @@ def test_a_watch_that_ends_at_once_is_retried_with_backoff(mode: str) -> None:
     async def run() -> None:
         send, recv = trio.open_memory_channel[object](1000)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(mgr.watch_leases, own, send)  # type: ignore[arg-type]
+            nursery.start_soon(mgr.watch_leases, own, send)
             await trio.sleep(MINUTE)
             nursery.cancel_scope.cancel()
         recv.close()

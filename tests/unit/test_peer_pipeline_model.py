@@ -142,7 +142,8 @@ class FakeKernel:
 
     # --- helpers ----------------------------------------------------------------------
     def entries(self) -> set[Entry]:
-        return {*self.routes_t.values(), *self.neighs_t.values(), *self.fdb_t.values()} - {FOREIGN}
+        found: set[Entry] = {*self.routes_t.values(), *self.neighs_t.values(), *self.fdb_t.values()}
+        return found - {FOREIGN}
 
     def delete_peer_entries(self, subnet: V4) -> None:
         gw = subnet.network_address
@@ -376,7 +377,10 @@ class PeerPipeline(RuleBasedStateMachine):
         if self.prog.dirty:
             return
         allowed = self.expected(list(self.etcd.values()))
-        wanted_subnets = {le.subnet for le in self.etcd.values()}
+        wanted_subnets: set[V4] = set()
+        for le in self.etcd.values():
+            assert le.subnet is not None, "every lease in the model has an IPv4 subnet"
+            wanted_subnets.add(le.subnet)
         for e in self.kernel.entries():
             if isinstance(e, RouteEntry):
                 assert e.dst in wanted_subnets, f"route for unwanted {e.dst}"

@@ -610,8 +610,8 @@ def test_property_duplicate_mac_earliest_created_wins(
     state, current, full = replay_and_reconcile(events, batch)
     assert set(full.state.held) == set(state.held)
     for le in current.values():
-        mac = le.attrs.backend_data["VtepMAC"]  # type: ignore[index, call-overload]
-        claims = [c for c in current.values() if c.attrs.backend_data["VtepMAC"] == mac]  # type: ignore[index, call-overload]
+        mac = le.attrs.backend_data["VtepMAC"]
+        claims = [c for c in current.values() if c.attrs.backend_data["VtepMAC"] == mac]
         first = min(claims, key=lambda c: c.create_revision)
         fdbs = [e for e in state.programmed_entries().values() if isinstance(e, FdbEntry)]
         assert [e.dst for e in fdbs if e.mac == mac] == [first.attrs.public_ip]

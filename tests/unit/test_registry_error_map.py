@@ -15,7 +15,8 @@ from pyflannel.subnet.etcd.endpoints import parse_endpoints
 from pyflannel.subnet.etcd.errors import ErrorContext, map_error
 
 
-class _Rpc(grpc.RpcError):
+# grpc ships no type stubs (ignore_missing_imports), so mypy sees RpcError as Any.
+class _Rpc(grpc.RpcError):  # type: ignore[misc]
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(details)
         self._code, self._details = code, details

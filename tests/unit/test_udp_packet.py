@@ -355,7 +355,7 @@ class FakeTun:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
 
-    def send(self, packet: bytes, hdr: bytes = bytes(VNET_HDR_LEN)) -> None:
+    def send(self, packet: bytes | bytearray, hdr: bytes = bytes(VNET_HDR_LEN)) -> None:
         self.sock.send(hdr + bytes(packet))
 
     def recv_raw(self) -> tuple[tuple[int, ...], bytes]:
@@ -408,7 +408,7 @@ class Rig:
         for s in (self.tun_kernel, self.sock, self.peer):
             s.close()
 
-    def from_peer(self, pkt: bytes) -> None:
+    def from_peer(self, pkt: bytes | bytearray) -> None:
         self.peer.sendto(pkt, self.sock.getsockname())
 
     def wait_stats(self, **want: int) -> None:

@@ -14,6 +14,7 @@ from pyflannel.lease import Lease, LeaseAttrs
 from pyflannel.metrics import Metrics
 
 ip = ipaddress.ip_address
+V4 = ipaddress.IPv4Address
 NOW = 1_800_000_000.0
 
 
@@ -25,7 +26,7 @@ def lease(n: int) -> Lease:
     return Lease(
         subnet=ipaddress.IPv4Network(f"10.5.{n}.0/24"),
         attrs=LeaseAttrs(
-            public_ip=ip(f"198.51.100.{n}"),
+            public_ip=V4(f"198.51.100.{n}"),
             backend_type="wireguard",
             backend_data={"PublicKey": encode_key(key(n)), "Port": 51820},
         ),

@@ -4,11 +4,12 @@ we share its network namespace, in a transient unit of its own that survives
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 
-from pyflannel.backend.wireguard import device
 from pyflannel.backend.wireguard.device import systemd_manages_us, unit_name, wireguard_go_argv
 
 
@@ -33,8 +34,9 @@ def test_systemd_can_be_turned_off() -> None:
 def test_no_unit_from_another_network_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
     """A unit starts in PID 1's namespace: from a lab node it would build the device there."""
     monkeypatch.setattr(Path, "is_dir", lambda self: True)
-    monkeypatch.setattr(device.shutil, "which", lambda name: "/usr/bin/" + name)
-    real_stat = device.os.stat
+    # device calls shutil.which and os.stat through the modules, so patch them there
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/" + name)
+    real_stat = os.stat
 
     class _St:
         def __init__(self, ino: int) -> None:
@@ -47,7 +49,7 @@ def test_no_unit_from_another_network_namespace(monkeypatch: pytest.MonkeyPatch)
             return _St(ino_self)
         return real_stat(path)
 
-    monkeypatch.setattr(device.os, "stat", lambda p: fake_stat(p, 1))
+    monkeypatch.setattr(os, "stat", lambda p: fake_stat(p, 1))
     assert systemd_manages_us({}) is True
-    monkeypatch.setattr(device.os, "stat", lambda p: fake_stat(p, 2))
+    monkeypatch.setattr(os, "stat", lambda p: fake_stat(p, 2))
     assert systemd_manages_us({}) is False

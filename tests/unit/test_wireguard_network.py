@@ -19,6 +19,7 @@ from pyflannel.metrics import Metrics
 from pyflannel.peer_messages import PeerChanges, PeerSnapshot
 
 ip = ipaddress.ip_address
+V4 = ipaddress.IPv4Address
 N4 = ipaddress.IPv4Network
 OWN = public_key(bytes([7]) * 32)
 
@@ -62,7 +63,7 @@ def lease(n: int, k: int | None = None) -> Lease:
     return Lease(
         subnet=N4(f"10.5.{n}.0/24"),
         attrs=LeaseAttrs(
-            public_ip=ip(f"198.51.100.{n}"),
+            public_ip=V4(f"198.51.100.{n}"),
             backend_type="wireguard",
             backend_data={"PublicKey": encode_key(key(k or n)), "Port": 51820},
         ),
@@ -125,7 +126,7 @@ async def test_refused_peer_is_quarantined_others_programmed() -> None:
     assert metrics.peer_apply_failures == {"EINVAL": 1}
     # a changed lease leaves the quarantine and is tried again
     dev.refuse.clear()
-    moved = replace(lease(3), attrs=replace(lease(3).attrs, public_ip=ip("198.51.100.33")))
+    moved = replace(lease(3), attrs=replace(lease(3).attrs, public_ip=V4("198.51.100.33")))
     await net.apply(PeerChanges((Event(EventKind.ADDED, moved),)))
     assert key(3) in dev.peers and not net.peers.failing
 

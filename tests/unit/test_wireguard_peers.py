@@ -28,6 +28,8 @@ from pyflannel.lease import Lease, LeaseAttrs
 N4 = ipaddress.IPv4Network
 N6 = ipaddress.IPv6Network
 ip = ipaddress.ip_address
+V4 = ipaddress.IPv4Address
+V6 = ipaddress.IPv6Address
 OWN_PRIV = bytes([7]) * 32
 OWN = public_key(OWN_PRIV)
 
@@ -87,11 +89,11 @@ def lease(
         else {"PublicKey": encode_key(k) if isinstance(k, bytes) else k, "Port": port}
     )
     attrs = LeaseAttrs(
-        public_ip=ip(f"198.51.100.{n}"), backend_type="wireguard", backend_data=payload
+        public_ip=V4(f"198.51.100.{n}"), backend_type="wireguard", backend_data=payload
     )
     if dual:
         v6 = dict(payload, Port=51821) if isinstance(payload, dict) else payload
-        attrs = replace(attrs, public_ipv6=ip(f"2001:db8::{n}"), backend_v6_data=v6)
+        attrs = replace(attrs, public_ipv6=V6(f"2001:db8::{n}"), backend_v6_data=v6)
     return Lease(
         subnet=N4(f"10.5.{n}.0/24"),
         ipv6_subnet=N6(f"fd00:10:5:{n:x}::/64") if dual else None,
@@ -161,7 +163,7 @@ def test_own_lease_is_benign() -> None:
     own = Lease(
         subnet=N4("10.5.1.0/24"),
         attrs=LeaseAttrs(
-            public_ip=ip("198.51.100.1"),
+            public_ip=V4("198.51.100.1"),
             backend_type="wireguard",
             backend_data={"PublicKey": encode_key(OWN)},
         ),
@@ -193,7 +195,7 @@ def test_single_tunnel_modes(mode: str, endpoint: str) -> None:
 
 def test_auto_prefers_public_v6_when_v4_is_private() -> None:
     le = lease(2, dual=True)
-    le = replace(le, attrs=replace(le.attrs, public_ip=ip("10.1.0.2")))
+    le = replace(le, attrs=replace(le.attrs, public_ip=V4("10.1.0.2")))
     plan = plan_peers([le], ctx("auto", dual=True))
     assert plan.peers["flannel-wg"][key(2)].endpoint == (ip("2001:db8::2"), 51820)
 
@@ -228,11 +230,13 @@ def test_one_peer_per_key_and_every_lease_accounted(specs: list[tuple[int, int, 
     peers = plan.peers["flannel-wg"]
     planned_subnets = [p.allowed_ips for p in peers.values()]
     assert len(planned_subnets) + len(plan.rejected) == len(leases)
-    for k, p in peers.items():
-        owner = plan.owners[k]
+    for peer_key, p in peers.items():
+        owner = plan.owners[peer_key]
         assert p.allowed_ips == (owner.subnet,)
         claimants = [
-            le for le in leases.values() if le.attrs.backend_data["PublicKey"] == encode_key(k)
+            le
+            for le in leases.values()
+            if le.attrs.backend_data["PublicKey"] == encode_key(peer_key)
         ]
         assert owner.create_revision == min(c.create_revision for c in claimants)
     # diffing the plan against itself on a device changes nothing
