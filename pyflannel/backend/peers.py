@@ -567,7 +567,7 @@ def _owner(state: ProgrammedState, op: Op) -> Lease | None:
     owners = state.owners.get(entry_key(op.entry))
     if not owners:
         return None
-    version, addr, plen = next(reversed(owners.keys()))
+    version, addr, plen = owners[-1][0]
     subnet = (
         ipaddress.IPv4Network((addr, plen)) if version == 4 else ipaddress.IPv6Network((addr, plen))
     )

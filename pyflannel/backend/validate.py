@@ -61,7 +61,10 @@ def normalize_mac(value: object) -> str | None:
     if not isinstance(value, str):
         return None
     if _MAC_COLON.match(value):
-        return value.replace("-", ":").lower()
+        low = value.lower()
+        if low == value and "-" not in value:
+            return value  # already normal: share the lease's string, no copy per entry
+        return low.replace("-", ":")
     if _MAC_DOT.match(value):
         h = value.replace(".", "").lower()
         return ":".join(h[i : i + 2] for i in range(0, 12, 2))

@@ -213,3 +213,18 @@ def test_host_bits_message_names_the_key() -> None:
     with pytest.raises(LeaseDecodeError) as excinfo:
         parse_subnet_key("/p/subnets/10.5.100.5-24")
     assert "'/p/subnets/10.5.100.5-24' has host bits set" in str(excinfo.value)
+
+
+def test_decoded_leases_share_their_repeated_strings() -> None:
+    # Memory at 10k peers: the backend type and backend data keys are one string each, not one
+    # copy per lease (their values stay per lease).
+    raw = (
+        '{"PublicIP":"198.51.100.%d","BackendType":"vxlan",'
+        '"BackendData":{"VtepMAC":"0a:00:00:00:00:0%d"}}'
+    )
+    a, b = decode_attrs(raw % (1, 1)), decode_attrs(raw % (2, 2))
+    assert a.backend_type is b.backend_type
+    assert isinstance(a.backend_data, dict) and isinstance(b.backend_data, dict)
+    (key_a,), (key_b,) = a.backend_data.keys(), b.backend_data.keys()
+    assert key_a is key_b
+    assert a.backend_data != b.backend_data

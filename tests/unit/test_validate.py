@@ -243,3 +243,11 @@ def test_normalize_mac(raw: object, out: str | None) -> None:
 def test_underlay_edges_that_are_fine(underlay: str, public: str) -> None:
     result = validate_peer(lease(public=public), replace(CTX, underlay=N4(underlay)))
     assert isinstance(result, Peer), result
+
+
+def test_a_normal_mac_is_shared_not_copied() -> None:
+    # Memory at 10k peers: the neighbour and FDB entries keep the lease's own string.
+    mac = "".join(["0a:bb:cc", ":dd:ee:ff"])  # built at run time: not a shared constant
+    assert normalize_mac(mac) is mac
+    upper = "".join(["0A:BB:CC", ":DD:EE:FF"])
+    assert normalize_mac(upper) == "0a:bb:cc:dd:ee:ff"
