@@ -524,3 +524,21 @@ async def test_listing_10k_leases_is_fast(etcd: EtcdServer) -> None:
     # The bounds are loose because CI boxes are shared; the printed numbers are the measurement.
     assert t_cold < 20.0
     assert t_warm < t_cold
+
+
+async def test_a_relist_reuses_unchanged_leases_and_parses_changed_ones(etcd: EtcdServer) -> None:
+    # The listing cache: an unchanged key-value is not parsed again (the same Lease object);
+    # a changed value (new mod_revision) is.
+    prefix = new_prefix()
+    value = '{"PublicIP":"198.51.100.%d","BackendType":"host-gw"}'
+    for i in (1, 2):
+        etcd.put(f"{prefix}/subnets/10.5.{i}.0-24", value % i)
+    async with EtcdRegistry(etcd.endpoint, prefix) as reg:
+        first, _ = await reg.list_leases(with_ttl=False)
+        etcd.put(f"{prefix}/subnets/10.5.2.0-24", value % 9)
+        second, _ = await reg.list_leases(with_ttl=False)
+    by_subnet = {str(le.subnet): le for le in first}
+    again = {str(le.subnet): le for le in second}
+    assert again["10.5.1.0/24"] is by_subnet["10.5.1.0/24"]
+    assert again["10.5.2.0/24"] is not by_subnet["10.5.2.0/24"]
+    assert str(again["10.5.2.0/24"].attrs.public_ip) == "198.51.100.9"
