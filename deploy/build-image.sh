@@ -26,4 +26,6 @@ mkdir -p "$work/ctx/wheels"
   | grep -v "^WARNING: Location" || true
 ls "$work"/ctx/wheels/pyflannel-*.whl >/dev/null
 podman build --quiet --isolation=chroot -f deploy/Containerfile -t "$IMAGE" "$work/ctx" >/dev/null
+# A rebuild leaves the previous image of this tag untagged (~320 MB each time): remove ours only.
+podman image prune --force --filter label=io.pyflannel.build >/dev/null
 echo "$IMAGE"
