@@ -82,7 +82,14 @@ def run(argv: list[str] | None = None) -> NoReturn:
     #29560; once in our own suite: ``daemon.exiting`` logged, the process still alive 15 s
     later), which systemd answers with SIGKILL after TimeoutStopSec.
     """
-    code = main(argv)
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException as exc:  # main catches the expected ones: anything else is a bug
+        # Still one line and a prompt exit: teardown is what this function avoids.
+        print(f"pyflanneld: {type(exc).__name__}: {exc}", file=sys.stderr)
+        code = 1
     for stream in (sys.stdout, sys.stderr):
         # A closed or broken pipe: nothing more can be said there.
         with contextlib.suppress(OSError, ValueError):

@@ -60,12 +60,14 @@ def normalize_mac(value: object) -> str | None:
     """
     if not isinstance(value, str):
         return None
-    if _MAC_COLON.match(value):
+    # fullmatch: with match, "$" also accepts a trailing newline, which the kernel would then
+    # be asked to parse as part of the MAC.
+    if _MAC_COLON.fullmatch(value):
         low = value.lower()
         if low == value and "-" not in value:
             return value  # already normal: share the lease's string, no copy per entry
         return low.replace("-", ":")
-    if _MAC_DOT.match(value):
+    if _MAC_DOT.fullmatch(value):
         h = value.replace(".", "").lower()
         return ":".join(h[i : i + 2] for i in range(0, 12, 2))
     return None

@@ -325,7 +325,7 @@ def reap_orphans() -> int:
             continue
         ours = any(a.startswith(_TEMP_PREFIX) for a in argv)
         if ours and argv[0].endswith(b"etcd") and ppid == 1:
-            with contextlib.suppress(ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(int(proc.name), signal.SIGKILL)
                 reaped += 1
     return reaped

@@ -63,36 +63,38 @@ def send_idle_workers_home() -> int:
     worker, none ever retired; the pool grew by one now and then, and the window grew with the
     pool, up to ~11,600 threads in one full run.
     """
-    home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        home_ino = os.fstat(home).st_ino
-        workers = _workers()
-        if all(_thread_netns(t) in (home_ino, None) for t in workers):
-            return 0
-        jobs = len(workers)
-        barrier = threading.Barrier(jobs + 1)
-        delivered = threading.Semaphore(0)
-        moved: list[int] = []
-        errors: list[BaseException] = []
+    home_ino = os.stat("/proc/self/ns/net").st_ino  # /proc/self: the main thread's
+    workers = _workers()
+    if all(_thread_netns(t) in (home_ino, None) for t in workers):
+        return 0
+    jobs = len(workers)
+    barrier = threading.Barrier(jobs + 1)
+    delivered = threading.Semaphore(0)
+    moved: list[int] = []
+    errors: list[BaseException] = []
 
-        def job() -> None:
-            try:
-                if netns_inode() != home_ino:
-                    _setns(home)
-                    moved.append(1)
-            except BaseException as exc:
-                errors.append(exc)
-            finally:
-                barrier.wait(timeout=30)
+    def job() -> None:
+        try:
+            if netns_inode() != home_ino:
+                # Each job opens the namespace itself: no fd shared with the caller, which may
+                # have given up (barrier timeout) by the time a slow job gets here.
+                fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    _setns(fd)
+                finally:
+                    os.close(fd)
+                moved.append(1)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            barrier.wait(timeout=30)
 
-        for _ in range(jobs):
-            trio.lowlevel.start_thread_soon(job, lambda _outcome: delivered.release())
-        barrier.wait(timeout=30)
-        for _ in range(jobs):
-            if not delivered.acquire(timeout=30):
-                raise TimeoutError("trio worker threads did not return to idle within 30 s")
-    finally:
-        os.close(home)
+    for _ in range(jobs):
+        trio.lowlevel.start_thread_soon(job, lambda _outcome: delivered.release())
+    barrier.wait(timeout=30)
+    for _ in range(jobs):
+        if not delivered.acquire(timeout=30):
+            raise TimeoutError("trio worker threads did not return to idle within 30 s")
     if errors:
         raise errors[0]
     return len(moved)

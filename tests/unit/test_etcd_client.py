@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grpc
 import pyetcd.utils
 import pytest
 from hypothesis import given
@@ -9,6 +10,7 @@ from hypothesis import strategies as st
 
 from pyflannel.subnet.etcd.client import EtcdClient, missing_pyetcd_internals, prefix_range_end
 from pyflannel.subnet.etcd.endpoints import parse_endpoints
+from pyflannel.subnet.etcd.errors import EtcdFailure
 
 
 def test_pyetcd_internals_the_adapter_relies_on_still_exist() -> None:
@@ -59,7 +61,6 @@ c.close()  # twice is fine
 c.renew_watch_stream()  # nothing to renew once closed
 calls = {
     "add_watch": lambda: c.add_watch(b"k", b"", lambda item: None, start_revision=1),
-    "cancel_watch": lambda: c.cancel_watch(1),
     "range": lambda: c.range(b"k"),
     "grant": lambda: c.grant(60),
     "time_to_live_many": lambda: c.time_to_live_many([1, 2]),
@@ -72,16 +73,13 @@ for name, call in calls.items():
     else:
         raise AssertionError(f"{name} on a closed client returned")
 
-# close() racing with threads that create stubs (cancel_watch creates the watcher; no I/O).
+# close() racing with threads that create stubs (renew_watch_stream creates a watcher; no I/O).
 for round in range(int(sys.argv[1])):
     c = client()
     stop = threading.Event()
     def hammer():
         while not stop.is_set():
-            try:
-                c.cancel_watch(1)
-            except EtcdFailure:
-                return
+            c.renew_watch_stream()
     threads = [threading.Thread(target=hammer) for _ in range(3)]
     for t in threads:
         t.start()
@@ -102,3 +100,66 @@ def test_a_closed_client_refuses_calls_instead_of_crashing() -> None:
         [sys.executable, "-c", _CLOSED_CALLS, "40"], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0 and out.stdout == "ok\n", (out.returncode, out.stderr[-2000:])
+
+
+class _Unavailable(grpc.RpcError):  # type: ignore[misc]  # grpc has no stubs: RpcError is Any
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "connection refused"
+
+
+class _FakeWatcher:
+    """Stands in for pyetcd's watcher (no I/O): numbers watches from 0, like etcd per stream."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.cancelled: list[int] = []
+        self.next_id = 0
+
+    def add_callback(self, key: bytes, callback: object, **kwargs: object) -> int:
+        if self.fail:
+            raise _Unavailable()
+        self.next_id += 1
+        return self.next_id - 1
+
+    def cancel(self, watch_id: int) -> None:
+        self.cancelled.append(watch_id)
+
+    def close(self) -> None:
+        pass
+
+
+def _client_with(watcher: _FakeWatcher) -> EtcdClient:
+    eps = parse_endpoints("http://127.0.0.1:1,http://127.0.0.1:2")
+    client = EtcdClient(eps, tls=None, timeout=1)
+    client._raw._stubs["watcher"] = watcher  # the stub pyetcd would create
+    return client
+
+
+def test_a_watch_whose_stream_dies_while_created_fails_over() -> None:
+    client = _client_with(_FakeWatcher(fail=True))
+    try:
+        before = client.endpoint_in_use
+        with pytest.raises(EtcdFailure) as info:
+            client.add_watch(b"k", b"", lambda item: None, start_revision=1)
+        assert info.value.kind == "connection"  # the caller's failover retries at once
+        assert client._raw.endpoints[before].is_failed()  # the next call uses another one
+    finally:
+        client.close()
+
+
+def test_a_watch_is_cancelled_on_the_stream_that_created_it() -> None:
+    # Watch IDs are per stream: after a failover or a token renewal, ID 0 on the new stream
+    # is somebody else's watch, which a cancel by ID alone would silently end.
+    old, new = _FakeWatcher(), _FakeWatcher()
+    client = _client_with(old)
+    try:
+        handle = client.add_watch(b"k", b"", lambda item: None, start_revision=1)
+        client._raw._stubs["watcher"] = new
+        client.add_watch(b"other", b"", lambda item: None, start_revision=1)
+        client.cancel_watch(handle)
+        assert old.cancelled == [handle.watch_id] and new.cancelled == []
+    finally:
+        client.close()

@@ -251,3 +251,8 @@ def test_a_normal_mac_is_shared_not_copied() -> None:
     assert normalize_mac(mac) is mac
     upper = "".join(["0A:BB:CC", ":DD:EE:FF"])
     assert normalize_mac(upper) == "0a:bb:cc:dd:ee:ff"
+
+
+def test_a_mac_with_a_trailing_newline_is_refused() -> None:
+    assert normalize_mac("0a:bb:cc:dd:ee:ff\n") is None
+    assert normalize_mac("0abb.ccdd.eeff\n") is None

@@ -24,7 +24,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar
 
 # gRPC's C core logs connection and TLS handshake failures straight to stderr; they are
@@ -55,6 +55,7 @@ __all__ = [
     "TxnResult",
     "WatchEvent",
     "WatchEvents",
+    "WatchHandle",
     "WatchItem",
     "failure_of",
     "missing_pyetcd_internals",
@@ -366,6 +367,8 @@ class EtcdClient:
         try:
             return fn()
         except (grpc.RpcError, pexc.Etcd3Exception) as exc:
+            if self._closed:  # e.g. a watch whose stream close() ended while it was created
+                raise self._closed_failure() from exc
             raise failure_of(exc) from exc
         except ValueError as exc:
             # grpc's "Cannot invoke RPC on closed channel!": close() won a race with a call.
@@ -428,11 +431,14 @@ class EtcdClient:
 
     def close(self) -> None:
         """Close the gRPC channels and the watch stream; later calls raise EtcdFailure."""
+        # The flag is set under the lock (so no stub is being created once it is set), the
+        # channels are closed outside it: closing takes pyetcd's watcher lock, which a watch
+        # creation may hold for a while.
         with self._stub_lock:
             if self._closed:
                 return
             self._closed = True
-            self._raw.close()
+        self._raw.close()
 
     # ------------------------------------------------------------------ KV
     def range(
@@ -526,11 +532,11 @@ class EtcdClient:
         callback: Callable[[WatchItem], None],
         *,
         start_revision: int,
-    ) -> int:
-        """Watch ``key`` (or ``[key, range_end)``) from ``start_revision``; returns the watch
-        ID. ``callback`` runs on pyetcd's watcher thread, in etcd's order, with
-        :data:`WatchItem` values; after an :class:`~.errors.EtcdFailure` or ``None`` the watch
-        is dead.
+    ) -> WatchHandle:
+        """Watch ``key`` (or ``[key, range_end)``) from ``start_revision``; returns the handle
+        :meth:`cancel_watch` takes. ``callback`` runs on pyetcd's watcher thread, in etcd's
+        order, with :data:`WatchItem` values; after an :class:`~.errors.EtcdFailure` or ``None``
+        the watch is dead. It must not block: the watcher thread holds pyetcd's locks meanwhile.
 
         progress_notify: etcd sends an empty response now and then (every 10 min by default),
         which moves an idle watch's resume revision forward, so a later reconnect does not land
@@ -544,19 +550,36 @@ class EtcdClient:
         if range_end:
             kwargs["range_end"] = range_end
 
-        def create() -> int:
+        def create() -> WatchHandle:
             watcher = self._stub("watcher")
             try:
-                return int(watcher.add_callback(key, on_item, **kwargs))
+                return WatchHandle(int(watcher.add_callback(key, on_item, **kwargs)), watcher)
             except queue.Empty:  # what pyetcd's add_watch_callback maps, too
                 raise pexc.WatchTimedOut() from None
+            except grpc.RpcError as exc:
+                # The stream died while the watch was being created: pyetcd's handling marks
+                # the endpoint failed (and drops its stubs), so the caller fails over.
+                getattr(self._raw, _MANAGE_GRPC_ERRORS)(exc)
+                raise
 
         with self._watch_lock:
             return self._guarded(create)
 
-    def cancel_watch(self, watch_id: int) -> None:
-        """Stop a watch."""
-        self._guarded(lambda: self._stub("watcher").cancel(watch_id))
+    def cancel_watch(self, handle: WatchHandle) -> None:
+        """Stop a watch, on the stream that created it: watch IDs are numbered per stream, so
+        after a failover or a token renewal the same ID on the current stream is another
+        watch."""
+        if self._closed:
+            return  # its stream is closed, and the watch with it
+        self._guarded(lambda: handle.stream.cancel(handle.watch_id))
+
+
+@dataclass(frozen=True, slots=True)
+class WatchHandle:
+    """One watch: its ID and the stream (pyetcd watcher, opaque here) that numbered it."""
+
+    watch_id: int
+    stream: Any = field(repr=False, compare=False)
 
 
 def _watch_item(item: object) -> WatchItem:

@@ -16,7 +16,13 @@ import trio
 
 from pyflannel.errors import EtcdUnavailable
 from pyflannel.lease import Event, EventKind, Lease, LeaseAttrs, LeaseDecodeError, parse_subnet_key
-from pyflannel.subnet.etcd.client import EtcdClient, KeyValue, WatchEvents, WatchItem
+from pyflannel.subnet.etcd.client import (
+    EtcdClient,
+    KeyValue,
+    WatchEvents,
+    WatchHandle,
+    WatchItem,
+)
 from pyflannel.subnet.etcd.leases import WatchBatch
 from pyflannel.subnet.etcd.session import EtcdSession
 
@@ -113,36 +119,38 @@ async def open_watch(
     send, recv = trio.open_memory_channel[WatchItem](math.inf)
     token = trio.lowlevel.current_trio_token()
 
-    def on_item(item: WatchItem) -> None:
-        # Runs on pyetcd's watcher thread, in etcd's order.
-        with contextlib.suppress(
-            trio.RunFinishedError, trio.BrokenResourceError, trio.ClosedResourceError
-        ):
-            trio.from_thread.run_sync(send.send_nowait, item, trio_token=token)
+    def deliver(item: WatchItem) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            send.send_nowait(item)
 
-    def create(client: EtcdClient) -> int:
+    def on_item(item: WatchItem) -> None:
+        # Runs on pyetcd's watcher thread, in etcd's order; run_sync_soon keeps that order
+        # (FIFO) and, unlike from_thread.run_sync, does not wait for the trio thread: a thread
+        # stopping the daemon may be waiting for pyetcd's locks, which this thread holds.
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(deliver, item)
+
+    def create(client: EtcdClient) -> WatchHandle:
         # A cheap authenticated read first: it renews an expired auth token (and with it
         # the watch stream), because pyetcd silently drops a watch that etcd refuses.
         client.range(key, count_only=True)
         return client.add_watch(key, range_end, on_item, start_revision=start_revision)
 
-    watch_id = await session.call(op, create)
+    handle = await session.call(op, create)
     try:
         async with recv:
             yield WatchStream(session, recv, op, convert)
     finally:
         send.close()
         with trio.CancelScope(shield=True), trio.move_on_after(2):
-            await trio.to_thread.run_sync(
-                _cancel_quietly, session, watch_id, abandon_on_cancel=True
-            )
+            await trio.to_thread.run_sync(_cancel_quietly, session, handle, abandon_on_cancel=True)
 
 
-def _cancel_quietly(session: EtcdSession, watch_id: int) -> None:
+def _cancel_quietly(session: EtcdSession, handle: WatchHandle) -> None:
     client = session.client
     if client is None:
         return
     try:
-        client.cancel_watch(watch_id)
+        client.cancel_watch(handle)
     except Exception as exc:  # the stream may already be gone (EtcdFailure included)
-        log.debug("etcd.watch_cancel_failed", watch_id=watch_id, error=str(exc))
+        log.debug("etcd.watch_cancel_failed", watch_id=handle.watch_id, error=str(exc))
