@@ -311,9 +311,9 @@ _TEMP_PREFIX = os.fsencode(os.path.join(tempfile.gettempdir(), "pyflannel-etcd-"
 
 
 def reap_orphans() -> int:
-    """Kill etcd members a killed test session left behind (their data dir is a harness temp
-    dir and their parent is gone, so they were reparented); returns how many. A live session's
-    members keep their parent and are left alone."""
+    """Kill etcd members a killed test session left behind; returns how many. Ours: a harness
+    temp dir in the argv. Orphaned: the parent is no pytest process (reparented to PID 1 or a
+    subreaper), so a live session's members, whose parent is that session, are left alone."""
     reaped = 0
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -321,10 +321,11 @@ def reap_orphans() -> int:
         try:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
             ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            parent = Path(f"/proc/{ppid}/cmdline").read_bytes() if ppid > 0 else b""
         except (OSError, ValueError, IndexError):
             continue
         ours = any(a.startswith(_TEMP_PREFIX) for a in argv)
-        if ours and argv[0].endswith(b"etcd") and ppid == 1:
+        if ours and os.path.basename(argv[0]) == b"etcd" and b"pytest" not in parent:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(int(proc.name), signal.SIGKILL)
                 reaped += 1

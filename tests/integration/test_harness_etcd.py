@@ -60,14 +60,17 @@ def test_members_a_killed_session_left_are_reaped() -> None:
 
 
 def _wait_for_pid(arg: str) -> int:
+    """The etcd process with ``arg`` in its argv (not the sh that started it, whose argv holds
+    ``arg`` too: reaping before sh exited found no orphan, once in a full run)."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         for proc in Path("/proc").iterdir():
             with contextlib.suppress(OSError):
-                if proc.name.isdigit() and arg.encode() in (proc / "cmdline").read_bytes():
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+                if proc.name.isdigit() and argv[0] == b"etcd" and arg.encode() in argv:
                     return int(proc.name)
         time.sleep(0.05)
-    raise AssertionError(f"no process with {arg} in its argv")
+    raise AssertionError(f"no etcd with {arg} in its argv")
 
 
 def _wait_gone(pid: int) -> None:
