@@ -16,13 +16,7 @@ import trio
 
 from pyflannel.errors import EtcdUnavailable
 from pyflannel.lease import Event, EventKind, Lease, LeaseAttrs, LeaseDecodeError, parse_subnet_key
-from pyflannel.subnet.etcd.client import (
-    EtcdClient,
-    KeyValue,
-    WatchEvents,
-    WatchHandle,
-    WatchItem,
-)
+from pyflannel.subnet.etcd.client import EtcdClient, KeyValue, WatchEvents, WatchHandle, WatchItem
 from pyflannel.subnet.etcd.leases import WatchBatch
 from pyflannel.subnet.etcd.session import EtcdSession
 
