@@ -22,7 +22,11 @@ from tests.harness.etcd import EtcdServer
 from tests.harness.etcd_cluster import EtcdCluster
 
 V4 = ipaddress.IPv4Network
-CFG = parse_network_config('{"Network": "10.5.0.0/16", "Backend": {"Type": "vxlan"}}')
+# SubnetMin: our own lease is drawn at random and must not be one of the peers' 10.5.1-5.0/24,
+# which the tests write later (own 10.5.4.0/24 hid peer 4's events: once in a full run).
+CFG = parse_network_config(
+    '{"Network": "10.5.0.0/16", "SubnetMin": "10.5.100.0", "Backend": {"Type": "vxlan"}}'
+)
 
 
 def node(n: int, mac_suffix: int = 0) -> LeaseAttrs:
