@@ -94,7 +94,9 @@ def test_hostile_leases_are_refused_with_warnings_and_program_nothing(
 ) -> None:
     n1 = lab.node("n1")
     ours = lab.lease_of(n1).subnet
-    (free,) = free_octets(lab, 1)
+    # Below the fixed hostile keys (10.5.241-252): free_octets' highest, 250, was the "PublicIP
+    # in the Network" key, which this lease then overwrote.
+    free = next(o for o in free_octets(lab, 20) if o < 241)
     everyone = [
         Hostile("default route", "0.0.0.0-0", vxlan_value()),
         Hostile("outside the Network", "10.99.0.0-24", vxlan_value()),
@@ -198,7 +200,9 @@ def test_lease_reusing_a_peers_vtep_mac_is_refused_until_the_peer_goes(lab: Daem
     n1 = lab.node("n1")
     victim = lab.lease_of(n1)
     mac = victim.attrs["BackendData"]["VtepMAC"]
-    (free,) = free_octets(lab, 1)
+    # Below the fixed hostile keys (10.5.241-252): free_octets' highest, 250, was the "PublicIP
+    # in the Network" key, which this lease then overwrote.
+    free = next(o for o in free_octets(lab, 20) if o < 241)
     thief = Hostile("reuses n1's VtepMAC", f"10.5.{free}.0-24", vxlan_value(mac=mac))
     log_start = {n.name: len(log_text(lab, n)) for n in lab.nodes}
     lab.etcd.etcdctl("put", thief.key, thief.value)

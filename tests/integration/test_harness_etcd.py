@@ -44,7 +44,10 @@ def test_single_member_is_off_the_host_network(etcd: EtcdServer) -> None:
 def test_members_a_killed_session_left_are_reaped() -> None:
     data = Path(tempfile.mkdtemp(prefix="pyflannel-etcd-orphan-"))
     try:
-        urls = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+        first, second = free_port(), free_port()
+        while second == first:  # two calls can return the same free port
+            second = free_port()
+        urls = [f"http://127.0.0.1:{port}" for port in (first, second)]
         # sh starts the member in the background and exits: like a session killed with -9.
         subprocess.run(
             ["sh", "-c", 'setsid "$@" >/dev/null 2>&1 &', "sh", "etcd", "--data-dir", str(data),

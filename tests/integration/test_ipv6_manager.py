@@ -343,7 +343,8 @@ async def test_flanneld_written_dual_stack_peer_is_read_from_snapshot_and_watch(
             assert other.attrs.backend_v6_data == {"VtepMAC": "0e:00:00:00:0a:06", "VNI": 1}
 
             # A new dual-stack peer key arrives through the watch ...
-            new_key = "10.5.3.0-24&fd00:10:5:3::-64"
+            # Outside our own lease's draw (the first 100 free subnets of each family).
+            new_key = "10.5.230.0-24&fd00:10:5:e6::-64"
             put_with_lease(
                 etcd,
                 f"{prefix}/subnets/{new_key}",
