@@ -81,11 +81,11 @@ __all__ = [
 EntryKey = tuple[int, int, int | str, int]
 """(kind, IP version, address as int / MAC, prefix length / ifindex): cheap to hash."""
 PeerId = tuple[int, int, int]
-# The owners of one entry key, (peer, that peer's entry) in write order: the last one is what the
-# kernel holds. A tuple, not a dict: nearly every key has one owner, and at 10k peers (30k keys)
-# a one-item dict cost ~120 bytes more than a tuple of one pair, 3.6 MB in all.
-Owners = tuple[tuple[PeerId, Entry], ...]
 """(IP version, network address as int, prefix length) of a peer subnet."""
+Owners = tuple[tuple[PeerId, Entry], ...]
+"""The owners of one entry key, (peer, that peer's entry) in write order: the last one is what
+the kernel holds. A tuple, not a dict: nearly every key has one owner, and at 10k peers (30k
+keys) a one-item dict cost ~120 bytes more than a tuple of one pair, 3.6 MB in all."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,6 @@ flanneld's Go client does; all three are here and nowhere else, and
 from __future__ import annotations
 
 import os
-import queue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -554,8 +553,6 @@ class EtcdClient:
             watcher = self._stub("watcher")
             try:
                 return WatchHandle(int(watcher.add_callback(key, on_item, **kwargs)), watcher)
-            except queue.Empty:  # what pyetcd's add_watch_callback maps, too
-                raise pexc.WatchTimedOut() from None
             except grpc.RpcError as exc:
                 # The stream died while the watch was being created: pyetcd's handling marks
                 # the endpoint failed (and drops its stubs), so the caller fails over.
